@@ -1,0 +1,1 @@
+"""CASME II: coding sheet, phases, splits, preprocessing and the synthetic stand-in."""
