@@ -1,0 +1,49 @@
+"""Layers shared by the model families, with timm's semantics."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# timm initialises Linear layers with trunc_normal(std=.02) and zero bias.
+trunc_normal = nn.initializers.truncated_normal(stddev=0.02)
+Dtype = Any
+
+
+class DropPath(nn.Module):
+  """Stochastic depth per sample (timm's `drop_path`): drop the residual
+  branch with probability `rate`, scale kept samples by 1/(1-rate)."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Mlp(nn.Module):
+  """fc1 -> exact GELU -> dropout -> fc2 -> dropout (timm's `Mlp`).
+
+  Works on the last axis, so it serves tokens [B, N, C] and NHWC maps
+  (PoolFormer's 1x1 convs are the same matmul).
+  """
+  hidden_features: int
+  out_features: int | None = None
+  drop: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    out = self.out_features or x.shape[-1]
+    x = nn.Dense(self.hidden_features, dtype=self.dtype, kernel_init=trunc_normal,
+                 name="fc1")(x)
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dropout(self.drop, deterministic=not train)(x)
+    x = nn.Dense(out, dtype=self.dtype, kernel_init=trunc_normal, name="fc2")(x)
+    return nn.Dropout(self.drop, deterministic=not train)(x)
