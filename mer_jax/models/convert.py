@@ -90,7 +90,309 @@ def adapt_input_conv(in_chans: int, w_oihw: np.ndarray) -> np.ndarray:
 
 
 def _vit_from_timm(name, sd: StateDict, *, img_size, in_chans, num_classes, seed):
-  raise NotImplementedError("ViT conversion")
+  """timm `vit_base_patch32_*` state dict -> params of `vit.create(name, ...)`.
+
+  Does what timm's `checkpoint_filter_fn` + `load_state_dict` do when a timm
+  checkpoint is loaded into a model of another size: the position embedding
+  is resampled to the model's grid (bicubic, antialias=True, cls slot kept),
+  the patch kernel is adapted to `in_chans`, and `pre_logits.*` is dropped.
+  """
+  from mer_jax.models import vit  # the family module; lazily, as models/__init__ does
+  arch = vit.ARCHS[name]
+  return _vit_params(sd, arch, img_size=img_size, in_chans=in_chans,
+                     num_classes=num_classes, seed=seed)
+
+
+def _vit_take(sd: StateDict, key: str, shape: tuple) -> np.ndarray:
+  """sd.take(key) as float32, checked against the shape the model needs."""
+  w = np.asarray(sd.take(key), np.float32)
+  if w.shape != tuple(shape):
+    raise ConversionError(
+        f"checkpoint tensor {key!r} has shape {w.shape}, the model needs {tuple(shape)}: "
+        "is this a checkpoint of the same architecture?")
+  return w
+
+
+def _vit_dense(sd: StateDict, prefix: str, d_in: int, d_out: int) -> dict:
+  return {"kernel": dense_kernel(_vit_take(sd, f"{prefix}.weight", (d_out, d_in))),
+          "bias": _vit_take(sd, f"{prefix}.bias", (d_out,))}
+
+
+def _vit_norm(sd: StateDict, prefix: str, dim: int) -> dict:
+  return {"scale": _vit_take(sd, f"{prefix}.weight", (dim,)),
+          "bias": _vit_take(sd, f"{prefix}.bias", (dim,))}
+
+
+def _vit_params(sd: StateDict, arch, *, img_size: int, in_chans: int,
+                num_classes: int, seed: int) -> dict:
+  """The renaming for any timm VisionTransformer with cls token and token pooling.
+
+  Separate from `_vit_from_timm` so that small architectures (tests) use the
+  very same code as ViT-B/32.
+  """
+  import logging
+
+  d, p = arch.embed_dim, arch.patch_size
+  hidden = int(d * arch.mlp_ratio)
+  params = {}
+
+  w = np.asarray(sd.take("patch_embed.proj.weight"), np.float32)
+  if w.ndim != 4 or w.shape[0] != d or w.shape[2:] != (p, p):
+    raise ConversionError(
+        f"checkpoint tensor 'patch_embed.proj.weight' has shape {w.shape}, expected "
+        f"[{d}, C, {p}, {p}]: not a patch-{p} ViT with width {d}.")
+  params["patch_embed"] = {"proj": {
+      "kernel": conv_kernel(adapt_input_conv(in_chans, w)),
+      "bias": _vit_take(sd, "patch_embed.proj.bias", (d,))}}
+  params["cls_token"] = _vit_take(sd, "cls_token", (1, 1, d))
+  pos = np.asarray(sd.take("pos_embed"), np.float32)
+  if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != d:
+    raise ConversionError(f"checkpoint tensor 'pos_embed' has shape {pos.shape}, expected [1, N, {d}]")
+  params["pos_embed"] = resample_abs_pos_embed(pos, img_size // p)
+
+  for i in range(arch.depth):
+    b = f"blocks.{i}"
+    block = {
+        "norm1": _vit_norm(sd, f"{b}.norm1", d),
+        "attn": {"qkv": _vit_dense(sd, f"{b}.attn.qkv", d, 3 * d),
+                 "proj": _vit_dense(sd, f"{b}.attn.proj", d, d)},
+        "norm2": _vit_norm(sd, f"{b}.norm2", d),
+        "mlp": {"fc1": _vit_dense(sd, f"{b}.mlp.fc1", d, hidden),
+                "fc2": _vit_dense(sd, f"{b}.mlp.fc2", hidden, d)},
+    }
+    if arch.init_values is not None:  # LayerScale; absent (identity) in ViT-B/32
+      block["ls1"] = {"gamma": _vit_take(sd, f"{b}.ls1.gamma", (d,))}
+      block["ls2"] = {"gamma": _vit_take(sd, f"{b}.ls2.gamma", (d,))}
+    params[f"blocks_{i}"] = block
+  params["norm"] = _vit_norm(sd, "norm", d)
+
+  # timm's checkpoint_filter_fn drops the old representation layer (21k
+  # pre-training only); fine-tuning never used it.
+  for key in [k for k in sd.keys() if k.startswith("pre_logits.")]:
+    logging.warning("Dropping %s (pre-logits layer, unused by timm's ViT)", key)
+    sd.skip(key)
+
+  if num_classes > 0:
+    params["head"] = _vit_head(sd, d, num_classes, seed)
+  else:
+    for key in ("head.weight", "head.bias"):
+      if key in sd:
+        sd.skip(key)
+  sd.finish()
+  return params
+
+
+def _vit_head(sd: StateDict, dim: int, num_classes: int, seed: int) -> dict:
+  """The checkpoint's head if it has `num_classes` outputs, else a fresh one
+  initialised as timm does (trunc_normal std .02, zero bias)."""
+  import logging
+
+  import jax  # only for the initializer the Flax model itself uses
+
+  from mer_jax.models import layers
+  if "head.weight" in sd:
+    w = np.asarray(sd.take("head.weight"), np.float32)
+    if w.shape == (num_classes, dim):
+      return {"kernel": dense_kernel(w), "bias": _vit_take(sd, "head.bias", (num_classes,))}
+    if "head.bias" in sd:
+      sd.skip("head.bias")
+    logging.info("Re-initialising the ViT head: checkpoint has %d classes, model %d.",
+                 w.shape[0], num_classes)
+  kernel = layers.trunc_normal(jax.random.PRNGKey(seed), (dim, num_classes), np.float32)
+  return {"kernel": np.asarray(kernel), "bias": np.zeros((num_classes,), np.float32)}
+
+
+# torch's F.interpolate in numpy, for position-embedding resampling as timm
+# does it. torch has two bicubics: antialias=True (timm's rule for timm
+# checkpoints) is PIL's Keys a=-0.5 with renormalised edge weights, which
+# `jax.image.resize(..., "cubic")` happens to reproduce; antialias=False is
+# a=-0.75 with clamped border taps, which no jax function computes, and its
+# bilinear without antialias (timm's .npz rule) differs from jax's when
+# downsampling. One numpy port covers all of them, with the weights computed
+# in float32 step by step as ATen's CPU kernels do (aten/src/ATen/native/
+# UpSample.h, cpu/UpSampleKernel.cpp).
+
+
+def _cubic(x, a):
+  """Keys' cubic convolution kernel (ATen cubic_convolution1/2), float32."""
+  x = np.float32(abs(x))
+  a = np.float32(a)
+  if x < 1:
+    return ((a + 2) * x - (a + 3)) * x * x + np.float32(1)
+  if x < 2:
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.float32(0)
+
+
+def _triangle(x):
+  x = np.float32(abs(x))
+  return np.float32(1) - x if x < 1 else np.float32(0)
+
+
+def _torch_interp_matrix(in_size: int, out_size: int, mode: str,
+                         antialias: bool) -> np.ndarray:
+  """[out_size, in_size] matrix M with torch's 1-D resampling = M @ x.
+
+  align_corners=False and no scale_factor (timm passes `size`). Taps that
+  torch clamps to the border add into the border column.
+  """
+  m = np.zeros((out_size, in_size), np.float64)
+  f32 = np.float32
+  scale = f32(in_size) / f32(out_size)  # area_pixel_compute_scale<float>
+  if antialias:
+    # _compute_indices_min_size_weights_aa: PIL's filters, widened when
+    # downsampling, weights normalised over the in-range taps.
+    interp_size, filt = {"bilinear": (2, _triangle),
+                         "bicubic": (4, lambda x: _cubic(x, -0.5))}[mode]
+    support = f32(interp_size * 0.5 * scale) if scale >= 1 else f32(interp_size * 0.5)
+    max_interp = int(np.ceil(support)) * 2 + 1
+    invscale = f32(1.0 / scale) if scale >= 1 else f32(1.0)
+    for i in range(out_size):
+      center = f32(float(scale) * (i + 0.5))
+      xmin = max(int(float(f32(center - support)) + 0.5), 0)
+      xsize = min(int(float(f32(center + support)) + 0.5), in_size) - xmin
+      xsize = min(max(xsize, 0), max_interp)
+      w = [filt(f32((float(f32(j + xmin) - center) + 0.5) * float(invscale)))
+           for j in range(xsize)]
+      total = f32(0)
+      for v in w:
+        total = f32(total + v)
+      if total != 0:
+        w = [f32(v / total) for v in w]
+      m[i, xmin:xmin + xsize] = w
+    return m
+  for i in range(out_size):
+    real = scale * f32(i + 0.5) - f32(0.5)  # area_pixel_compute_source_index
+    if mode == "bilinear":
+      real = max(real, f32(0))
+    idx = min(int(np.floor(real)), in_size - 1)  # guard_index_and_lambda
+    t = min(max(real - f32(idx), f32(0)), f32(1))
+    if mode == "bilinear":
+      m[i, idx] += f32(1) - t
+      m[i, min(idx + 1, in_size - 1)] += t
+    elif mode == "bicubic":  # get_cubic_upsample_coefficients, A = -0.75
+      coeffs = (_cubic(t + 1, -0.75), _cubic(t, -0.75),
+                _cubic(1 - t, -0.75), _cubic(f32(2) - t, -0.75))
+      for j, c in enumerate(coeffs):
+        m[i, min(max(idx + j - 1, 0), in_size - 1)] += c
+    else:
+      raise ValueError(f"mode must be 'bilinear' or 'bicubic', got {mode!r}")
+  return m
+
+
+def torch_interpolate(x_hwc: np.ndarray, size: tuple[int, int], mode: str = "bicubic",
+                      antialias: bool = False) -> np.ndarray:
+  """`F.interpolate(x, size, mode=mode, align_corners=False, antialias=antialias)`
+  for one channels-last image [H, W, C], in numpy, float32 out.
+
+  Equal to torch's CPU result up to float32 rounding (the sums run in float64).
+  """
+  x = np.asarray(x_hwc, np.float32)
+  mh = _torch_interp_matrix(x.shape[0], size[0], mode, antialias)
+  mw = _torch_interp_matrix(x.shape[1], size[1], mode, antialias)
+  return np.einsum("oh,hwc,pw->opc", mh, x.astype(np.float64), mw).astype(np.float32)
+
+
+def resample_abs_pos_embed(posemb: np.ndarray, new_grid: int, num_prefix_tokens: int = 1,
+                           mode: str = "bicubic", antialias: bool = True) -> np.ndarray:
+  """timm's `resample_abs_pos_embed` for a square grid: [1, prefix + g*g, D] ->
+  [1, prefix + new_grid**2, D]; the prefix (cls) slots are kept as they are.
+
+  Defaults are what timm 1.0.31's `checkpoint_filter_fn` uses for timm
+  checkpoints (bicubic, antialias=True); its `.npz` loader uses bilinear
+  without antialias (see `vit_npz_to_timm`).
+  """
+  import logging
+
+  posemb = np.asarray(posemb, np.float32)
+  n = posemb.shape[1] - num_prefix_tokens
+  old_grid = int(round(np.sqrt(n)))
+  if old_grid * old_grid != n:
+    raise ConversionError(
+        f"pos_embed has {posemb.shape[1]} tokens: not {num_prefix_tokens} prefix token(s) "
+        "plus a square grid.")
+  if old_grid == new_grid:
+    return posemb
+  logging.info("Resampling pos_embed grid %dx%d -> %dx%d (%s, antialias=%s), as timm does",
+               old_grid, old_grid, new_grid, new_grid, mode, antialias)
+  grid = posemb[0, num_prefix_tokens:].reshape(old_grid, old_grid, -1)
+  grid = torch_interpolate(grid, (new_grid, new_grid), mode, antialias)
+  return np.concatenate([posemb[:, :num_prefix_tokens],
+                         grid.reshape(1, new_grid * new_grid, -1)], axis=1)
+
+
+def vit_npz_to_timm(npz, img_size: int | None = None) -> dict[str, np.ndarray]:
+  """Google's ViT `.npz` (vit_jax / augreg names) -> a timm state dict.
+
+  The mapping of timm 1.0.31's `_load_weights`: query/key/value kernels
+  [D, heads, head_dim] fused into `attn.qkv`, `out` [heads, head_dim, D] into
+  `attn.proj`, HWIO -> OIHW patch kernel, LayerNorm_0/2 -> norm1/2,
+  MlpBlock_3 -> mlp; `pre_logits` dropped as timm drops it. Input channels
+  are adapted later, by `from_timm`. With `img_size`, the position
+  embedding is resampled here with timm's `.npz` rule (bilinear, no
+  antialias), which differs from its rule for timm checkpoints (bicubic,
+  antialias), so that `from_timm(...)` of the result equals what timm loads.
+  """
+  import logging
+
+  w = {k: np.asarray(v) for k, v in dict(npz).items()}
+  prefix = "opt/target/" if "opt/target/embedding/kernel" in w else ""
+  if any(k.startswith("params/") for k in w) or "pos_embedding" in w \
+      or "Transformer/encoderblock/LayerNorm_0/scale" in w:
+    raise ConversionError(
+        "This looks like a big_vision ViT checkpoint (params/, pos_embedding or "
+        "scanned encoderblock): its position embedding has no cls slot, so it is not "
+        "a vit_base_patch32 checkpoint. Use a vit_jax/augreg .npz "
+        "(e.g. B_32-i21k-300ep-...-res_224.npz) or timm's model.safetensors.")
+  if f"{prefix}embedding/kernel" not in w:
+    raise ConversionError(
+        "Not a Google ViT .npz: no 'embedding/kernel'. Expected the vit_jax/augreg "
+        "names (embedding/kernel, cls, Transformer/encoderblock_0/...).")
+  if f"{prefix}conv_root/kernel" in w:
+    raise ConversionError("This is a hybrid (ResNet + ViT) checkpoint, not ViT-B/32.")
+
+  def get(key):
+    if prefix + key not in w:
+      raise ConversionError(f".npz checkpoint has no key {prefix + key!r}")
+    return np.asarray(w[prefix + key], np.float32)
+
+  sd = {
+      "patch_embed.proj.weight": get("embedding/kernel").transpose(3, 2, 0, 1),
+      "patch_embed.proj.bias": get("embedding/bias"),
+      "cls_token": get("cls"),
+      "pos_embed": get("Transformer/posembed_input/pos_embedding"),
+      "norm.weight": get("Transformer/encoder_norm/scale"),
+      "norm.bias": get("Transformer/encoder_norm/bias"),
+  }
+  i = 0
+  while f"{prefix}Transformer/encoderblock_{i}/LayerNorm_0/scale" in w:
+    src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+    mha = src + "MultiHeadDotProductAttention_1/"
+    sd[dst + "norm1.weight"] = get(src + "LayerNorm_0/scale")
+    sd[dst + "norm1.bias"] = get(src + "LayerNorm_0/bias")
+    qkv = [get(f"{mha}{n}/kernel") for n in ("query", "key", "value")]
+    sd[dst + "attn.qkv.weight"] = np.concatenate([k.reshape(k.shape[0], -1).T for k in qkv])
+    sd[dst + "attn.qkv.bias"] = np.concatenate(
+        [get(f"{mha}{n}/bias").reshape(-1) for n in ("query", "key", "value")])
+    out = get(mha + "out/kernel")
+    sd[dst + "attn.proj.weight"] = out.transpose(2, 0, 1).reshape(out.shape[-1], -1)
+    sd[dst + "attn.proj.bias"] = get(mha + "out/bias")
+    sd[dst + "norm2.weight"] = get(src + "LayerNorm_2/scale")
+    sd[dst + "norm2.bias"] = get(src + "LayerNorm_2/bias")
+    for r in range(2):
+      sd[dst + f"mlp.fc{r + 1}.weight"] = get(src + f"MlpBlock_3/Dense_{r}/kernel").T
+      sd[dst + f"mlp.fc{r + 1}.bias"] = get(src + f"MlpBlock_3/Dense_{r}/bias")
+    i += 1
+  if f"{prefix}head/kernel" in w:
+    sd["head.weight"] = get("head/kernel").T
+    sd["head.bias"] = get("head/bias")
+  if f"{prefix}pre_logits/kernel" in w:
+    logging.warning("Dropping pre_logits from the .npz, as timm does (unused by its ViT).")
+  if img_size is not None:
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], img_size // patch,
+                                             mode="bilinear", antialias=False)
+  return sd
 
 
 def _swin_from_timm(name, sd: StateDict, *, img_size, in_chans, num_classes, seed):
