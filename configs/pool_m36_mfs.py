@@ -1,0 +1,9 @@
+"""PoolFormer-m36 on the multi-frame sequence (MFS): the paper's strongest pairing.
+
+M1 by default; `--config configs/pool_m36_mfs.py:m2` selects the face-cropped M2.
+"""
+from mer_jax import configs
+
+
+def get_config(method: str = "m1"):
+  return configs.get_config("pool_m36", method or "m1", "mfs")

@@ -1,0 +1,101 @@
+"""The paper's training recipe, shared by every file in configs/.
+
+A config file is a `get_config()` over `mer_jax.configs.get_config(model,
+method, phase)` (it lives in the package so configs load from any directory);
+every field can be overridden on the command line, e.g.
+`--config.optim.lr=1e-4 --config.data.manual_dir=/data/CASME2`.
+"""
+import ml_collections
+
+# Paper-name shorthand used in config file names -> create_model() name.
+MODELS = {
+    "vit_b32": "vit_b32",
+    "swin_b": "swin_b",
+    "pool_m36": "poolformer_m36",
+    "pool_m48": "poolformer_m48",
+}
+# The paper: focal loss for ViT and PoolFormer-m36, class-weighted CE for Swin and m48.
+LOSS = {"vit_b32": "focal", "swin_b": "weighted_ce",
+        "poolformer_m36": "focal", "poolformer_m48": "weighted_ce"}
+# Local file or timm hub id of each model's ImageNet weights, per input size.
+WEIGHTS = {
+    ("vit_b32", 224): "timm/vit_base_patch32_224.augreg_in21k_ft_in1k",
+    ("vit_b32", 384): "timm/vit_base_patch32_384.augreg_in21k_ft_in1k",
+    ("swin_b", 224): "timm/swin_base_patch4_window7_224.ms_in22k_ft_in1k",
+    ("swin_b", 384): "timm/swin_base_patch4_window12_384.ms_in22k_ft_in1k",
+    ("poolformer_m36", 224): "timm/poolformer_m36.sail_in1k",
+    ("poolformer_m36", 384): "timm/poolformer_m36.sail_in1k",
+    ("poolformer_m48", 224): "timm/poolformer_m48.sail_in1k",
+    ("poolformer_m48", 384): "timm/poolformer_m48.sail_in1k",
+}
+# Image size of each preprocessing method (M1 384 RGB, M2 224 gray).
+IMG_SIZE = {"m1": 384, "m2": 224}
+# Paper: batch 16-32 for M1 and 4-16 for M2.
+BATCH_SIZE = {"m1": 16, "m2": 8}
+
+
+def get_config(model: str = "poolformer_m36", method: str = "m1",
+               phase: str = "mfs") -> ml_collections.ConfigDict:
+  model = MODELS.get(model, model)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = model
+  c.model.img_size = IMG_SIZE[method]  # the network's input; images are resized on device if different
+  c.model.drop_rate = 0.0
+  c.model.drop_path_rate = 0.1
+  c.model.dtype = "float32"             # compute dtype; "bfloat16" on GPUs
+
+  c.init = ml_collections.ConfigDict()
+  c.init.weights = WEIGHTS.get((model, IMG_SIZE[method]), "")  # "" = random init
+  c.init.cache_dir = ""                 # converted params; default ~/.cache/mer_jax/converted
+
+  c.data = ml_collections.ConfigDict()
+  c.data.method = method
+  c.data.phase = phase
+  c.data.manual_dir = "~/casme2"        # CASME II as distributed (see README)
+  c.data.data_dir = ""                  # TFDS data dir; default ~/tensorflow_datasets
+  c.data.synthetic = False              # write a synthetic CASME II into manual_dir if it is missing
+  c.data.synthetic_videos = 255
+  c.data.synthetic_subjects = 26
+  c.data.protocol = "paper"             # "paper" (201/26/28 split) or "loso"
+  c.data.fold = -1                      # LOSO: index of the held-out subject
+  c.data.class_balanced = False         # sample training frames class-balanced
+  c.data.cache_in_memory = True         # CASME II configs are small: decode once
+  c.data.prefetch = 2
+
+  c.aug = ml_collections.ConfigDict()
+  c.aug.enabled = True
+  c.aug.scale_min = 0.85                # random resized crop: area fraction
+  c.aug.rotate_deg = 10.0
+  c.aug.flip = True
+  c.aug.brightness = 0.2
+  c.aug.contrast = 0.2
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = LOSS.get(model, "focal")  # "focal" | "weighted_ce" | "ce"
+  c.loss.gamma = 2.0
+  c.loss.label_smoothing = 0.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 5e-5
+  c.optim.weight_decay = 1e-3
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.warmup_epochs = 0
+  c.optim.schedule = "constant"         # "constant" | "cosine"
+  c.optim.grad_clip = 0.0               # global-norm clip; 0 = off
+
+  c.batch_size = BATCH_SIZE[method]     # global, over all devices and hosts
+  c.eval_batch_size = 2 * BATCH_SIZE[method]
+  c.num_epochs = 50
+  c.patience = 5                        # epochs without a better validation macro-F1
+  c.min_delta = 0.0
+
+  c.checkpoint_keep = 2                 # latest checkpoints kept (the best is kept apart)
+  c.checkpoint_every_steps = 0          # also save mid-epoch; 0 = at epoch ends only
+  c.log_every_steps = 10
+  c.bootstrap_resamples = 1000
+  c.ci_level = 0.95
+  return c
