@@ -1,0 +1,70 @@
+"""The paper's three temporal phases: which frames of a video a phase uses.
+
+AF   the apex frame.
+KFS  the key frames: onset, apex, offset.
+MFS  the multi-frame sequence: onset+[0..3], apex+[-2..2], offset+[-3..0],
+     clipped to onset..offset, without duplicates (13 frames when the windows
+     do not overlap).
+
+Frames outside onset..offset are never used. A frame's role is "apex",
+"onset" or "offset" for the key frames themselves (apex first, then onset,
+then offset, when two coincide: apex == onset gives one frame, role apex),
+and "window" for the other MFS frames.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+ROLES = ("onset", "apex", "offset", "window")
+
+# MFS windows as (anchor, offsets), from the paper.
+_MFS_WINDOWS = (("onset", range(0, 4)), ("apex", range(-2, 3)), ("offset", range(-3, 1)))
+
+
+class Phase(enum.Enum):
+  AF = "af"
+  KFS = "kfs"
+  MFS = "mfs"
+
+  @classmethod
+  def parse(cls, value: "str | Phase") -> "Phase":
+    if isinstance(value, cls):
+      return value
+    try:
+      return cls(str(value).strip().lower())
+    except ValueError:
+      raise ValueError(f"Unknown phase {value!r}; valid: "
+                       f"{', '.join(p.value for p in cls)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseFrame:
+  frame_index: int
+  role: str
+
+
+def _key_roles(video) -> dict[int, str]:
+  roles = {}
+  for role in ("offset", "onset", "apex"):  # later ones win: apex > onset > offset
+    roles[getattr(video, role)] = role
+  return roles
+
+
+def select_frames(video, phase: "Phase | str") -> tuple[PhaseFrame, ...]:
+  """The frames `phase` takes from `video`, sorted by frame number."""
+  phase = Phase.parse(phase)
+  keys = _key_roles(video)
+  if phase is Phase.AF:
+    indices = {video.apex}
+  elif phase is Phase.KFS:
+    indices = {video.onset, video.apex, video.offset}
+  else:
+    indices = {getattr(video, anchor) + d for anchor, ds in _MFS_WINDOWS for d in ds}
+  indices = {i for i in indices if video.onset <= i <= video.offset}
+  return tuple(PhaseFrame(i, keys.get(i, "window")) for i in sorted(indices))
+
+
+def missing_frames(video, phase: "Phase | str") -> list[int]:
+  """Selected frames with no image file in the video's folder."""
+  return [f.frame_index for f in select_frames(video, phase) if f.frame_index not in video.frames]
