@@ -1,0 +1,355 @@
+r"""A synthetic CASME II: the real layout and coding sheet, a public-domain face, learnable motion.
+
+  python -m mer_jax.data.synthetic --out data/synthetic_casme2 [--videos 255 --subjects 26]
+
+CASME II is licensed and cannot ship, so this writes a stand-in with its exact
+layout -- `OUT/CASME2_RAW_selected/subNN/EPxx_yy[f]/img{N}.jpg` (640x480, N the
+absolute frame number) and `OUT/CASME2-coding-20190701.xlsx` -- through which
+every part of the system runs as on the real data.
+
+The face is scikit-image's `astronaut` (Eileen Collins, NASA; public domain).
+Each subject puts it at its own place, scale, brightness, tilt and mirror on a
+plain background (some sit off-centre, so M1's centre crop is less
+face-centred than M2's face crop, as in the paper). Between onset and offset
+a class-specific LOCAL motion rises to the apex and decays: smooth
+displacement fields around hand-located landmarks (mouth corners up for
+happiness, upper lip and nose for disgust, brows up and jaw down for
+surprise, lips pressed for repression, inner brows up and mouth corners down
+for sadness, brows up and together with stretched lips for fear, assorted
+small motions for others), with per-frame sensor noise. Class counts default
+to CASME II's (others 99, disgust 63, happiness 32, repression 27, surprise
+25, sadness 7, fear 2). With `quirks` the real data's oddities are mirrored:
+a stray `Desktop - Shortcut.lnk` in sub01, an ApexFrame of '/', a video with
+apex == onset, an emotion in odd case with a trailing space, a Filename with a
+trailing space, names without the trailing 'f', frames not starting at 1.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import multiprocessing
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+from mer_jax.data.casme2 import EMOTIONS, FRAMES_DIR
+
+REAL_COUNTS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25,
+               "sadness": 7, "fear": 2}
+SHEET_NAME = "CASME2-coding-20190701"
+FRAME_W, FRAME_H = 640, 480
+
+# The face patch cut from skimage's 512x512 astronaut, and its landmarks in
+# patch coordinates (x, y), located by eye on the image.
+_PATCH_BOX = (140, 30, 310, 215)  # left, top, right, bottom
+_LM = {
+    "brow_l": (60, 62), "brow_r": (108, 63), "brow_in_l": (77, 64), "brow_in_r": (93, 64),
+    "eye_l": (63, 72), "eye_r": (107, 73), "cheek_l": (62, 96), "cheek_r": (108, 96),
+    "nose": (85, 94), "lip_up": (85, 109), "lip_low": (85, 121), "corner_l": (65, 113),
+    "corner_r": (103, 113), "chin": (85, 138),
+}
+# Class -> [(landmark, (dx, dy))], unit displacements scaled by the amplitude.
+_MOTIONS = {
+    "happiness": [("corner_l", (-0.5, -1.0)), ("corner_r", (0.5, -1.0)),
+                  ("cheek_l", (0.0, -0.6)), ("cheek_r", (0.0, -0.6))],
+    "disgust": [("lip_up", (0.0, -1.0)), ("nose", (0.0, -0.8)),
+                ("cheek_l", (0.3, -0.4)), ("cheek_r", (-0.3, -0.4))],
+    "surprise": [("brow_l", (0.0, -1.2)), ("brow_r", (0.0, -1.2)), ("chin", (0.0, 1.0))],
+    "repression": [("lip_up", (0.0, 0.7)), ("lip_low", (0.0, -0.9)),
+                   ("corner_l", (0.6, 0.0)), ("corner_r", (-0.6, 0.0))],
+    "sadness": [("brow_in_l", (0.0, -1.0)), ("brow_in_r", (0.0, -1.0)),
+                ("corner_l", (0.0, 1.0)), ("corner_r", (0.0, 1.0))],
+    "fear": [("brow_l", (0.7, -0.9)), ("brow_r", (-0.7, -0.9)),
+             ("corner_l", (-0.8, 0.2)), ("corner_r", (0.8, 0.2))],
+}
+_OTHERS_POOL = [("eye_l", (0.0, 0.8)), ("eye_r", (0.0, 0.8)), ("corner_l", (-0.7, 0.0)),
+                ("corner_r", (0.7, 0.0)), ("nose", (0.6, 0.0)), ("brow_l", (0.0, 0.7)),
+                ("brow_r", (0.0, 0.7)), ("chin", (0.5, 0.0))]
+_AUS = {"happiness": "6+12", "disgust": "9+10", "surprise": "1+2+26", "repression": "14+24",
+        "sadness": "1+15", "fear": "1+2+4+20", "others": "4"}
+_SIGMA = 8.0  # spread of each local motion, in patch pixels
+
+
+def class_counts(videos: int = 255) -> dict[str, int]:
+  """CASME II's class counts, scaled by largest remainder; every class >= 1 from 7 videos."""
+  total = sum(REAL_COUNTS.values())
+  if videos == total:
+    return dict(REAL_COUNTS)
+  exact = {e: c * videos / total for e, c in REAL_COUNTS.items()}
+  counts = {e: int(np.floor(x)) for e, x in exact.items()}
+  if videos >= len(REAL_COUNTS):
+    counts = {e: max(1, c) for e, c in counts.items()}
+  order = sorted(exact, key=lambda e: -(exact[e] - np.floor(exact[e])))
+  i = 0
+  while sum(counts.values()) < videos:
+    counts[order[i % len(order)]] += 1
+    i += 1
+  while sum(counts.values()) > videos:  # the minimum of 1 overshot: take from the largest
+    big = max(counts, key=counts.get)
+    counts[big] -= 1
+  return counts
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+  number: int
+  scale: float
+  cx: float
+  cy: float
+  brightness: float
+  angle: float
+  flip: bool
+  background: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticVideo:
+  subject: Subject
+  episode: str                 # folder name
+  sheet_name: str              # as written in the sheet (may carry quirks)
+  emotion: str
+  sheet_emotion: str
+  first: int
+  last: int
+  onset: int
+  apex: int
+  offset: int
+  sheet_apex: str | int
+  motions: tuple               # ((landmark, (dx, dy)), ...)
+  amplitude: float
+  seed: int
+  faceless: tuple[int, ...] = ()  # frames whose face is hidden
+  faceless_all: bool = False
+
+
+def plan(videos: int = 255, subjects: int = 26, seed: int = 0, intensity: float = 1.0,
+         quirks: bool = True, faceless_frames: int = 0,
+         faceless_videos: int = 0) -> list[SyntheticVideo]:
+  """Everything about the dataset but the pixels; deterministic for a seed."""
+  rng = np.random.default_rng(seed)
+  subs = []
+  for s in range(1, subjects + 1):
+    off_centre = rng.random() < 0.4
+    subs.append(Subject(
+        number=s, scale=float(rng.uniform(2.0, 2.35)),
+        cx=float(FRAME_W / 2 + (rng.choice([-1, 1]) * rng.uniform(70, 110) if off_centre
+                                else rng.uniform(-25, 25))),
+        cy=float(FRAME_H / 2 + rng.uniform(-15, 15)), brightness=float(rng.uniform(0.85, 1.15)),
+        angle=float(rng.uniform(-5, 5)), flip=bool(rng.random() < 0.3),
+        background=int(rng.integers(150, 215))))
+  labels = [e for e, c in class_counts(videos).items() for _ in range(c)]
+  labels = [labels[i] for i in rng.permutation(len(labels))]
+  # Uneven videos per subject, every subject at least one (as in CASME II).
+  weights = rng.gamma(2.0, 1.0, subjects)
+  owner = list(range(subjects)) + list(rng.choice(subjects, max(0, videos - subjects),
+                                                  p=weights / weights.sum()))
+  owner = sorted(owner[:videos])
+  per_sub_episode = {}
+  out = []
+  for i, (label, o) in enumerate(zip(labels, owner)):
+    sub = subs[o]
+    k = per_sub_episode[o] = per_sub_episode.get(o, 0) + 1
+    # EPxx_yy with xx unique per subject, so folder names never collide.
+    episode = f"EP{k:02d}_{int(rng.integers(1, 8)):02d}" + ("f" if rng.random() < 0.85 else "")
+    n = int(rng.integers(24, 36))
+    first = int(rng.integers(1, 300))
+    onset = first + int(rng.integers(2, 5))
+    offset = first + n - 1 - int(rng.integers(2, 4))
+    apex = onset + int(round((offset - onset) * rng.uniform(0.3, 0.6)))
+    if label == "others":
+      picks = rng.choice(len(_OTHERS_POOL), 2, replace=False)
+      motions = tuple(_OTHERS_POOL[j] for j in picks)
+    else:
+      motions = tuple(_MOTIONS[label])
+    out.append(SyntheticVideo(
+        subject=sub, episode=episode, sheet_name=episode, emotion=label, sheet_emotion=label,
+        first=first, last=first + n - 1, onset=onset, apex=apex, offset=offset,
+        sheet_apex=apex, motions=motions, amplitude=float(4.0 * intensity * rng.uniform(0.8, 1.2)),
+        seed=int(rng.integers(2**31))))
+  if quirks and len(out) >= 5:
+    out[1] = dataclasses.replace(out[1], sheet_apex="/")               # apex unknown
+    out[2] = dataclasses.replace(out[2], apex=out[2].onset, sheet_apex=out[2].onset)
+    out[3] = dataclasses.replace(out[3], sheet_emotion=out[3].emotion.capitalize() + " ")
+    out[4] = dataclasses.replace(out[4], sheet_name=out[4].episode + " ")
+  if quirks and len(out) >= 2:
+    # The reader puts an unknown apex at the middle frame; draw the motion there.
+    v = out[1]
+    out[1] = dataclasses.replace(v, apex=(v.onset + v.offset) // 2)
+  for j in range(min(faceless_frames, len(out))):
+    v = out[-1 - j]
+    out[-1 - j] = dataclasses.replace(v, faceless=(v.onset + 1,))
+  for j in range(min(faceless_videos, len(out))):
+    out[j] = dataclasses.replace(out[j], faceless_all=True)
+  return out
+
+
+@functools.lru_cache(maxsize=1)
+def _face_patch() -> np.ndarray:
+  import skimage.data
+  l, t, r, b = _PATCH_BOX
+  return skimage.data.astronaut()[t:b, l:r].astype(np.float32)
+
+
+def _alpha(h: int, w: int) -> np.ndarray:
+  """Soft elliptical mask so the patch has no hard edges."""
+  y, x = np.mgrid[0:h, 0:w]
+  d = ((x - w / 2) / (w / 2)) ** 2 + ((y - h / 2) / (h / 2)) ** 2
+  return np.clip((1.15 - d) / 0.3, 0, 1)[..., None].astype(np.float32)
+
+
+def intensity_at(v: SyntheticVideo, n: int) -> float:
+  """0 at onset, 1 at apex, back to ~0.1 at offset; 0 outside onset..offset."""
+  if n < v.onset or n > v.offset:
+    return 0.0
+  if n <= v.apex:
+    return 1.0 if v.apex == v.onset else float(np.sin(0.5 * np.pi * (n - v.onset) / (v.apex - v.onset)))
+  return float(0.1 + 0.9 * np.cos(0.5 * np.pi * (n - v.apex) / max(1, v.offset - v.apex)))
+
+
+def _warp(patch: np.ndarray, motions, amount: float) -> np.ndarray:
+  from scipy import ndimage
+  h, w = patch.shape[:2]
+  y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+  dx = np.zeros((h, w), np.float32)
+  dy = np.zeros((h, w), np.float32)
+  for name, (ux, uy) in motions:
+    cx, cy = _LM[name]
+    g = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * _SIGMA ** 2))
+    dx += amount * ux * g
+    dy += amount * uy * g
+  # Backward map: the pixel at p shows what was at p - d (content moves by d).
+  coords = [y - dy, x - dx]
+  return np.stack([ndimage.map_coordinates(patch[..., c], coords, order=1, mode="nearest")
+                   for c in range(3)], axis=-1)
+
+
+def render_frame(v: SyntheticVideo, n: int) -> np.ndarray:
+  """Frame n of video v, 480x640x3 uint8."""
+  from PIL import Image
+  rng = np.random.default_rng([v.seed, n])
+  s = v.subject
+  frame = np.full((FRAME_H, FRAME_W, 3), s.background, np.float32)
+  frame += np.linspace(-12, 12, FRAME_W, dtype=np.float32)[None, :, None]  # lighting gradient
+  if not v.faceless_all and n not in v.faceless:
+    patch = _warp(_face_patch(), v.motions, v.amplitude * intensity_at(v, n))
+    if s.flip:
+      patch = patch[:, ::-1]
+    h, w = patch.shape[:2]
+    size = (int(round(w * s.scale)), int(round(h * s.scale)))
+    img = Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+    img = img.rotate(s.angle, resample=Image.BILINEAR, fillcolor=(s.background,) * 3)
+    face = np.asarray(img, np.float32) * s.brightness
+    alpha = _alpha(size[1], size[0])
+    jx, jy = rng.normal(0, 0.3, 2)
+    x0 = int(round(s.cx - size[0] / 2 + jx))
+    y0 = int(round(s.cy - size[1] / 2 + jy))
+    fx0, fy0 = max(0, -x0), max(0, -y0)
+    x0c, y0c = max(0, x0), max(0, y0)
+    x1c, y1c = min(FRAME_W, x0 + size[0]), min(FRAME_H, y0 + size[1])
+    region = frame[y0c:y1c, x0c:x1c]
+    a = alpha[fy0:fy0 + (y1c - y0c), fx0:fx0 + (x1c - x0c)]
+    f = face[fy0:fy0 + (y1c - y0c), fx0:fx0 + (x1c - x0c)]
+    frame[y0c:y1c, x0c:x1c] = a * f + (1 - a) * region
+  frame += rng.normal(0, 2.0, frame.shape).astype(np.float32)
+  return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _write_video(args) -> int:
+  v, root = args
+  from PIL import Image
+  d = root / FRAMES_DIR / f"sub{v.subject.number:02d}" / v.episode
+  d.mkdir(parents=True, exist_ok=True)
+  for n in range(v.first, v.last + 1):
+    Image.fromarray(render_frame(v, n)).save(d / f"img{n}.jpg", quality=90)
+  return v.last - v.first + 1
+
+
+def _sheet_rows(vs: list[SyntheticVideo]):
+  header = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
+            "Action Units", "Estimated Emotion"]
+  rows = [[v.subject.number, v.sheet_name, None, v.onset, v.sheet_apex, v.offset, None,
+           _AUS[v.emotion], v.sheet_emotion] for v in vs]
+  return header, rows
+
+
+def write_sheet(vs: list[SyntheticVideo], out: pathlib.Path, fmt: str = "xlsx") -> pathlib.Path:
+  header, rows = _sheet_rows(vs)
+  path = out / f"{SHEET_NAME}.{fmt}"
+  if fmt == "csv":
+    import csv
+    with open(path, "w", newline="") as f:
+      csv.writer(f).writerows([["" if h is None else h for h in header]] + rows)
+  else:
+    import openpyxl
+    wb = openpyxl.Workbook()
+    wb.active.title = "Sheet1"
+    wb.active.append(header)
+    for r in rows:
+      wb.active.append(r)
+    wb.save(path)
+  return path
+
+
+def write_synthetic_casme2(out: str | pathlib.Path, videos: int = 255, subjects: int = 26,
+                           seed: int = 0, intensity: float = 1.0, quirks: bool = True,
+                           sheet_format: str = "xlsx", faceless_frames: int = 0,
+                           faceless_videos: int = 0, workers: int | None = None,
+                           progress: bool = False) -> pathlib.Path:
+  """Writes the synthetic CASME II under `out` and returns `out`."""
+  if subjects < 1 or videos < subjects:
+    raise ValueError(f"need videos >= subjects >= 1 (got {videos} videos, {subjects} subjects)")
+  out = pathlib.Path(out)
+  vs = plan(videos, subjects, seed, intensity, quirks, faceless_frames, faceless_videos)
+  (out / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+  jobs = [(v, out) for v in vs]
+  workers = workers or os.cpu_count() or 1
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=len(jobs), unit="video", desc="synthetic CASME II")
+  if workers > 1:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      for _ in pool.imap_unordered(_write_video, jobs):
+        bar and bar.update()
+  else:
+    for j in jobs:
+      _write_video(j)
+      bar and bar.update()
+  if bar:
+    bar.close()
+  if quirks:
+    (out / FRAMES_DIR / "sub01").mkdir(parents=True, exist_ok=True)
+    (out / FRAMES_DIR / "sub01" / "Desktop - Shortcut.lnk").write_bytes(b"L\x00\x00\x00")
+  for fmt in (("xlsx", "csv") if sheet_format == "both" else (sheet_format,)):
+    write_sheet(vs, out, fmt)
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", required=True, help="directory to write (the manual dir)")
+  p.add_argument("--videos", type=int, default=255)
+  p.add_argument("--subjects", type=int, default=26)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--intensity", type=float, default=1.0, help="motion amplitude (1 = ~9 px at apex)")
+  p.add_argument("--no-quirks", dest="quirks", action="store_false",
+                 help="do not mirror the real data's oddities")
+  p.add_argument("--sheet-format", choices=("xlsx", "csv", "both"), default="xlsx")
+  p.add_argument("--faceless-frames", type=int, default=0,
+                 help="videos with one frame whose face is hidden (tests M2's fallback)")
+  p.add_argument("--faceless-videos", type=int, default=0, help="videos with no face at all")
+  p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+  a = p.parse_args(argv)
+  out = write_synthetic_casme2(a.out, a.videos, a.subjects, a.seed, a.intensity, a.quirks,
+                               a.sheet_format, a.faceless_frames, a.faceless_videos, a.workers,
+                               progress=True)
+  print(f"wrote a synthetic CASME II ({a.videos} videos, {a.subjects} subjects) to {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
