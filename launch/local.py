@@ -20,6 +20,9 @@ import threading
 import time
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -45,6 +48,9 @@ def launch(command: list[str], processes: int, devices_per_process: int = 1,
         "MER_JAX_PROCESS_ID": str(rank),
         "JAX_PLATFORMS": penv.get("JAX_PLATFORMS", "cpu"),
     })
+    # The checkout's package is importable in the children even when not pip-installed.
+    penv["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_REPO, penv.get("PYTHONPATH", "")) if p)
     flags = penv.get("XLA_FLAGS", "")
     if devices_per_process > 1 and "xla_force_host_platform_device_count" not in flags:
       penv["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count="
