@@ -1,6 +1,8 @@
 """The coding-sheet reader and CASME II's quirks."""
 import csv
 import pathlib
+import subprocess
+import sys
 
 import openpyxl
 import pytest
@@ -144,3 +146,123 @@ def test_cli_summary(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "5 videos of 4 subjects" in out and "happiness 1" in out
   assert casme2.main([str(tmp_path / "none")]) == 2
+
+
+def _write_xlsx(path, table, title_rows=(), second_sheet=False):
+  wb = openpyxl.Workbook()
+  ws = wb.active
+  if second_sheet:
+    ws.title = "Readme"
+    ws.append(["CASME II coding, see the paper"])
+    ws = wb.create_sheet("Coding")
+  for r in [*title_rows, *table]:
+    ws.append(r)
+  wb.save(path)
+
+
+def test_header_variants_title_row_and_second_worksheet(tmp_path):
+  make_tree(tmp_path, ROWS[:2])
+  header = [" SUBJECT ", "File name", "Onset Frame", "Apex_Frame", "offset frame",
+            "Action units", "estimated emotion"]
+  sheet = tmp_path / "CASME2-coding-20140508.xlsx"
+  _write_xlsx(sheet, [header] + [list(r) for r in ROWS[:2]],
+              title_rows=[["CASME II coding"], []], second_sheet=True)
+  index = casme2.load_casme2(tmp_path)
+  assert [(v.onset, v.apex, v.offset) for v in index.videos] == [(46, 59, 86), (131, 139, 161)]
+  notes = "\n".join(index.notes)
+  assert "header found on row 3" in notes and "worksheet 'Coding'" in notes
+  assert "'Onset Frame'" in notes
+
+
+def test_pandas_export_of_the_2019_sheet(tmp_path):
+  """pandas is an independent reader: its view of the xlsx must equal ours, and its
+  CSV export (blank headers become 'Unnamed: 2', ints may become floats) must read the same."""
+  import pandas as pd
+  xlsx = make_tree(tmp_path, ROWS, header=HEADER_2019, name="CASME2-coding-20190701")
+  ref = pd.read_excel(xlsx)
+  assert "Unnamed: 2" in ref.columns
+  ours = casme2.read_coding_sheet(xlsx)
+  assert [r.filename for r in ours] == [f.strip() for f in ref["Filename"]]
+  assert [r.onset for r in ours] == list(ref["OnsetFrame"])
+  assert [r.offset for r in ours] == list(ref["OffsetFrame"])
+  assert [r.apex if r.apex is not None else "/" for r in ours] == list(ref["ApexFrame"])
+  assert [r.emotion for r in ours] == [e.strip().lower() for e in ref["Estimated Emotion"]]
+  assert [r.subject for r in ours] == [f"sub{s:02d}" for s in ref["Subject"]]
+  csv_path = tmp_path / "CASME2-coding-20190701-updated.csv"
+  ref.astype({"OnsetFrame": float}).to_csv(csv_path, index=False)
+  assert casme2.read_coding_sheet(csv_path) == ours
+  notes = []
+  casme2.read_coding_sheet(csv_path, notes)
+  assert any("Unnamed: 2" in n for n in notes)
+
+
+def test_semicolon_csv_in_a_legacy_code_page(tmp_path):
+  # Excel in a decimal-comma locale exports ';'-separated CSV; blank rows come as ';;;'.
+  sheet = tmp_path / "CASME2-coding-20140508.csv"
+  lines = [";".join(HEADER_2014), "1;EP02_01f;46;59;86;12;Happiness ", ";;;;;;", ""]
+  sheet.write_bytes("\n".join(lines).encode("cp1252"))
+  notes = []
+  rows = casme2.read_coding_sheet(sheet, notes)
+  assert [(r.row, r.filename, r.onset, r.emotion) for r in rows] == [(2, "EP02_01f", 46,
+                                                                      "happiness")]
+  assert any("';'" in n for n in notes) and any("skipped 1 blank rows" in n for n in notes)
+  # A byte that is not UTF-8 (cp1252 'e acute' in an AU note) falls back to latin-1.
+  sheet.write_bytes(",".join(HEADER_2014).encode() + b"\n1,EP02_01f,46,59,86,12 caf\xe9,fear\n")
+  notes = []
+  assert casme2.read_coding_sheet(sheet, notes)[0].action_units == "12 caf\xe9"
+  assert any("latin-1" in n for n in notes)
+
+
+def test_find_sheet_order_and_choice_is_noted(tmp_path):
+  make_tree(tmp_path, ROWS[:1], name="CASME2-coding-20140508")
+  make_tree(tmp_path, ROWS[:1], name="CASME2-coding-20190701", fmt="csv")
+  (tmp_path / "~$CASME2-coding-20990101.xlsx").write_bytes(b"")  # Excel's lock file
+  assert casme2.find_sheet(tmp_path).name == "CASME2-coding-20190701.csv"  # newest date first
+  make_tree(tmp_path, ROWS[:1], name="casme2-coding-20190701-updated")
+  assert casme2.find_sheet(tmp_path).name == "casme2-coding-20190701-updated.xlsx"
+  index = casme2.load_casme2(tmp_path)
+  assert index.sheet.name == "casme2-coding-20190701-updated.xlsx"
+  assert any("several coding sheets" in n and "20140508" in n for n in index.notes)
+  (tmp_path / "x").mkdir()
+  with pytest.raises(Casme2Error, match="(?s)No coding sheet.*licensed"):
+    casme2.find_sheet(tmp_path / "x")
+
+
+def test_folder_quirks_sub1_missing_f_and_nested_zip(tmp_path):
+  rows = [(1, "EP02_01", 5, 8, 12, "", "others"), (7, "EP01_01f", 5, 5, 12, "", "fear")]
+  make_tree(tmp_path, rows, folders={0: "EP02_01f"}, first_frame=6)
+  frames = tmp_path / casme2.FRAMES_DIR
+  (frames / "sub07").rename(frames / "sub7")
+  index = casme2.load_casme2(tmp_path)
+  assert [v.video_id for v in index.videos] == ["sub01/EP02_01f", "sub7/EP01_01f"]
+  notes = "\n".join(index.notes)
+  assert "'EP02_01' matched folder 'EP02_01f'" in notes
+  assert "key frames [5] have no image file" in notes  # onset 5, folder starts at 6
+  assert "2 videos: frame numbers start above 1" in notes
+  # Unzipped one level too deep: followed; pointed at the subject folders: told the parent.
+  nested = tmp_path / "deep"
+  (nested / casme2.FRAMES_DIR).mkdir(parents=True)
+  frames.rename(nested / casme2.FRAMES_DIR / casme2.FRAMES_DIR)
+  next(tmp_path.glob("*.xlsx")).rename(nested / "CASME2-coding-20140508.xlsx")
+  assert len(casme2.load_casme2(nested).videos) == 2
+  with pytest.raises(Casme2Error, match="pass its parent"):
+    casme2.load_casme2(nested / casme2.FRAMES_DIR / casme2.FRAMES_DIR)
+
+
+def test_duplicate_rows_and_empty_filename_are_errors(tmp_path):
+  make_tree(tmp_path, [ROWS[0], ROWS[0]])
+  with pytest.raises(Casme2Error, match=r"row 3.*coded twice \(also row 2\)"):
+    casme2.load_casme2(tmp_path)
+  sheet = tmp_path / "CASME2-coding-1.csv"
+  with open(sheet, "w", newline="") as f:
+    csv.writer(f).writerows([HEADER_2014, (1, "  ", 1, 2, 3, "", "others")])
+  with pytest.raises(Casme2Error, match="row 2: Filename is empty"):
+    casme2.read_coding_sheet(sheet)
+
+
+def test_cli_as_a_module(tmp_path):
+  make_tree(tmp_path, ROWS)
+  out = subprocess.run([sys.executable, "-m", "mer_jax.data.casme2", str(tmp_path)],
+                       capture_output=True, text=True, check=True).stdout
+  assert "5 videos of 4 subjects" in out and "per emotion: happiness 1, disgust 1" in out
+  assert "ApexFrame missing" in out

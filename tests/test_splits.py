@@ -1,5 +1,6 @@
 """The paper's stratified 201/26/28 split and LOSO folds."""
 import collections
+import decimal
 import subprocess
 import sys
 
@@ -46,6 +47,8 @@ def test_stratification_close_to_proportional():
 
 
 def test_other_sizes_scale():
+  assert splits.paper_sizes(255) == (201, 26, 28)
+  assert splits.paper_sizes(100) == (79, 10, 11)  # 10.2 and 10.98 rounded
   vs = casme2_like({e: max(1, c // 10) for e, c in REAL_COUNTS.items()})
   s = splits.paper_split(vs)
   n = len(vs)
@@ -60,7 +63,8 @@ def test_deterministic_and_seeded():
 
 def test_same_split_in_a_process_with_another_hash_seed():
   code = ("import sys; sys.path.insert(0, 'tests'); from test_splits import casme2_like; "
-          "from mer_jax.data import splits; print(sorted(splits.paper_split(casme2_like())['test']))")
+          "from mer_jax.data import splits; "
+          "print(sorted(splits.paper_split(casme2_like())['test']))")
   outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONHASHSEED": h, "PATH": "/usr/bin:/bin"}, check=True).stdout
           for h in ("1", "12345")}
@@ -78,7 +82,8 @@ def test_loso_never_leaks_the_test_subject():
     assert f.subject not in {subject[i] for i in f.train + f.validation}
     assert set(f.train) | set(f.validation) | set(f.test) == set(subject)
     assert not set(f.train) & set(f.validation)
-    assert len(f.validation) == round(0.1 * (len(vs) - len(f.test)))
+    n = len(vs) - len(f.test)
+    assert len(f.validation) == int(decimal.Decimal(n / 10).quantize(0, decimal.ROUND_HALF_UP))
   assert sorted(i for f in folds for i in f.test) == sorted(subject)
 
 
@@ -86,3 +91,67 @@ def test_split_lookup():
   s = splits.paper_split(casme2_like())
   look = splits.split_lookup(s)
   assert len(look) == 255 and collections.Counter(look.values())["test"] == 28
+
+
+def test_real_counts_allocation_by_hand():
+  """Largest remainder by hand. Test, 28 of 255: quotas c*28/255 = others 10.87, disgust
+  6.92, happiness 3.51, repression 2.96, surprise 2.75, sadness 0.77, fear 0.22; floors
+  give 23, the 5 largest remainders (repression, disgust, others, sadness, surprise) +1.
+  Validation, 26 of 255: quotas 10.09, 6.42, 3.26, 2.75, 2.55, 0.71, 0.20; floors 23,
+  +1 to repression, sadness, surprise."""
+  vs = casme2_like()
+  s = splits.paper_split(vs)
+  assert splits.class_counts(s["test"], vs) == dict(
+      happiness=3, disgust=7, surprise=3, repression=3, sadness=1, fear=0, others=11)
+  assert splits.class_counts(s["validation"], vs) == dict(
+      happiness=3, disgust=6, surprise=3, repression=3, sadness=1, fear=0, others=10)
+  assert splits.class_counts(s["train"], vs) == dict(
+      happiness=26, disgust=50, surprise=19, repression=21, sadness=5, fear=2, others=78)
+
+
+def test_a_class_keeps_its_last_video_in_train():
+  # Seven classes of 2: test takes 2 and validation 1, all remainders tie, and the tie
+  # order (EMOTIONS) would hand happiness's second video to validation without the cap.
+  vs = casme2_like({e: 2 for e in EMOTIONS})
+  s = splits.paper_split(vs)
+  assert (len(s["validation"]), len(s["test"])) == (1, 2)
+  assert all(c >= 1 for c in splits.class_counts(s["train"], vs).values())
+  rng = np.random.default_rng(1)
+  for _ in range(50):
+    counts = {e: int(rng.integers(1, 12)) for e in EMOTIONS}
+    vs = casme2_like(counts)
+    s = splits.paper_split(vs)
+    train = splits.class_counts(s["train"], vs)
+    assert all(train[e] >= 1 for e in EMOTIONS if counts[e] >= 2)
+    assert tuple(len(s[k]) for k in splits.SPLITS) == splits.paper_sizes(len(vs))
+
+
+def test_shuffle_is_a_permutation_and_order_free():
+  ids = [f"v{i:03d}" for i in range(50)]
+  a = splits._shuffled(ids, (0, 1))
+  assert sorted(a) == sorted(ids) and a != sorted(ids)
+  assert splits._shuffled(list(reversed(ids)), (0, 1)) == a
+  assert splits._shuffled(ids, (0, 2)) != a
+
+
+def test_loso_val_fraction_zero_and_bad_inputs():
+  vs = casme2_like(subjects=5)
+  assert all(f.validation == () for f in splits.loso_folds(vs, val_fraction=0))
+  with pytest.raises(ValueError, match="val_fraction"):
+    splits.loso_folds(vs, val_fraction=1.0)
+  with pytest.raises(ValueError, match="appears twice"):
+    splits.paper_split(vs + vs[:1])
+  bad = [Video("sub01", "EP01_01", 1, 2, 3, "contempt", {})]
+  with pytest.raises(ValueError, match="contempt"):
+    splits.paper_split(bad)
+
+
+def test_fold_lookup_and_splits():
+  vs = casme2_like()
+  fold = splits.loso_folds(vs)[3]
+  look = splits.split_lookup(fold)
+  assert len(look) == 255
+  assert {k: tuple(sorted(i for i, n in look.items() if n == k)) for k in splits.SPLITS} \
+      == fold.splits()
+  with pytest.raises(ValueError, match="both"):
+    splits.split_lookup({"train": ("a",), "test": ("a",)})

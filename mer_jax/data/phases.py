@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from mer_jax.data.casme2 import Video
+
 ROLES = ("onset", "apex", "offset", "window")
 
 # MFS windows as (anchor, offsets), from the paper.
@@ -40,20 +42,26 @@ class Phase(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class PhaseFrame:
+  """One frame a phase uses: its absolute number (the N of imgN.jpg) and its role."""
   frame_index: int
-  role: str
+  role: str                    # one of ROLES
 
 
-def _key_roles(video) -> dict[int, str]:
+def _key_roles(video: Video) -> dict[int, str]:
   roles = {}
   for role in ("offset", "onset", "apex"):  # later ones win: apex > onset > offset
     roles[getattr(video, role)] = role
   return roles
 
 
-def select_frames(video, phase: "Phase | str") -> tuple[PhaseFrame, ...]:
+def select_frames(video: Video, phase: "Phase | str") -> tuple[PhaseFrame, ...]:
   """The frames `phase` takes from `video`, sorted by frame number."""
   phase = Phase.parse(phase)
+  if not video.onset <= video.apex <= video.offset:
+    # load_casme2 never builds such a Video; a hand-made one would silently
+    # give AF no frame at all.
+    raise ValueError(f"{video.video_id}: apex {video.apex} is outside onset..offset "
+                     f"({video.onset}..{video.offset}); fix the coding.")
   keys = _key_roles(video)
   if phase is Phase.AF:
     indices = {video.apex}
@@ -65,6 +73,6 @@ def select_frames(video, phase: "Phase | str") -> tuple[PhaseFrame, ...]:
   return tuple(PhaseFrame(i, keys.get(i, "window")) for i in sorted(indices))
 
 
-def missing_frames(video, phase: "Phase | str") -> list[int]:
+def missing_frames(video: Video, phase: "Phase | str") -> list[int]:
   """Selected frames with no image file in the video's folder."""
   return [f.frame_index for f in select_frames(video, phase) if f.frame_index not in video.frames]
