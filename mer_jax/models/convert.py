@@ -84,6 +84,42 @@ def adapt_input_conv(in_chans: int, w_oihw: np.ndarray) -> np.ndarray:
   return w * (3 / float(in_chans))
 
 
+def take_shaped(sd: StateDict, key: str, shape: tuple) -> np.ndarray:
+  """sd.take(key) as float32, checked against the shape the model needs."""
+  w = np.asarray(sd.take(key), np.float32)
+  if w.shape != tuple(shape):
+    raise ConversionError(
+        f"checkpoint tensor {key!r} has shape {w.shape}, the model needs {tuple(shape)}: "
+        "is this a checkpoint of the same architecture?")
+  return w
+
+
+def classifier_head(sd: StateDict, prefix: str, dim: int, num_classes: int, seed: int) -> dict:
+  """The checkpoint's `{prefix}.weight/bias` if it has `num_classes` outputs,
+  else a fresh head initialised as timm does (trunc_normal std .02, zero bias):
+  an ImageNet head (1000 classes) is replaced for the 7 emotions."""
+  import logging
+
+  import jax  # only for the initializer the Flax models themselves use
+
+  from mer_jax.models import layers
+  wkey, bkey = f"{prefix}.weight", f"{prefix}.bias"
+  if wkey in sd:
+    w = np.asarray(sd.take(wkey), np.float32)
+    if w.shape == (num_classes, dim):
+      return {"kernel": dense_kernel(w), "bias": take_shaped(sd, bkey, (num_classes,))}
+    if w.ndim != 2 or w.shape[1] != dim:
+      raise ConversionError(
+          f"checkpoint tensor {wkey!r} has shape {w.shape}: a head on {w.shape[-1]} "
+          f"features, the model's has {dim}")
+    if bkey in sd:
+      sd.skip(bkey)
+    logging.info("Re-initialising the classifier head: checkpoint has %d classes, model %d.",
+                 w.shape[0], num_classes)
+  kernel = layers.trunc_normal(jax.random.PRNGKey(seed), (dim, num_classes), np.float32)
+  return {"kernel": np.asarray(kernel), "bias": np.zeros((num_classes,), np.float32)}
+
+
 # --- families -------------------------------------------------------------
 # Each returns a Flax params tree for `models.create_model(name, ...)` and
 # calls `sd.finish()`. Heads of another size than `num_classes` are re-initialised.
@@ -104,13 +140,7 @@ def _vit_from_timm(name, sd: StateDict, *, img_size, in_chans, num_classes, seed
 
 
 def _vit_take(sd: StateDict, key: str, shape: tuple) -> np.ndarray:
-  """sd.take(key) as float32, checked against the shape the model needs."""
-  w = np.asarray(sd.take(key), np.float32)
-  if w.shape != tuple(shape):
-    raise ConversionError(
-        f"checkpoint tensor {key!r} has shape {w.shape}, the model needs {tuple(shape)}: "
-        "is this a checkpoint of the same architecture?")
-  return w
+  return take_shaped(sd, key, shape)
 
 
 def _vit_dense(sd: StateDict, prefix: str, d_in: int, d_out: int) -> dict:
@@ -183,23 +213,7 @@ def _vit_params(sd: StateDict, arch, *, img_size: int, in_chans: int,
 
 
 def _vit_head(sd: StateDict, dim: int, num_classes: int, seed: int) -> dict:
-  """The checkpoint's head if it has `num_classes` outputs, else a fresh one
-  initialised as timm does (trunc_normal std .02, zero bias)."""
-  import logging
-
-  import jax  # only for the initializer the Flax model itself uses
-
-  from mer_jax.models import layers
-  if "head.weight" in sd:
-    w = np.asarray(sd.take("head.weight"), np.float32)
-    if w.shape == (num_classes, dim):
-      return {"kernel": dense_kernel(w), "bias": _vit_take(sd, "head.bias", (num_classes,))}
-    if "head.bias" in sd:
-      sd.skip("head.bias")
-    logging.info("Re-initialising the ViT head: checkpoint has %d classes, model %d.",
-                 w.shape[0], num_classes)
-  kernel = layers.trunc_normal(jax.random.PRNGKey(seed), (dim, num_classes), np.float32)
-  return {"kernel": np.asarray(kernel), "bias": np.zeros((num_classes,), np.float32)}
+  return classifier_head(sd, "head", dim, num_classes, seed)
 
 
 # torch's F.interpolate in numpy, for position-embedding resampling as timm
@@ -399,8 +413,95 @@ def _swin_from_timm(name, sd: StateDict, *, img_size, in_chans, num_classes, see
   raise NotImplementedError("Swin conversion")
 
 
+def poolformer_original_to_timm(state_dict) -> dict:
+  """The original sail-sg PoolFormer checkpoint names (`network.0.0.mlp.fc1`,
+  `patch_embed`, `layer_scale_1`, `norm`, `head`) -> timm's MetaFormer names,
+  by the renaming of timm 1.0.31's `metaformer.checkpoint_filter_fn`. A timm
+  state dict (has `stem.conv.weight`) is returned as is."""
+  import re
+
+  if "stem.conv.weight" in state_dict:
+    return dict(state_dict)
+  out = {}
+  v1 = "network.0.0.mlp.fc1.weight" in state_dict
+  for k, v in state_dict.items():
+    if v1:
+      k = re.sub(r"layer_scale_([0-9]+)", r"layer_scale\1.scale", k)
+      for a, b in (("network.1", "downsample_layers.1"), ("network.3", "downsample_layers.2"),
+                   ("network.5", "downsample_layers.3"), ("network.2", "network.1"),
+                   ("network.4", "network.2"), ("network.6", "network.3"),
+                   ("network", "stages")):
+        k = k.replace(a, b)
+    k = re.sub(r"downsample_layers.([0-9]+)", r"stages.\1.downsample", k)
+    k = k.replace("downsample.proj", "downsample.conv").replace("patch_embed.proj", "patch_embed.conv")
+    k = re.sub(r"([0-9]+).([0-9]+)", r"\1.blocks.\2", k)
+    k = k.replace("stages.0.downsample", "patch_embed").replace("patch_embed", "stem")
+    k = k.replace("post_norm", "norm").replace("pre_norm", "norm")
+    k = re.sub(r"^head", "head.fc", k)
+    k = re.sub(r"^norm", "head.norm", k)
+    out[k] = np.asarray(v)
+  return out
+
+
+def _poolformer_conv(sd: StateDict, prefix: str, c_in: int, c_out: int, k: int) -> dict:
+  return {"kernel": conv_kernel(take_shaped(sd, f"{prefix}.weight", (c_out, c_in, k, k))),
+          "bias": take_shaped(sd, f"{prefix}.bias", (c_out,))}
+
+
+def _poolformer_pointwise(sd: StateDict, prefix: str, c_in: int, c_out: int) -> dict:
+  """A 1x1 conv [O, I, 1, 1] (or a Linear [O, I]) -> Dense on the channel axis."""
+  w = np.asarray(sd.take(f"{prefix}.weight"), np.float32)
+  if w.shape not in ((c_out, c_in, 1, 1), (c_out, c_in)):
+    raise ConversionError(f"checkpoint tensor '{prefix}.weight' has shape {w.shape}, "
+                          f"the model needs ({c_out}, {c_in}, 1, 1)")
+  return {"kernel": dense_kernel(w.reshape(c_out, c_in)),
+          "bias": take_shaped(sd, f"{prefix}.bias", (c_out,))}
+
+
 def _poolformer_from_timm(name, sd: StateDict, *, img_size, in_chans, num_classes, seed):
-  raise NotImplementedError("PoolFormer conversion")
+  """timm `poolformer_*` (MetaFormer) state dict -> params of `poolformer.create`.
+
+  Original sail-sg names are accepted too (see `poolformer_original_to_timm`).
+  The stem kernel is adapted to `in_chans`; `img_size` plays no role.
+  """
+  del img_size
+  from mer_jax.models import poolformer
+  arch = poolformer.ARCHS[name]
+  sd = StateDict(poolformer_original_to_timm({k: sd.take(k) for k in list(sd.keys())}))
+  dims = arch.dims
+  w = np.asarray(sd.take("stem.conv.weight"), np.float32)
+  if w.ndim != 4 or w.shape[0] != dims[0] or w.shape[2:] != (7, 7):
+    raise ConversionError(f"checkpoint tensor 'stem.conv.weight' has shape {w.shape}, "
+                          f"expected [{dims[0]}, C, 7, 7]: not a {name} checkpoint")
+  params = {"stem": {"kernel": conv_kernel(adapt_input_conv(in_chans, w)),
+                     "bias": take_shaped(sd, "stem.conv.bias", (dims[0],))}}
+  for i, (depth, d) in enumerate(zip(arch.depths, dims)):
+    if i > 0:
+      params[f"stages_{i}_downsample"] = _poolformer_conv(
+          sd, f"stages.{i}.downsample.conv", dims[i - 1], d, 3)
+    hidden = int(d * arch.mlp_ratio)
+    for j in range(depth):
+      b = f"stages.{i}.blocks.{j}"
+      params[f"stages_{i}_blocks_{j}"] = {
+          "norm1": {"scale": take_shaped(sd, f"{b}.norm1.weight", (d,)),
+                    "bias": take_shaped(sd, f"{b}.norm1.bias", (d,))},
+          "layer_scale1": {"scale": take_shaped(sd, f"{b}.layer_scale1.scale", (d,))},
+          "norm2": {"scale": take_shaped(sd, f"{b}.norm2.weight", (d,)),
+                    "bias": take_shaped(sd, f"{b}.norm2.bias", (d,))},
+          "mlp": {"fc1": _poolformer_pointwise(sd, f"{b}.mlp.fc1", d, hidden),
+                  "fc2": _poolformer_pointwise(sd, f"{b}.mlp.fc2", hidden, d)},
+          "layer_scale2": {"scale": take_shaped(sd, f"{b}.layer_scale2.scale", (d,))},
+      }
+  params["head_norm"] = {"scale": take_shaped(sd, "head.norm.weight", (dims[-1],)),
+                         "bias": take_shaped(sd, "head.norm.bias", (dims[-1],))}
+  if num_classes > 0:
+    params["head"] = classifier_head(sd, "head.fc", dims[-1], num_classes, seed)
+  else:
+    for key in ("head.fc.weight", "head.fc.bias"):
+      if key in sd:
+        sd.skip(key)
+  sd.finish()
+  return params
 
 
 _CONVERTERS = {"vit": _vit_from_timm, "swin": _swin_from_timm,
@@ -419,3 +520,179 @@ def from_timm(name: str, state_dict, img_size: int = 224, in_chans: int = 3,
       name, sd, img_size=img_size, in_chans=in_chans,
       num_classes=num_classes, seed=seed)
   return {"params": params}
+
+
+# --- weight files ---------------------------------------------------------
+# A weight source is a local file (model.safetensors, a timm or Google .npz,
+# a PyTorch .pth/.bin read with weights_only=True), a folder holding one, or a
+# hub id ("timm/poolformer_m36.sail_in1k", optionally "hf-hub:"-prefixed).
+
+_HUB = "https://huggingface.co"
+
+
+class WeightsNotFound(FileNotFoundError):
+  """A weight source that is neither a readable file nor a reachable hub id."""
+
+
+def _hub_id(source: str) -> str | None:
+  s = source[len("hf-hub:"):] if source.startswith("hf-hub:") else source
+  parts = s.split("/")
+  if len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~")) \
+      and not any(s.endswith(e) for e in (".safetensors", ".npz", ".pth", ".pt", ".bin")):
+    return s
+  return None
+
+
+def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+  import os
+  import socket
+
+  if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or \
+      os.environ.get("MER_JAX_OFFLINE", "0") not in ("", "0"):
+    return False
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _download_hint(hub_id: str) -> str:
+  return (f"download {_HUB}/{hub_id}/resolve/main/model.safetensors on a machine with "
+          "internet access, copy it here and pass its path instead of the hub id "
+          "(--config.init.weights=/path/to/model.safetensors, or "
+          "`python -m mer_jax.convert --weights /path/to/model.safetensors ...`).")
+
+
+def _from_hub(hub_id: str, cache_dir: str | None) -> str:
+  if not _online():
+    raise WeightsNotFound(
+        f"Cannot fetch {hub_id!r}: this machine is offline (no connection to huggingface.co). "
+        + _download_hint(hub_id))
+  import huggingface_hub
+
+  try:
+    return huggingface_hub.hf_hub_download(hub_id, "model.safetensors", cache_dir=cache_dir)
+  except Exception as e:  # noqa: BLE001 - any hub failure gets the same advice
+    raise WeightsNotFound(f"Could not download {hub_id!r} from the hub ({e}). "
+                          + _download_hint(hub_id)) from e
+
+
+def _torch_file(path) -> dict:
+  try:
+    import torch
+  except ImportError as e:
+    raise ConversionError(
+        f"{path} is a PyTorch pickle, which needs torch to read; convert it to "
+        "model.safetensors on a machine with torch, or install torch.") from e
+  obj = torch.load(str(path), map_location="cpu", weights_only=True)
+  for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+    if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+      obj = obj[key]
+      break
+  return {k.removeprefix("module."): v.detach().cpu().float().numpy()
+          for k, v in obj.items() if hasattr(v, "detach")}
+
+
+def resolve_weights(source: str, cache_dir: str | None = None) -> str:
+  """The local file a weight source stands for (downloading a hub id when online).
+
+  Raises WeightsNotFound saying where it looked and what to do.
+  """
+  import os
+  import pathlib
+
+  p = pathlib.Path(os.path.expanduser(str(source)))
+  if p.is_dir():
+    for name in ("model.safetensors", "pytorch_model.bin", "model.npz"):
+      if (p / name).is_file():
+        return str(p / name)
+    raise WeightsNotFound(f"No model.safetensors, pytorch_model.bin or model.npz in {p.resolve()}")
+  if p.is_file():
+    return str(p)
+  hub = _hub_id(str(source))
+  if hub is not None:
+    return _from_hub(hub, cache_dir)
+  raise WeightsNotFound(
+      f"Weights file not found: {source!r} (looked for {p.resolve()}; working directory "
+      f"{os.getcwd()}). Pass a model.safetensors / .npz / .pth file, a folder holding one, "
+      "or a timm hub id such as timm/poolformer_m36.sail_in1k.")
+
+
+def load_state_dict(source: str, img_size: int | None = None,
+                    cache_dir: str | None = None) -> dict[str, np.ndarray]:
+  """{timm key: float32 array} from a weight source (see `resolve_weights`).
+
+  Google ViT `.npz` files are renamed to timm's keys (their position
+  embedding resampled to `img_size` by timm's .npz rule). safetensors and npz
+  are read with numpy; only `.pth/.pt/.bin` files import torch.
+  """
+  path = resolve_weights(source, cache_dir)
+  suffix = path.rsplit(".", 1)[-1].lower()
+  if suffix == "safetensors":
+    import safetensors.numpy
+    try:
+      sd = safetensors.numpy.load_file(path)
+    except Exception as e:  # noqa: BLE001
+      raise ConversionError(f"{path} is not a readable safetensors file: {e}") from e
+  elif suffix == "npz":
+    with np.load(path) as z:
+      sd = {k: z[k] for k in z.files}
+    if "embedding/kernel" in sd or "opt/target/embedding/kernel" in sd:
+      sd = vit_npz_to_timm(sd, img_size=img_size)
+  elif suffix in ("pth", "pt", "bin", "ckpt"):
+    sd = _torch_file(path)
+  else:
+    raise ConversionError(f"Unknown weight file type {path!r}: expected .safetensors, "
+                          ".npz, or a PyTorch .pth/.pt/.bin")
+  return {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating)
+          else np.asarray(v) for k, v in sd.items()}
+
+
+def default_cache_dir() -> str:
+  import os
+  return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                      "mer_jax", "converted")
+
+
+def _source_fingerprint(source: str) -> str:
+  """Identifies a weight source's content cheaply: path, size and mtime of a
+  local file; the id itself for a hub id."""
+  import hashlib
+  import os
+
+  p = os.path.expanduser(str(source))
+  if os.path.exists(p):
+    st = os.stat(p)
+    key = f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}"
+  else:
+    key = str(source)
+  return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def load_pretrained(name: str, source: str, img_size: int = 224, in_chans: int = 3,
+                    num_classes: int = 7, seed: int = 0, cache_dir: str | None = None) -> dict:
+  """Flax variables for `create_model(name, ...)` from a weight source,
+  converted once and cached (flax msgpack) under `cache_dir`."""
+  import logging
+  import os
+
+  import flax.serialization
+
+  cache_dir = os.path.expanduser(cache_dir or default_cache_dir())
+  tag = f"{name}_{img_size}_c{in_chans}_n{num_classes}_s{seed}_{_source_fingerprint(source)}"
+  cached = os.path.join(cache_dir, tag + ".msgpack")
+  if os.path.exists(cached):
+    with open(cached, "rb") as f:
+      logging.info("Converted weights from cache %s", cached)
+      return flax.serialization.msgpack_restore(f.read())
+  sd = load_state_dict(source, img_size=img_size, cache_dir=os.path.join(cache_dir, "hub"))
+  variables = from_timm(name, sd, img_size=img_size, in_chans=in_chans,
+                        num_classes=num_classes, seed=seed)
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = cached + f".tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(variables))
+  os.replace(tmp, cached)  # a killed conversion never leaves a truncated cache entry
+  logging.info("Converted %s for %s and cached it at %s", source, name, cached)
+  return variables

@@ -1,0 +1,162 @@
+"""PoolFormer (Yu et al., CVPR 2022) in Flax linen, an exact port of timm.
+
+Mirrors timm 1.0.31 `poolformer_{s12,s24,m36,m48}`
+(`timm.models.metaformer.MetaFormer` with the PoolFormer v1 arguments):
+
+  stem: 7x7 conv stride 4 pad 2 (no norm)
+  4 stages: [3x3 conv stride 2 pad 1 downsampling before stages 1-3]
+    blocks: x + ls1 * pool(gn1(x))  with pool(x) = avgpool3x3(x) - x
+            x + ls2 * mlp(gn2(x))   with 1x1-conv Mlp (exact GELU)
+    (GroupNorm with one group, eps 1e-5; LayerScale per channel)
+  head: global average pool -> LayerNorm (eps 1e-6) -> dropout -> Linear.
+
+The average pool excludes padding from the count (count_include_pad=False), as
+timm's. The model is fully convolutional: any input size works, so the same
+parameters serve M1 (384) and M2 (224). NHWC throughout; 1x1 convs are Dense
+layers on the channel axis (same matmul, no conv dispatch). Parameters are
+float32; `dtype` sets the compute dtype while norms run in float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mer_jax.models.layers import DropPath, Dtype, Mlp, trunc_normal
+from mer_jax.models.vit import drop_path_rates
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolFormerArch:
+  depths: tuple[int, ...]
+  dims: tuple[int, ...]
+  layer_scale_init: float
+  mlp_ratio: float = 4.0
+  pool_size: int = 3
+
+
+ARCHS = {
+    # timm.models.metaformer.poolformer_*: depths, dims, layer_scale_init_values.
+    "poolformer_s12": PoolFormerArch((2, 2, 6, 2), (64, 128, 320, 512), 1e-5),
+    "poolformer_s24": PoolFormerArch((4, 4, 12, 4), (64, 128, 320, 512), 1e-5),
+    "poolformer_m36": PoolFormerArch((6, 6, 18, 6), (96, 192, 384, 768), 1e-6),
+    "poolformer_m48": PoolFormerArch((8, 8, 24, 8), (96, 192, 384, 768), 1e-6),
+    # Not registered in mer_jax.models: a 4-block model for fast mechanics tests.
+    "poolformer_test": PoolFormerArch((1, 1, 1, 1), (16, 24, 32, 40), 1e-5),
+}
+
+
+def _group_norm(dtype, name):
+  """timm's GroupNorm1: one group, statistics over H, W and C per sample."""
+  return nn.GroupNorm(num_groups=1, epsilon=1e-5, dtype=dtype, use_fast_variance=False,
+                      name=name)
+
+
+def _pool_counts(h: int, w: int, k: int) -> np.ndarray:
+  """How many in-image pixels each k x k window (stride 1, pad k//2) covers."""
+  def counts(n):
+    i = np.arange(n)
+    return np.minimum(i + k // 2, n - 1) - np.maximum(i - k // 2, 0) + 1
+  return (counts(h)[:, None] * counts(w)[None, :]).astype(np.float32)[..., None]
+
+
+def pool_mixer(x, pool_size: int = 3):
+  """avgpool(x, k, stride 1, pad k//2, count_include_pad=False) - x, NHWC."""
+  k, p = pool_size, pool_size // 2
+  summed = jax.lax.reduce_window(
+      x, np.array(0, x.dtype), jax.lax.add, (1, k, k, 1), (1, 1, 1, 1),
+      ((0, 0), (p, p), (p, p), (0, 0)))
+  counts = _pool_counts(x.shape[1], x.shape[2], k)
+  return summed * jnp.asarray(1.0 / counts, x.dtype) - x
+
+
+class LayerScale(nn.Module):
+  """timm's `Scale`: a learned per-channel gain (`scale`)."""
+  init_value: float
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.constant(self.init_value),
+                       (x.shape[-1],), jnp.float32)
+    return x * scale.astype(x.dtype)
+
+
+class PoolFormerBlock(nn.Module):
+  mlp_ratio: float = 4.0
+  pool_size: int = 3
+  layer_scale_init: float = 1e-5
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dim = x.shape[-1]
+    y = pool_mixer(_group_norm(self.dtype, "norm1")(x), self.pool_size)
+    y = LayerScale(self.layer_scale_init, name="layer_scale1")(y)
+    x = x + DropPath(self.drop_path, name="drop_path1")(y, train=train)
+    y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(
+        _group_norm(self.dtype, "norm2")(x), train=train)
+    y = LayerScale(self.layer_scale_init, name="layer_scale2")(y)
+    return x + DropPath(self.drop_path, name="drop_path2")(y, train=train)
+
+
+class PoolFormer(nn.Module):
+  """timm's MetaFormer with PoolFormer v1 settings. `num_classes=0` returns
+  the pooled, normalised features."""
+  depths: tuple[int, ...] = (6, 6, 18, 6)
+  dims: tuple[int, ...] = (96, 192, 384, 768)
+  layer_scale_init: float = 1e-6
+  mlp_ratio: float = 4.0
+  pool_size: int = 3
+  in_chans: int = 3
+  num_classes: int = 7
+  drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim != 4 or x.shape[-1] != self.in_chans:
+      raise ValueError(f"PoolFormer expects NHWC images with {self.in_chans} channel(s), "
+                       f"got shape {tuple(x.shape)}")
+    x = nn.Conv(self.dims[0], (7, 7), strides=(4, 4), padding=((2, 2), (2, 2)),
+                dtype=self.dtype, kernel_init=trunc_normal, name="stem")(
+                    jnp.asarray(x, self.dtype))
+    rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
+    block = 0
+    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+      if i > 0:
+        x = nn.Conv(dim, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    kernel_init=trunc_normal, name=f"stages_{i}_downsample")(x)
+      for j in range(depth):
+        x = PoolFormerBlock(self.mlp_ratio, self.pool_size, self.layer_scale_init,
+                            drop_path=rates[block], dtype=self.dtype,
+                            name=f"stages_{i}_blocks_{j}")(x, train=train)
+        block += 1
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, name="head_norm")(x)
+    x = nn.Dropout(self.drop_rate, deterministic=not train, name="head_drop")(x)
+    if self.num_classes > 0:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal,
+                   name="head")(x.astype(self.dtype))
+    return x.astype(jnp.float32)
+
+
+def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
+           drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+           dtype=jnp.float32) -> PoolFormer:
+  """The Flax PoolFormer for a registry name (see `mer_jax.models.create_model`).
+
+  `img_size` is accepted for a uniform interface; PoolFormer is size-agnostic.
+  """
+  del img_size
+  if name not in ARCHS:
+    raise ValueError(f"Unknown PoolFormer {name!r}; valid names: {', '.join(ARCHS)}")
+  a = ARCHS[name]
+  return PoolFormer(depths=a.depths, dims=a.dims, layer_scale_init=a.layer_scale_init,
+                    mlp_ratio=a.mlp_ratio, pool_size=a.pool_size, in_chans=in_chans,
+                    num_classes=num_classes, drop_rate=drop_rate,
+                    drop_path_rate=drop_path_rate, dtype=dtype)
