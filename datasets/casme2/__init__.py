@@ -1,0 +1,1 @@
+"""The CASME II TFDS dataset folder (see casme2_dataset_builder.py)."""

@@ -1,0 +1,200 @@
+r"""Build the CASME II TFDS configs from Python, on first use, and report their quality.
+
+  python -m mer_jax.data.build --configs all --manual_dir ~/casme2
+  python -m mer_jax.data.build --configs m2_mfs --manual_dir data/synthetic_casme2 --synthetic
+  python -m mer_jax.data.build --quality --configs all        # Table I of built configs
+
+Training calls `ensure_built` so that one command is enough. Concurrent
+callers (several runs of a study, the processes of a multi-host run) build a
+config once: a lock file serialises them and the others reuse the result.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+
+from mer_jax.data import casme2, preprocess
+
+CONFIG_NAMES = tuple(f"{m}_{p}" for m in ("m1", "m2") for p in ("af", "kfs", "mfs"))
+
+
+def config_name(method: str, phase: str) -> str:
+  from mer_jax.data.phases import Phase
+  return f"{preprocess.Method.parse(method).value}_{Phase.parse(phase).value}"
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def parse_configs(spec: str) -> list[str]:
+  names = list(CONFIG_NAMES) if spec in ("all", "") else [s.strip() for s in spec.split(",")]
+  for n in names:
+    if n not in CONFIG_NAMES:
+      raise ValueError(f"Unknown CASME II config {n!r}; valid: {', '.join(CONFIG_NAMES)}, all")
+  return names
+
+
+def builder(config: str, data_dir: str | None = None, **options):
+  """The TFDS builder of one config (`options`: detection_cache, workers,
+  skip_unreadable, sheet; see mer_jax.data.tfds_casme2)."""
+  from mer_jax.data import tfds_casme2
+  if config not in CONFIG_NAMES:
+    raise ValueError(f"Unknown CASME II config {config!r}; valid: {', '.join(CONFIG_NAMES)}")
+  return tfds_casme2.Casme2Builder(config=config, data_dir=data_dir or default_data_dir(),
+                                   **options)
+
+
+def is_built(b) -> bool:
+  return (pathlib.Path(b.data_dir) / "dataset_info.json").exists()
+
+
+@contextlib.contextmanager
+def _lock(path: pathlib.Path):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _has_casme2(manual_dir: pathlib.Path) -> bool:
+  if not manual_dir.is_dir():
+    return False
+  return any(manual_dir.glob("CASME2-coding*")) or any(manual_dir.glob("*/CASME2-coding*"))
+
+
+def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int = 255,
+                      subjects: int = 26, seed: int = 0, log=print) -> pathlib.Path:
+  """The CASME II copy; with `synthetic`, writes the synthetic set there if absent."""
+  d = pathlib.Path(manual_dir).expanduser()
+  if _has_casme2(d):
+    return d
+  if not synthetic:
+    raise casme2.Casme2Error(
+        f"No CASME II copy at {d.resolve()} (no CASME2-coding-*.xlsx/csv there).\n\n"
+        + _instructions())
+  from mer_jax.data import synthetic as syn
+  with _lock(d.parent / f".{d.name}.lock"):
+    if not _has_casme2(d):
+      log(f"Writing the synthetic CASME II ({videos} videos, {subjects} subjects) to {d} ...")
+      start = time.perf_counter()
+      syn.write_synthetic_casme2(d, videos=videos, subjects=subjects, seed=seed)
+      log(f"  done in {time.perf_counter() - start:.0f} s")
+  return d
+
+
+def _instructions() -> str:
+  from mer_jax.data import tfds_casme2
+  return tfds_casme2.MANUAL_DOWNLOAD_INSTRUCTIONS
+
+
+def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
+                 synthetic: bool = False, synthetic_videos: int = 255,
+                 synthetic_subjects: int = 26, log=print, **options) -> str:
+  """Builds `config` unless it is already built; returns the dataset directory.
+
+  Raises casme2.Casme2Error (with the download instructions) when neither
+  the dataset nor the manual dir exists.
+  """
+  b = builder(config, data_dir, **options)
+  if is_built(b):
+    return str(b.data_dir)
+  with _lock(pathlib.Path(b.data_path).parent.parent / f".{config}.lock"):
+    b = builder(config, data_dir, **options)  # re-read: another process may have built it
+    if is_built(b):
+      return str(b.data_dir)
+    d = ensure_manual_dir(manual_dir, synthetic=synthetic, videos=synthetic_videos,
+                          subjects=synthetic_subjects, log=log)
+    import tensorflow_datasets as tfds
+    log(f"Building CASME II {config} from {d} into {b.data_dir} (once) ...")
+    start = time.perf_counter()
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(d)))
+    q = read_quality(b.data_dir)
+    log(f"  built in {time.perf_counter() - start:.0f} s: {quality_line(q)}")
+  return str(b.data_dir)
+
+
+def read_quality(dataset_dir) -> dict:
+  p = pathlib.Path(dataset_dir) / "quality.json"
+  if not p.exists():
+    raise FileNotFoundError(f"{p} not found: was this dataset built by mer_jax?")
+  return json.loads(p.read_text())
+
+
+def quality_line(q: dict) -> str:
+  return (f"{q['config']}: {q['videos']} videos, {q['frames']} images "
+          f"{'x'.join(map(str, q['image_shape']))}, face-centring rate "
+          f"{q['face_centring_rate']:.3f}, information density {q['information_density']:,}, "
+          f"borrowed detections {len(q['borrowed'])}, fallback videos "
+          f"{len(q['fallback_videos'])}, skipped frames {len(q['skipped'])}")
+
+
+def quality_table(qs: list[dict]) -> str:
+  """The paper's Table I (dataset and methodology) for built configs, in markdown."""
+  rows = ["| config | resolution | colour | face-centring rate | information density "
+          "| train / val / test images | borrowed | fallback videos |",
+          "|---|---|---|---|---|---|---|---|"]
+  for q in qs:
+    h, w, c = q["image_shape"]
+    sp = q["splits"]
+    rows.append(
+        f"| {q['config']} | {h}x{w} | {'RGB' if c == 3 else 'gray'} | "
+        f"{q['face_centring_rate']:.3f} | {q['information_density']:,} | "
+        f"{' / '.join(str(sp.get(s, {}).get('frames', 0)) for s in ('train', 'validation', 'test'))}"
+        f" | {len(q['borrowed'])} | {len(q['fallback_videos'])} |")
+  return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m mer_jax.data.build", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--configs", default="all", help="'all' or a comma list, e.g. m2_mfs,m1_af")
+  ap.add_argument("--manual_dir", default="~/casme2", help="CASME II as distributed")
+  ap.add_argument("--data_dir", default="", help="TFDS data dir (default ~/tensorflow_datasets)")
+  ap.add_argument("--synthetic", action="store_true",
+                  help="write a synthetic CASME II into manual_dir if it holds none")
+  ap.add_argument("--videos", type=int, default=255)
+  ap.add_argument("--subjects", type=int, default=26)
+  ap.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+  ap.add_argument("--detection_cache", default=None, help="default ~/.cache/mer_jax; '' = off")
+  ap.add_argument("--skip_unreadable", action="store_true",
+                  help="skip (and report) unreadable frames instead of stopping")
+  ap.add_argument("--quality", action="store_true", help="print Table I of built configs")
+  args = ap.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING)
+  try:
+    names = parse_configs(args.configs)
+    data_dir = args.data_dir or None
+    if args.quality:
+      qs = []
+      for n in names:
+        b = builder(n, data_dir)
+        if is_built(b):
+          qs.append(read_quality(b.data_dir))
+        else:
+          print(f"{n}: not built", file=sys.stderr)
+      print(quality_table(qs))
+      return 0 if qs else 1
+    for n in names:
+      ensure_built(n, args.manual_dir, data_dir, synthetic=args.synthetic,
+                   synthetic_videos=args.videos, synthetic_subjects=args.subjects,
+                   workers=args.workers or None, detection_cache=args.detection_cache,
+                   skip_unreadable=args.skip_unreadable)
+  except (casme2.Casme2Error, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

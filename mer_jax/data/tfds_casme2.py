@@ -1,0 +1,209 @@
+"""The CASME II TFDS builder: six configs (M1/M2 x AF/KFS/MFS), paper splits.
+
+The registered builder is `datasets/casme2/casme2_dataset_builder.py`
+(`tfds build datasets/casme2 --config m2_mfs --manual_dir DIR`), a subclass of
+`Casme2Builder` below; `mer_jax.data.build` uses this class directly, so
+Python code needs no path to the datasets/ folder.
+
+Each example is one preprocessed frame:
+  image         M1 384x384x3 / M2 224x224x1 uint8 (PNG, lossless)
+  label         ClassLabel over EMOTIONS
+  video_id      "subNN/EPxx_yy[f]"; subject "subNN"
+  frame_index   absolute frame number (the N of imgN.jpg)
+  role          onset / apex / offset / window (see mer_jax.data.phases)
+  onset, apex, offset, apex_estimated, action_units   the video's coding
+Splits `train`, `validation`, `test` are the paper's stratified 201/26/28
+video split. For leave-one-subject-out, read all three splits and select by
+`video_id` with `mer_jax.data.splits.loso_folds`.
+
+Files are array_record (random access through `tfds.data_source`, no
+TensorFlow at read time). The build also writes `quality.json` (the paper's
+Table I figures and what the preprocessing did: borrowed detections,
+fallback videos, skipped frames) into the dataset directory. A failed build
+leaves no dataset directory (TFDS builds in a temporary one and renames it
+only on success).
+
+Build options the `tfds` CLI cannot pass are read from the environment:
+MER_JAX_DETECTION_CACHE (detection cache; "" = off), MER_JAX_WORKERS
+(processes; default every core), MER_JAX_SKIP_UNREADABLE=1 (skip and report
+unreadable frames instead of stopping), MER_JAX_SHEET (coding sheet path).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mer_jax.data import casme2, phases, preprocess, splits
+
+VERSION = tfds.core.Version("1.0.0")
+CONFIG_NAMES = tuple(f"{m}_{p}" for m in ("m1", "m2") for p in ("af", "kfs", "mfs"))
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+CASME II is licensed by its authors (Institute of Psychology, Chinese Academy
+of Sciences): request it at http://casme.psych.ac.cn/casme/e2 . Then put in the
+manual directory (e.g. ~/casme2, or pass --manual_dir / data.manual_dir):
+
+  DIR/CASME2_RAW_selected/sub01/EP02_01f/img46.jpg ...   (raw 640x480 frames)
+  DIR/CASME2-coding-20190701.xlsx                        (the coding sheet;
+       any version, e.g. CASME2-coding-20140508.xlsx, or a CSV export of it)
+
+(CASME2_RAW_selected may also sit one level down, e.g. DIR/CASME2/CASME2_RAW_selected.)
+No licence at hand? `python -m mer_jax.data.synthetic --out DIR` writes a
+synthetic CASME II in the same layout, for trying the tool end to end.
+"""
+
+
+@dataclasses.dataclass
+class Casme2Config(tfds.core.BuilderConfig):
+  method: str = "m2"
+  phase: str = "mfs"
+
+
+def _configs():
+  desc = {"m1": "raw frame centre-cropped to 384x384 RGB",
+          "m2": "dlib face box +20 px, cropped, 224x224 grayscale",
+          "af": "apex frame", "kfs": "onset, apex, offset",
+          "mfs": "onset+[0..3], apex+[-2..2], offset+[-3..0]"}
+  return [Casme2Config(name=n, method=n[:2], phase=n[3:], version=VERSION,
+                       description=f"{desc[n[:2]]}; {desc[n[3:]]}") for n in CONFIG_NAMES]
+
+
+def _env_flag(name: str) -> bool:
+  return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """CASME II micro-expression frames, preprocessed by M1/M2, per AF/KFS/MFS phase."""
+
+  name = "casme2"
+  VERSION = VERSION
+  RELEASE_NOTES = {"1.0.0": "Six configs m{1,2}_{af,kfs,mfs}; paper split 201/26/28."}
+  BUILDER_CONFIGS = _configs()
+  DEFAULT_CONFIG_NAME = "m2_mfs"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def __init__(self, *, detection_cache: str | None = None, workers: int | None = None,
+               skip_unreadable: bool | None = None, sheet: str | None = None, **kwargs):
+    if kwargs.get("file_format") is None:  # random access for tfds.data_source
+      kwargs["file_format"] = "array_record"
+    super().__init__(**kwargs)
+    env_cache = os.environ.get("MER_JAX_DETECTION_CACHE")
+    self._detection_cache = detection_cache if detection_cache is not None else env_cache
+    self._workers = workers or int(os.environ.get("MER_JAX_WORKERS", "0") or 0) or None
+    self._skip_unreadable = (_env_flag("MER_JAX_SKIP_UNREADABLE") if skip_unreadable is None
+                             else skip_unreadable)
+    self._sheet = sheet or os.environ.get("MER_JAX_SHEET") or None
+    self._reports: dict[str, preprocess.PreprocessReport] = {}
+    self._build_info: dict = {}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    shape = preprocess.IMAGE_SHAPE[preprocess.Method.parse(self.builder_config.method)]
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png"),
+            "label": tfds.features.ClassLabel(names=casme2.EMOTIONS),
+            "video_id": tfds.features.Text(),
+            "subject": tfds.features.Text(),
+            "frame_index": np.int32,
+            "role": tfds.features.Text(),
+            "onset": np.int32,
+            "apex": np.int32,
+            "offset": np.int32,
+            "apex_estimated": np.bool_,
+            "action_units": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        disable_shuffling=True,  # examples in (video, frame) order; readers shuffle
+        homepage="http://casme.psych.ac.cn/casme/e2",
+        citation="""@article{yan2014casme2,
+  title={CASME II: An improved spontaneous micro-expression database and the baseline evaluation},
+  author={Yan, Wen-Jing and Li, Xiaobai and Wang, Su-Jing and Zhao, Guoying and Liu, Yong-Jin
+          and Chen, Yu-Hsin and Fu, Xiaolan},
+  journal={PLoS ONE}, volume={9}, number={1}, pages={e86041}, year={2014}}""",
+    )
+
+  def _split_generators(self, dl_manager):
+    manual_dir = dl_manager.manual_dir  # TFDS raises with the instructions when missing
+    try:
+      index = casme2.load_casme2(manual_dir, self._sheet)
+    except casme2.Casme2Error as e:
+      raise casme2.Casme2Error(f"{e}\n\n{MANUAL_DOWNLOAD_INSTRUCTIONS}") from None
+    split = splits.paper_split(index.videos)
+    by_id = {v.video_id: v for v in index.videos}
+    self._build_info = {
+        "manual_dir": str(manual_dir), "sheet": index.sheet.name,
+        "videos": len(index.videos), "notes": index.notes,
+        "split_videos": {k: len(v) for k, v in split.items()},
+        "split_class_counts": {k: splits.class_counts(v, index.videos) for k, v in split.items()},
+    }
+    return {name: self._generate_examples(name, [by_id[i] for i in ids])
+            for name, ids in split.items()}
+
+  def _generate_examples(self, split_name: str, videos: list):
+    cfg = self.builder_config
+    items = [(v, phases.select_frames(v, cfg.phase)) for v in videos]
+    roles = {v.video_id: {f.frame_index: f.role for f in frames} for v, frames in items}
+    # Faces are chosen over the MFS frames for every phase, so a frame's crop
+    # is the same in all three phases (and the detection cache serves all six).
+    run = preprocess.preprocess_videos(
+        items, cfg.method,
+        context=lambda v: [f.frame_index for f in phases.select_frames(v, "mfs")],
+        cache_dir=self._detection_cache, workers=self._workers,
+        skip_unreadable=self._skip_unreadable)
+    start = time.perf_counter()
+    for video, n, image in run:
+      yield f"{video.video_id}/{n:06d}", {
+          "image": image if image.ndim == 3 else image[..., None],
+          "label": video.label,
+          "video_id": video.video_id,
+          "subject": video.subject,
+          "frame_index": n,
+          "role": roles[video.video_id][n],
+          "onset": video.onset,
+          "apex": video.apex,
+          "offset": video.offset,
+          "apex_estimated": video.apex_estimated,
+          "action_units": video.action_units,
+      }
+    self._reports[split_name] = run.report
+    run.report.seconds = time.perf_counter() - start  # type: ignore[attr-defined]
+
+  def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
+    start = time.perf_counter()
+    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config,
+                                  **kwargs)
+    quality = quality_dict(self._reports, self.builder_config)
+    quality.update(self._build_info, build_seconds=time.perf_counter() - start)
+    # self.data_dir is TFDS's temporary directory here: quality.json lands
+    # together with the dataset, or not at all.
+    with open(os.path.join(self.data_dir, "quality.json"), "w") as f:
+      json.dump(quality, f, indent=1)
+
+
+def quality_dict(reports: dict, cfg) -> dict:
+  """Per-split and overall figures of a build (the paper's Table I and the fallbacks)."""
+  total = preprocess.PreprocessReport(cfg.method)
+  per_split = {}
+  for name, r in reports.items():
+    per_split[name] = r.as_dict()
+    per_split[name]["seconds"] = getattr(r, "seconds", None)
+    for f in dataclasses.fields(total):
+      if f.name == "method":
+        continue
+      a, b = getattr(total, f.name), getattr(r, f.name)
+      setattr(total, f.name, {**a, **b} if isinstance(a, dict) else a + b)
+  out = {"config": cfg.name, "method": cfg.method, "phase": cfg.phase,
+         "definitions": {
+             "face_centring_rate": (
+                 "fraction of output images in which the centre of the frame's own chosen "
+                 "dlib face box, mapped into the output image, lies within "
+                 f"{preprocess.CENTRED_WITHIN:.0%} of the output side of the image centre; "
+                 "frames without their own detection count as not centred"),
+             "information_density": "output pixels x channels"},
+         **total.as_dict(), "splits": per_split}
+  return out

@@ -1,0 +1,159 @@
+"""The CASME II TFDS builder on a small synthetic CASME II.
+
+Checks what a built dataset holds against the modules it is made from, read
+independently: the sheet (load_casme2), the phase rules (select_frames), the
+paper split (paper_split) and the preprocessing of single frames.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mer_jax.data import build, casme2, phases, preprocess, splits, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def manual(tmp_path_factory):
+  d = tmp_path_factory.mktemp("casme2")
+  synthetic.write_synthetic_casme2(d, videos=16, subjects=4, seed=3, workers=1)
+  return d
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("detections"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def read_all(dataset_dir):
+  src = tfds.builder_from_directory(str(dataset_dir)).as_data_source()
+  return {k: [src[k][i] for i in range(len(src[k]))] for k in ("train", "validation", "test")}
+
+
+@pytest.fixture(scope="module")
+def m2_mfs(manual, data_dir, cache):
+  d = build.ensure_built("m2_mfs", str(manual), data_dir, detection_cache=cache, workers=1,
+                         log=lambda *a: None)
+  return d, read_all(d)
+
+
+def test_m2_mfs_holds_each_videos_mfs_frames_in_its_paper_split(manual, m2_mfs):
+  _, data = m2_mfs
+  index = casme2.load_casme2(manual)
+  by_id = {v.video_id: v for v in index.videos}
+  split = splits.paper_split(index.videos)
+  seen = collections.defaultdict(list)
+  for name, examples in data.items():
+    for ex in examples:
+      vid = ex["video_id"].decode()
+      assert vid in split[name], f"{vid} in {name}"
+      v = by_id[vid]
+      assert ex["label"] == v.label and ex["subject"].decode() == v.subject
+      assert (ex["onset"], ex["apex"], ex["offset"]) == (v.onset, v.apex, v.offset)
+      assert ex["image"].shape == (224, 224, 1) and ex["image"].dtype == np.uint8
+      seen[vid].append((int(ex["frame_index"]), ex["role"].decode()))
+  assert sorted(seen) == sorted(by_id)
+  for vid, got in seen.items():
+    want = [(f.frame_index, f.role) for f in phases.select_frames(by_id[vid], "mfs")]
+    assert sorted(got) == want
+
+
+def test_quality_json_has_table_one_figures(m2_mfs):
+  d, data = m2_mfs
+  q = build.read_quality(d)
+  assert q["config"] == "m2_mfs" and q["information_density"] == 224 * 224
+  assert q["frames"] == sum(len(v) for v in data.values())
+  assert 0.8 <= q["face_centring_rate"] <= 1.0  # synthetic faces are found and centred
+  assert q["splits"]["train"]["frames"] == len(data["train"])
+  assert q["split_videos"] == {k: len({e["video_id"] for e in v}) for k, v in data.items()}
+  assert "face-centring" not in q["definitions"] or q["definitions"]["face_centring_rate"]
+  assert "| m2_mfs | 224x224 | gray |" in build.quality_table([q])
+
+
+def test_m2_reuses_detections_across_configs(manual, data_dir, cache, m2_mfs):
+  d = build.ensure_built("m2_af", str(manual), data_dir, detection_cache=cache, workers=1,
+                         log=lambda *a: None)
+  q = build.read_quality(d)
+  assert q["detected"] == 0 and q["cached"] > 0  # every frame was detected for m2_mfs
+  # AF's apex crop equals MFS's apex crop: faces are chosen over the MFS frames.
+  mfs = {(e["video_id"], int(e["frame_index"])): e["image"]
+         for v in m2_mfs[1].values() for e in v}
+  for examples in read_all(d).values():
+    for e in examples:
+      assert e["role"] == b"apex"
+      np.testing.assert_array_equal(e["image"], mfs[(e["video_id"], int(e["frame_index"]))])
+
+
+def test_m1_af_is_the_centre_crop_of_the_apex_frame(manual, data_dir, cache):
+  d = build.ensure_built("m1_af", str(manual), data_dir, detection_cache=cache, workers=2,
+                         log=lambda *a: None)
+  index = {v.video_id: v for v in casme2.load_casme2(manual).videos}
+  data = read_all(d)
+  assert sum(len(v) for v in data.values()) == len(index)  # one frame per video
+  for e in data["test"]:
+    v = index[e["video_id"].decode()]
+    want = preprocess.centre_crop(preprocess.read_frame(v.frames[v.apex]), 384)
+    np.testing.assert_array_equal(e["image"], want)  # PNG is lossless
+  assert build.read_quality(d)["information_density"] == 384 * 384 * 3
+
+
+def test_missing_manual_dir_gives_instructions_and_no_dataset(tmp_path):
+  with pytest.raises(casme2.Casme2Error, match="CASME2_RAW_selected"):
+    build.ensure_built("m2_kfs", str(tmp_path / "nowhere"), str(tmp_path / "tfds"),
+                       log=lambda *a: None)
+  assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
+
+
+def test_missing_frame_stops_the_build_and_names_it(manual, tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(manual, copy)
+  v = casme2.load_casme2(copy).videos[0]
+  os.remove(v.frames[v.apex])
+  with pytest.raises(casme2.Casme2Error, match=rf"{v.video_id}.*img{v.apex}\.jpg|img{v.apex}\.jpg.*{v.video_id}"):
+    build.ensure_built("m2_kfs", str(copy), str(tmp_path / "tfds"), detection_cache="",
+                       workers=1, log=lambda *a: None)
+  assert not list((tmp_path / "tfds").rglob("dataset_info.json"))  # nothing looks complete
+  # The explicit option skips the frame and reports it.
+  d = build.ensure_built("m2_kfs", str(copy), str(tmp_path / "tfds"), detection_cache="",
+                         workers=1, skip_unreadable=True, log=lambda *a: None)
+  q = build.read_quality(d)
+  assert any(f"img{v.apex}.jpg" in s for s in q["skipped"])
+  total = sum(len(e) for e in read_all(d).values())
+  index = casme2.load_casme2(copy).videos
+  assert total == sum(len(phases.select_frames(x, "kfs")) for x in index) - 1
+
+
+def test_tfds_cli_builds_from_the_datasets_folder(manual, tmp_path):
+  env = dict(os.environ, MER_JAX_DETECTION_CACHE="", MER_JAX_WORKERS="1",
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  out = subprocess.run(
+      [sys.executable, "-m", "mer_jax.data.tfds_cli", "build",
+       str(ROOT / "datasets" / "casme2"), "--config", "m1_kfs", "--manual_dir", str(manual),
+       "--data_dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  d = tmp_path / "casme2" / "m1_kfs" / "1.0.0"
+  assert (d / "quality.json").exists()
+  assert list(d.glob("*.array_record*"))
+  data = read_all(d)
+  assert data["train"][0]["image"].shape == (384, 384, 3)
+
+
+def test_build_cli_quality_table(m2_mfs, data_dir, capsys):
+  assert build.main(["--quality", "--configs", "m2_mfs", "--data_dir", data_dir]) == 0
+  assert "| m2_mfs | 224x224 | gray |" in capsys.readouterr().out
+  assert build.main(["--configs", "m3_af"]) == 2
