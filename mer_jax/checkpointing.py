@@ -17,8 +17,12 @@ import orbax.checkpoint as ocp
 
 
 def _manager(path: pathlib.Path, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         cleanup_tmp_directories=True)
+  # The two managers save the same step at once: distinct barrier names, or
+  # their multi-process commit barriers collide ("already ongoing").
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=path.name))
   return ocp.CheckpointManager(path, options=options, item_names=("state", "meta"))
 
 

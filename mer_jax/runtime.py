@@ -46,7 +46,10 @@ def maybe_initialize_distributed() -> bool:
 
 def make_mesh() -> Mesh:
   """A 1-D mesh over every device of every process, the batch axis `data`."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  # Auto axis: XLA propagates the batch sharding through the step (as GSPMD
+  # does); parameters stay replicated because they are put there.
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

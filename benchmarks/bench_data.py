@@ -1,0 +1,78 @@
+r"""Build time of the six CASME II configs on a CASME II-sized synthetic set.
+
+  python benchmarks/bench_data.py [--root data/bench] [--videos 255]
+
+Measures, in one run on this machine:
+  1. all six configs with every core and the detection cache (the default),
+     in the order m2_mfs first (it detects every frame the others need);
+  2. the detection cache's speed-up: m2_kfs rebuilt with a cold cache vs warm;
+  3. the cores' speed-up: m2_kfs with a cold cache on 1 process vs all cores.
+Prints a markdown table for BENCHMARKS.md. Writes under --root (gitignored).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import time
+
+from mer_jax.data import build, synthetic
+
+
+def timed_build(config, manual, data_dir, **options):
+  shutil.rmtree(pathlib.Path(data_dir) / "casme2" / config, ignore_errors=True)
+  start = time.perf_counter()
+  d = build.ensure_built(config, str(manual), str(data_dir), log=lambda *a: None, **options)
+  seconds = time.perf_counter() - start
+  return seconds, build.read_quality(d)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--root", default="data/bench")
+  ap.add_argument("--videos", type=int, default=255)
+  ap.add_argument("--subjects", type=int, default=26)
+  args = ap.parse_args()
+  root = pathlib.Path(args.root)
+  manual = root / f"synthetic_{args.videos}"
+  if not (manual / "CASME2_RAW_selected").exists():
+    t = time.perf_counter()
+    synthetic.write_synthetic_casme2(manual, videos=args.videos, subjects=args.subjects)
+    print(f"synthetic set written in {time.perf_counter() - t:.0f} s")
+  cores = len(os.sched_getaffinity(0))
+  cache = root / "detections"
+  shutil.rmtree(cache, ignore_errors=True)
+  rows, total = [], 0.0
+  order = ["m2_mfs", "m2_kfs", "m2_af", "m1_mfs", "m1_kfs", "m1_af"]
+  for config in order:
+    s, q = timed_build(config, manual, root / "tfds", detection_cache=str(cache))
+    total += s
+    rows.append((config, q["frames"], s, q["detected"], q["cached"], q["face_centring_rate"]))
+    print(f"{config}: {q['frames']} images in {s:.1f} s ({q['frames'] / s:.1f} images/s)",
+          flush=True)
+  print(f"\n## Build of all six configs, {args.videos} videos, {cores} cores, detection cache\n")
+  print("| config | images | seconds | images/s | detections run | from cache | face-centring |")
+  print("|---|---|---|---|---|---|---|")
+  for c, n, s, det, cached, fc in rows:
+    print(f"| {c} | {n} | {s:.1f} | {n / s:.1f} | {det} | {cached} | {fc:.3f} |")
+  print(f"| **all six** | {sum(r[1] for r in rows)} | **{total:.0f}** | "
+        f"{sum(r[1] for r in rows) / total:.1f} | | | |")
+
+  warm, _ = timed_build("m2_kfs", manual, root / "tfds", detection_cache=str(cache))
+  cold_all, _ = timed_build("m2_kfs", manual, root / "tfds", detection_cache="")
+  cold_one, _ = timed_build("m2_kfs", manual, root / "tfds", detection_cache="", workers=1)
+  print("\n## Speed-ups (m2_kfs)\n")
+  print("| setting | seconds | ratio |")
+  print("|---|---|---|")
+  print(f"| 1 process, no cache | {cold_one:.1f} | 1.00 |")
+  print(f"| {cores} processes, no cache | {cold_all:.1f} | {cold_one / cold_all:.2f} |")
+  print(f"| {cores} processes, warm detection cache | {warm:.1f} | {cold_one / warm:.2f} |")
+  out = root / "bench_data.json"
+  out.write_text(json.dumps({"rows": rows, "total": total, "warm": warm, "cold_all": cold_all,
+                             "cold_one": cold_one, "cores": cores}, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,307 @@
+"""From a built CASME II config to global device batches, and on-device augmentation.
+
+Reading: `tfds.data_source` (array_record, random access, no TensorFlow at
+read time) decoded once into numpy (a CASME II config is at most ~1.5 GB of
+uint8 pixels) with a thread pool. Splits are the TFDS splits (paper protocol)
+or a leave-one-subject-out fold drawn from all of them by `video_id`.
+
+Feeding: the order of every epoch is a permutation drawn from (seed, epoch),
+so it is the same whatever the number of processes, and a run resumed at
+(epoch, step) sees exactly the batches it would have seen. Each global batch
+is cut into per-process slices (process p takes rows [p*B/P, (p+1)*B/P)),
+which `runtime.to_global` assembles into one array sharded over the mesh's
+`data` axis. A background thread prepares the next batches while the device
+runs (`Prefetcher`), and measures how long the step loop waits for input.
+
+Augmentation runs inside the jitted step (`augment`): one affine warp per
+image (random resized crop by area, rotation, horizontal flip) sampled
+bilinearly straight to the model's input size, then brightness and contrast
+jitter, then ImageNet normalisation. Faces suit mild geometry: no vertical
+flip, small angles. Evaluation uses `preprocess_eval` (resize + normalise).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import queue
+import threading
+import time
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mer_jax.data import casme2, splits
+
+# ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
+# uses their means, as timm does for in_chans=1.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class SplitData:
+  """One split in memory: images uint8 [N, H, W, C] and per-frame metadata."""
+  images: np.ndarray
+  labels: np.ndarray           # int32 [N]
+  video_ids: np.ndarray        # str [N]
+  subjects: np.ndarray         # str [N]
+  frame_index: np.ndarray      # int32 [N]
+
+  def __len__(self):
+    return len(self.labels)
+
+  def take(self, idx) -> "SplitData":
+    return SplitData(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
+
+  @property
+  def num_videos(self) -> int:
+    return len(np.unique(self.video_ids))
+
+
+def _decode_source(src, workers: int = 8) -> SplitData:
+  n = len(src)
+  if n == 0:
+    raise ValueError("empty split")
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    examples = list(pool.map(src.__getitem__, range(n)))
+  s = lambda k: np.array([e[k].decode() if isinstance(e[k], bytes) else str(e[k])
+                          for e in examples])
+  return SplitData(images=np.stack([e["image"] for e in examples]),
+                   labels=np.array([e["label"] for e in examples], np.int32),
+                   video_ids=s("video_id"), subjects=s("subject"),
+                   frame_index=np.array([e["frame_index"] for e in examples], np.int32))
+
+
+def _concat(parts: Sequence[SplitData]) -> SplitData:
+  return SplitData(*(np.concatenate([getattr(p, f.name) for p in parts])
+                     for f in dataclasses.fields(SplitData)))
+
+
+def _videos_of(data: SplitData) -> list[casme2.Video]:
+  """Minimal Video records (enough for the split functions) from the examples."""
+  out = {}
+  for vid, subj, label in zip(data.video_ids, data.subjects, data.labels):
+    if vid not in out:
+      out[vid] = casme2.Video(subject=subj, episode=vid.split("/", 1)[1], onset=0, apex=0,
+                              offset=0, emotion=casme2.EMOTIONS[int(label)], frames={})
+  return list(out.values())
+
+
+def load_splits(dataset_dir: str, protocol: str = "paper", fold: int = -1,
+                seed: int = splits.PAPER_SEED) -> dict[str, SplitData]:
+  """{"train", "validation", "test"} -> SplitData from a built dataset directory.
+
+  protocol "paper": the dataset's own splits. "loso": fold `fold` (index in
+  subject order) of `splits.loso_folds` over all the dataset's videos;
+  validation videos come from the training subjects only.
+  """
+  import tensorflow_datasets as tfds
+  sources = tfds.builder_from_directory(dataset_dir).as_data_source()
+  parts = {k: _decode_source(sources[k]) for k in SPLITS}
+  if protocol == "paper":
+    return parts
+  if protocol != "loso":
+    raise ValueError(f"Unknown data.protocol {protocol!r}; valid: paper, loso")
+  every = _concat([parts[k] for k in SPLITS])
+  folds = splits.loso_folds(_videos_of(every), seed=seed)
+  if not 0 <= fold < len(folds):
+    raise ValueError(f"data.fold must be in 0..{len(folds) - 1} (one per subject: "
+                     f"{', '.join(f.subject for f in folds)}), got {fold}")
+  chosen = folds[fold].splits()
+  return {k: every.take(np.isin(every.video_ids, np.array(chosen[k]))) for k in SPLITS}
+
+
+def loso_subjects(dataset_dir: str) -> list[str]:
+  """The held-out subject of each LOSO fold, in fold order (without decoding images)."""
+  import tensorflow_datasets as tfds
+  sources = tfds.builder_from_directory(dataset_dir).as_data_source()
+  subjects = set()
+  for k in SPLITS:
+    src = sources[k]
+    subjects |= {src[i]["subject"].decode() for i in range(len(src))}
+  return sorted(subjects)
+
+
+# --- feeding -----------------------------------------------------------------
+
+
+def epoch_order(n: int, epoch: int, seed: int, labels: np.ndarray | None = None,
+                class_balanced: bool = False) -> np.ndarray:
+  """Indices of one training epoch, a function of (seed, epoch) only.
+
+  class_balanced: n draws with replacement, each class equally likely
+  (within a class, frames uniformly).
+  """
+  rng = np.random.default_rng([seed, epoch, 0x4D4552])
+  if not class_balanced:
+    return rng.permutation(n)
+  classes = np.unique(labels)
+  per_class = {c: np.flatnonzero(labels == c) for c in classes}
+  picks = rng.choice(classes, size=n)
+  return np.array([rng.choice(per_class[c]) for c in picks], np.int64)
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+  """Training drops the last incomplete batch (static shapes); at least one step."""
+  return max(1, n // global_batch)
+
+
+def process_slice(global_batch: int) -> slice:
+  p, count = jax.process_index(), jax.process_count()
+  if global_batch % count:
+    raise ValueError(f"batch_size {global_batch} is not divisible by the {count} processes")
+  per = global_batch // count
+  return slice(p * per, (p + 1) * per)
+
+
+def train_batches(data: SplitData, global_batch: int, *, seed: int, epoch: int,
+                  start_step: int = 0, class_balanced: bool = False) -> Iterator[dict]:
+  """This process's share of each global training batch of `epoch`, from `start_step`."""
+  order = epoch_order(len(data), epoch, seed, data.labels, class_balanced)
+  if len(order) < global_batch:  # tiny sets: repeat the permutation to fill one batch
+    order = np.resize(order, global_batch)
+  mine = process_slice(global_batch)
+  for step in range(start_step, steps_per_epoch(len(order), global_batch)):
+    idx = order[step * global_batch:(step + 1) * global_batch][mine]
+    yield {"image": data.images[idx], "label": data.labels[idx],
+           "mask": np.ones(len(idx), np.float32)}
+
+
+def eval_batches(data: SplitData, global_batch: int) -> Iterator[dict]:
+  """Every example once, in order; the last batch padded (mask 0) to full size."""
+  mine = process_slice(global_batch)
+  n = len(data)
+  for start in range(0, n, global_batch):
+    idx = np.arange(start, start + global_batch)
+    mask = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)[mine]
+    yield {"image": data.images[idx], "label": data.labels[idx], "mask": mask[mine]}
+
+
+class Prefetcher:
+  """Runs a batch iterator (and the host-to-device copy) `size` batches ahead
+  in a thread; `wait_seconds` is the time the consumer spent blocked on it."""
+
+  _END = object()
+
+  def __init__(self, it: Iterator, put, size: int = 2):
+    self._q: queue.Queue = queue.Queue(maxsize=max(1, size))
+    self._put = put
+    self.wait_seconds = 0.0
+    self._error = None
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(it,), daemon=True)
+    self._thread.start()
+
+  def _run(self, it):
+    try:
+      for batch in it:
+        if self._stop.is_set():
+          return
+        self._q.put(self._put(batch))
+    except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+      self._error = e
+    finally:
+      self._q.put(self._END)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    start = time.perf_counter()
+    item = self._q.get()
+    self.wait_seconds += time.perf_counter() - start
+    if item is self._END:
+      if self._error is not None:
+        raise self._error
+      raise StopIteration
+    return item
+
+  def close(self):
+    self._stop.set()
+    while self._thread.is_alive():
+      try:
+        self._q.get(timeout=0.1)
+      except queue.Empty:
+        pass
+
+
+# --- on device ---------------------------------------------------------------
+
+
+def normalise(images, in_chans: int):
+  """uint8-range images -> ImageNet-normalised float32."""
+  mean = np.array(IMAGENET_MEAN if in_chans == 3 else [np.mean(IMAGENET_MEAN)], np.float32)
+  std = np.array(IMAGENET_STD if in_chans == 3 else [np.mean(IMAGENET_STD)], np.float32)
+  return (images / 255.0 - mean) / std
+
+
+def preprocess_eval(images, img_size: int):
+  """uint8 [B, H, W, C] -> normalised float32 [B, img_size, img_size, C]."""
+  x = images.astype(jnp.float32)
+  b, h, w, c = x.shape
+  if (h, w) != (img_size, img_size):
+    x = jax.image.resize(x, (b, img_size, img_size, c), "bilinear", antialias=True)
+  return normalise(x, c)
+
+
+def _warp(image, matrix, out_size: int):
+  """Bilinear sample of `image` [H, W, C] at matrix @ (y, x, 1) of each output pixel."""
+  h, w, _ = image.shape
+  ys, xs = jnp.meshgrid(jnp.arange(out_size, dtype=jnp.float32) + 0.5,
+                        jnp.arange(out_size, dtype=jnp.float32) + 0.5, indexing="ij")
+  coords = jnp.stack([ys.ravel(), xs.ravel(), jnp.ones(out_size * out_size)])
+  src = matrix @ coords - 0.5  # pixel centres -> array indices
+  def one(channel):
+    return jax.scipy.ndimage.map_coordinates(channel, [src[0], src[1]], order=1, mode="nearest")
+  out = jax.vmap(one, in_axes=-1, out_axes=-1)(image)
+  return out.reshape(out_size, out_size, image.shape[-1])
+
+
+def _affine(rng, h: int, w: int, out_size: int, cfg):
+  """Output pixel (y, x) -> source pixel, for a random crop/rotation/flip."""
+  k_scale, k_ratio, k_rot, k_flip, k_ty, k_tx = jax.random.split(rng, 6)
+  area = jax.random.uniform(k_scale, (), minval=cfg.scale_min, maxval=1.0)
+  log_ratio = jax.random.uniform(k_ratio, (), minval=np.log(3 / 4), maxval=np.log(4 / 3))
+  ratio = jnp.exp(log_ratio) if cfg.scale_min < 1.0 else 1.0
+  ch = jnp.minimum(jnp.sqrt(area / ratio), 1.0) * h  # crop height/width in source pixels
+  cw = jnp.minimum(jnp.sqrt(area * ratio), 1.0) * w
+  cy = h / 2 + jax.random.uniform(k_ty, (), minval=-1, maxval=1) * (h - ch) / 2
+  cx = w / 2 + jax.random.uniform(k_tx, (), minval=-1, maxval=1) * (w - cw) / 2
+  angle = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=-cfg.rotate_deg,
+                                         maxval=cfg.rotate_deg))
+  flip = jnp.where(cfg.flip & (jax.random.uniform(k_flip) < 0.5), -1.0, 1.0)
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  sy, sx = ch / out_size, cw / out_size * flip
+  c0 = out_size / 2
+  # source = centre + R @ diag(sy, sx) @ (out - c0)
+  m = jnp.array([[cos * sy, -sin * sx, 0.0], [sin * sy, cos * sx, 0.0]])
+  offset = jnp.array([cy, cx]) - m[:, :2] @ jnp.array([c0, c0])
+  return m.at[:, 2].set(offset)
+
+
+def augment(rng, images, cfg, img_size: int):
+  """uint8 [B, H, W, C] -> augmented, normalised float32 [B, img_size, img_size, C].
+
+  cfg: the config's `aug` (enabled, scale_min, rotate_deg, flip, brightness,
+  contrast). Disabled, it is `preprocess_eval`.
+  """
+  if not cfg.enabled:
+    return preprocess_eval(images, img_size)
+  b, h, w, c = images.shape
+  x = images.astype(jnp.float32)
+  keys = jax.random.split(rng, b)
+
+  def one(key, image):
+    k_geo, k_b, k_c = jax.random.split(key, 3)
+    out = _warp(image, _affine(k_geo, h, w, img_size, cfg), img_size)
+    bright = jax.random.uniform(k_b, (), minval=-cfg.brightness, maxval=cfg.brightness)
+    contrast = 1.0 + jax.random.uniform(k_c, (), minval=-cfg.contrast, maxval=cfg.contrast)
+    mean = jnp.mean(out)
+    out = (out - mean) * contrast + mean + bright * 255.0
+    return jnp.clip(out, 0.0, 255.0)
+
+  return normalise(jax.vmap(one)(keys, x), c)

@@ -1,0 +1,257 @@
+"""Training end to end on a tiny synthetic CASME II: sharding, multi-process,
+kill-and-resume, NaN handling, evaluation CLI, the paper's configs.
+
+Runs go through the real command (`python -m mer_jax.train`) in
+subprocesses, with a small PoolFormer at 32 px on KFS frames.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from mer_jax import configs as recipe
+from mer_jax.data import build, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train_data")
+  manual = root / "casme2"
+  synthetic.write_synthetic_casme2(manual, videos=20, subjects=4, seed=5, workers=1)
+  build.ensure_built("m2_kfs", str(manual), str(root / "tfds"), detection_cache="",
+                     workers=1, log=lambda *a: None)
+  return manual, root / "tfds"
+
+
+def overrides(data, **extra):
+  manual, tfds_dir = data
+  opts = {"data.manual_dir": manual, "data.data_dir": tfds_dir, "data.phase": "kfs",
+          "data.synthetic": False, "model.img_size": 32, "batch_size": 8,
+          "eval_batch_size": 16, "num_epochs": 3, "patience": 10, "log_every_steps": 2,
+          "checkpoint_every_steps": 2, "bootstrap_resamples": 100, "optim.warmup_epochs": 0,
+          "seed": 1}
+  opts.update(extra)
+  return [f"--config.{k}={v}" for k, v in opts.items()]
+
+
+def env(devices=1):
+  e = dict(os.environ, JAX_PLATFORMS="cpu",
+           PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return e
+
+
+def train_cmd(workdir, data, **extra):
+  return [sys.executable, "-m", "mer_jax.train", "--config", str(ROOT / "configs/quickstart.py"),
+          "--workdir", str(workdir)] + overrides(data, **extra)
+
+
+def run(cmd, devices=1, timeout=600):
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env(devices), timeout=timeout,
+                       cwd=ROOT)
+  return out
+
+
+def metrics(workdir):
+  return json.loads((pathlib.Path(workdir) / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+  """An uninterrupted single-process run."""
+  w = tmp_path_factory.mktemp("ref")
+  out = run(train_cmd(w, data))
+  assert out.returncode == 0, out.stderr[-4000:]
+  return w, out
+
+
+def test_run_writes_the_promised_workdir(reference):
+  w, out = reference
+  for f in ("metrics.json", "predictions_test.csv", "report.md", "confusion_test.png",
+            "config.json", "metrics.jsonl"):
+    assert (w / f).exists(), f
+  assert (w / "checkpoints" / "latest").is_dir() and (w / "checkpoints" / "best").is_dir()
+  assert list((w / "tensorboard").glob("events.out.tfevents.*"))
+  m = metrics(w)
+  for split in ("validation", "test"):
+    for k in ("macro_f1", "macro_f1_ci", "uar", "accuracy", "per_class_f1"):
+      assert k in m[split]
+  assert len(m["history"]) == 3 and 1 <= m["best_epoch"] <= 3
+  best = max(h["val_macro_f1"] for h in m["history"])
+  assert m["history"][m["best_epoch"] - 1]["val_macro_f1"] == best
+  rows = (w / "predictions_test.csv").read_text().strip().splitlines()
+  assert rows[0] == "video_id,label,pred" and len(rows) - 1 == m["test"]["num_videos"]
+  assert "report:" in out.stdout and "macro-F1" in out.stdout
+
+
+def test_killed_run_resumes_to_the_same_result(reference, data, tmp_path):
+  ref_dir, _ = reference
+  w = tmp_path / "killed"
+  p = subprocess.Popen(train_cmd(w, data), env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+  latest = w / "checkpoints" / "latest"
+  deadline = time.time() + 300
+  # Kill once a mid-epoch checkpoint of the second epoch exists (checkpoints every 2 steps).
+  while time.time() < deadline and p.poll() is None:
+    steps = [int(d.name) for d in latest.glob("[0-9]*") if d.name.isdigit()] \
+        if latest.exists() else []
+    if steps and max(steps) >= 4:
+      break
+    time.sleep(0.2)
+  assert p.poll() is None, "the run ended before it could be killed"
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert not (w / "metrics.json").exists()
+  out = run(train_cmd(w, data))
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "Resuming from step" in out.stdout
+  a, b = metrics(ref_dir), metrics(w)
+  for key in ("best_epoch",):
+    assert a[key] == b[key]
+  for split in ("validation", "test"):
+    assert a[split] == b[split]
+  np.testing.assert_array_equal([h["train_loss"] for h in a["history"]],
+                                [h["train_loss"] for h in b["history"]])
+
+
+def test_two_process_run_trains_to_the_same_result(reference, data, tmp_path):
+  ref_dir, _ = reference
+  w = tmp_path / "two"
+  cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", "2", "--"] + \
+      train_cmd(w, data)
+  out = run(cmd, timeout=900)
+  assert out.returncode == 0, out.stdout[-4000:]
+  a, b = metrics(ref_dir), metrics(w)
+  # Same global batches; only the order of the gradient all-reduce differs.
+  np.testing.assert_allclose([h["train_loss"] for h in a["history"]],
+                             [h["train_loss"] for h in b["history"]], rtol=1e-4)
+  assert a["best_epoch"] == b["best_epoch"]
+  for split in ("validation", "test"):
+    assert a[split]["macro_f1"] == pytest.approx(b[split]["macro_f1"])
+
+
+_STEP_PROG = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, AxisType
+    from mer_jax import configs, input_pipeline, models, runtime, train
+    c = configs.get_config("poolformer_s12", "m2", "mfs")
+    c.model.drop_path_rate = 0.1
+    c.optim.lr = 1e-3
+    model = models.create_model("poolformer_s12", img_size=32, in_chans=1, drop_path_rate=0.1)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
+    tx = train.make_optimizer(c, 10)
+    loss_fn = train.make_loss_fn(c, np.array([5, 3, 2, 2, 1, 1, 6]))
+    rng = np.random.RandomState(0)
+    batch = {"image": rng.randint(0, 255, (8, 48, 48, 1)).astype(np.uint8),
+             "label": rng.randint(0, 7, 8).astype(np.int32), "mask": np.ones(8, np.float32)}
+    out = {}
+    for n in (1, 4):
+      mesh = Mesh(np.array(jax.devices()[:n]), ("data",), axis_types=(AxisType.Auto,))
+      rep = runtime.replicated(mesh)
+      state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
+                              "opt_state": tx.init(params)}, rep)
+      step = jax.jit(train.make_train_step(model, tx, loss_fn, c.aug, 32, 0),
+                     out_shardings=(rep, rep))
+      for _ in range(2):
+        state, m = step(state, runtime.to_global(batch, mesh))
+      leaves = jax.tree_util.tree_leaves(state["params"])
+      out[n] = (float(m["loss"]), np.concatenate([np.ravel(l) for l in leaves]))
+      print("sharding", n, state["params"]["stem"]["kernel"].sharding.is_fully_replicated)
+    print("DEVICES", jax.device_count())
+    print("LOSS", out[1][0], out[4][0])
+    p0 = np.concatenate([np.ravel(l) for l in jax.tree_util.tree_leaves(params)])
+    # Difference of the two runs relative to how far the params moved.
+    print("MAXREL", np.linalg.norm(out[1][1] - out[4][1]) / np.linalg.norm(out[1][1] - p0))
+""")
+
+
+def test_step_on_four_devices_equals_one_device(tmp_path):
+  prog = tmp_path / "step.py"
+  prog.write_text(_STEP_PROG)
+  out = run([sys.executable, str(prog)], devices=4, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  lines = dict(l.split(" ", 1) for l in out.stdout.splitlines() if " " in l)
+  assert lines["DEVICES"] == "4"
+  l1, l4 = map(float, lines["LOSS"].split())
+  assert l1 == pytest.approx(l4, rel=1e-5)
+  # Adam divides by sqrt(v): components with ~0 gradients amplify float
+  # rounding of the reduction order, so compare the whole update, not each weight.
+  assert float(lines["MAXREL"]) < 1e-3
+
+
+def _steps(w):
+  return sorted(int(d.name) for d in (w / "checkpoints" / "latest").iterdir() if d.name.isdigit())
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+  w = tmp_path / "nan"
+  out = run(train_cmd(w, data, num_epochs=1, checkpoint_every_steps=0))
+  assert out.returncode == 0, out.stderr[-3000:]
+  good = _steps(w)
+  out = run(train_cmd(w, data, num_epochs=3, checkpoint_every_steps=0, **{"optim.lr": 1e12}))
+  assert out.returncode == 2
+  assert "NaN or inf" in out.stderr and f"step {good[-1]}" in out.stderr
+  assert _steps(w) == good
+
+
+def test_evaluate_cli_rewrites_the_report(reference, tmp_path):
+  ref_dir, _ = reference
+  before = metrics(ref_dir)
+  (ref_dir / "report.md").unlink()
+  out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(ref_dir)])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (ref_dir / "report.md").exists()
+  after = metrics(ref_dir)
+  assert after["test"] == before["test"] and after["best_epoch"] == before["best_epoch"]
+  out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(tmp_path)])
+  assert out.returncode == 2 and "config.json" in out.stderr
+
+
+def test_bad_config_values_list_the_valid_ones(data, tmp_path):
+  out = run(train_cmd(tmp_path / "x", data, **{"model.name": "resnet50"}))
+  assert out.returncode == 2 and "poolformer_m36" in out.stderr
+  out = run(train_cmd(tmp_path / "x", data, **{"data.phase": "xyz"}))
+  assert out.returncode == 2 and "af, kfs, mfs" in out.stderr
+
+
+def test_missing_dataset_and_manual_dir_print_the_instructions(tmp_path):
+  out = run([sys.executable, "-m", "mer_jax.train", "--config",
+             str(ROOT / "configs/pool_m36_mfs.py"), "--workdir", str(tmp_path / "w"),
+             f"--config.data.manual_dir={tmp_path / 'none'}",
+             f"--config.data.data_dir={tmp_path / 'tfds'}"])
+  assert out.returncode == 2
+  assert "CASME2_RAW_selected" in out.stderr and "casme.psych.ac.cn" in out.stderr
+
+
+@pytest.mark.parametrize("model", ["vit_b32", "swin_b", "pool_m36", "pool_m48"])
+def test_paper_configs_have_the_paper_settings(model):
+  loss = {"vit_b32": "focal", "pool_m36": "focal", "swin_b": "weighted_ce",
+          "pool_m48": "weighted_ce"}[model]
+  for method in ("m1", "m2"):
+    for phase in ("af", "kfs", "mfs"):
+      import importlib.util
+      path = ROOT / "configs" / f"{model}_{method}_{phase}.py"
+      spec = importlib.util.spec_from_file_location("cfg", path)
+      mod = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(mod)
+      c = mod.get_config()
+      assert c.optim.lr == 5e-5 and c.optim.weight_decay == 1e-3 and c.num_epochs == 50
+      assert c.loss.name == loss and c.loss.gamma == 2.0
+      assert 3 <= c.patience <= 5
+      assert (16 <= c.batch_size <= 32) if method == "m1" else (4 <= c.batch_size <= 16)
+      assert c.model.img_size == (384 if method == "m1" else 224)
+      assert c.data.method == method and c.data.phase == phase
+      assert c.init.weights  # ImageNet init
+  assert recipe.get_config("pool_m36").model.name == "poolformer_m36"
