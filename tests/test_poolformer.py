@@ -16,15 +16,10 @@ import safetensors.numpy
 import timm
 import torch
 
+import parity
+from parity import TOL, images, rel_err, torch_sd
 from mer_jax.models import convert, create_model, poolformer
 from mer_jax.models.convert import ConversionError, from_timm
-
-TOL = 1e-4
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def timm_model(name, seed=0, **kw):
@@ -37,19 +32,10 @@ def timm_model(name, seed=0, **kw):
   return m
 
 
-def sd_of(m):
-  return {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
-
-
 def timm_logits(m, x_nhwc):
   if x_nhwc.shape[-1] == 1:  # gray: the RGB model on the image repeated to 3 channels
     x_nhwc = np.repeat(x_nhwc, 3, axis=-1)
-  with torch.no_grad():
-    return m(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)).numpy()
-
-
-def images(n, size, chans, seed=0):
-  return np.random.RandomState(seed).uniform(-2, 2, (n, size, size, chans)).astype(np.float32)
+  return parity.timm_logits(m, x_nhwc)
 
 
 def flax_logits(name, variables, x, **kw):
@@ -65,21 +51,21 @@ def s12():
 @pytest.mark.parametrize("size,chans", [(224, 3), (224, 1), (384, 3), (384, 1), (97, 3)])
 def test_s12_matches_timm(s12, size, chans):
   x = images(2, size, chans)
-  v = from_timm("poolformer_s12", sd_of(s12), img_size=size, in_chans=chans)
+  v = from_timm("poolformer_s12", torch_sd(s12), img_size=size, in_chans=chans)
   assert rel_err(flax_logits("poolformer_s12", v, x), timm_logits(s12, x)) < TOL
 
 
 def test_s24_matches_timm():
   m = timm_model("poolformer_s24", num_classes=7)
   x = images(1, 224, 1)
-  v = from_timm("poolformer_s24", sd_of(m), in_chans=1)
+  v = from_timm("poolformer_s24", torch_sd(m), in_chans=1)
   assert rel_err(flax_logits("poolformer_s24", v, x), timm_logits(m, x)) < TOL
 
 
 def test_m36_matches_timm_at_224_gray():
   m = timm_model("poolformer_m36", num_classes=7)
   x = images(1, 224, 1)
-  v = from_timm("poolformer_m36", sd_of(m), in_chans=1)
+  v = from_timm("poolformer_m36", torch_sd(m), in_chans=1)
   assert rel_err(flax_logits("poolformer_m36", v, x), timm_logits(m, x)) < TOL
 
 
@@ -89,13 +75,13 @@ def test_m36_matches_timm_at_224_gray():
 def test_big_matches_timm(name, size, chans):
   m = timm_model(name, num_classes=7)
   x = images(1, size, chans)
-  v = from_timm(name, sd_of(m), img_size=size, in_chans=chans)
+  v = from_timm(name, torch_sd(m), img_size=size, in_chans=chans)
   assert rel_err(flax_logits(name, v, x), timm_logits(m, x)) < TOL
 
 
 def test_one_channel_checkpoint_loads_as_is():
   m = timm_model("poolformer_s12", num_classes=7, in_chans=1)
-  sd = sd_of(m)
+  sd = torch_sd(m)
   assert sd["stem.conv.weight"].shape[1] == 1
   x = images(1, 160, 1)
   v = from_timm("poolformer_s12", sd, in_chans=1)
@@ -106,7 +92,7 @@ def test_one_channel_checkpoint_loads_as_is():
 
 def test_imagenet_head_is_reinitialised(s12):
   m = timm_model("poolformer_s12", num_classes=1000)
-  sd = sd_of(m)
+  sd = torch_sd(m)
   v = from_timm("poolformer_s12", sd, num_classes=7, seed=3)["params"]
   assert v["head"]["kernel"].shape == (512, 7)
   assert np.all(v["head"]["bias"] == 0)
@@ -124,7 +110,7 @@ def test_imagenet_head_is_reinitialised(s12):
 
 
 def test_leftover_and_missing_keys_are_errors(s12):
-  sd = sd_of(s12)
+  sd = torch_sd(s12)
   with pytest.raises(ConversionError, match="extra.weight"):
     from_timm("poolformer_s12", {**sd, "extra.weight": np.zeros(3, np.float32)})
   sd.pop("stages.2.blocks.4.layer_scale2.scale")
@@ -134,13 +120,13 @@ def test_leftover_and_missing_keys_are_errors(s12):
 
 def test_wrong_architecture_names_the_tensor(s12):
   with pytest.raises(ConversionError, match="stem.conv.weight"):
-    from_timm("poolformer_m36", sd_of(s12))
+    from_timm("poolformer_m36", torch_sd(s12))
 
 
 def test_original_sail_checkpoint_names(s12):
   """The sail-sg release names map to timm's exactly as timm's filter does."""
   from timm.models.metaformer import checkpoint_filter_fn
-  sd = sd_of(s12)
+  sd = torch_sd(s12)
   # Build the original layout by inverting timm's renaming on our keys.
   original = {}
   for k, w in sd.items():
@@ -205,7 +191,7 @@ def test_gradients_reach_every_parameter():
 
 def test_bfloat16_compute_is_close(s12):
   x = images(1, 128, 3)
-  v = from_timm("poolformer_s12", sd_of(s12))
+  v = from_timm("poolformer_s12", torch_sd(s12))
   ref = flax_logits("poolformer_s12", v, x)
   got = flax_logits("poolformer_s12", v, x, dtype=jnp.bfloat16)
   assert got.dtype == np.float32 and rel_err(got, ref) < 3e-2
@@ -220,7 +206,7 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_safetensors_npz_and_pth_sources_load_the_same(s12, tmp_path):
-  sd = sd_of(s12)
+  sd = torch_sd(s12)
   safetensors.numpy.save_file(sd, str(tmp_path / "model.safetensors"))
   np.savez(tmp_path / "w.npz", **sd)
   torch.save({"state_dict": {k: torch.from_numpy(w) for k, w in sd.items()}}, tmp_path / "w.pth")
@@ -233,7 +219,7 @@ def test_safetensors_npz_and_pth_sources_load_the_same(s12, tmp_path):
 
 def test_load_pretrained_caches_the_conversion(s12, tmp_path):
   f = tmp_path / "model.safetensors"
-  safetensors.numpy.save_file(sd_of(s12), str(f))
+  safetensors.numpy.save_file(torch_sd(s12), str(f))
   cache = tmp_path / "cache"
   v1 = convert.load_pretrained("poolformer_s12", str(f), in_chans=1, cache_dir=str(cache))
   files = os.listdir(cache)
@@ -259,7 +245,7 @@ def test_hub_id_offline_fails_fast_with_instructions(monkeypatch):
 def test_convert_cli(s12, tmp_path, capsys):
   from mer_jax import convert as cli
   f = tmp_path / "model.safetensors"
-  safetensors.numpy.save_file(sd_of(s12), str(f))
+  safetensors.numpy.save_file(torch_sd(s12), str(f))
   out = tmp_path / "p.msgpack"
   assert cli.main(["--model", "poolformer_s12", "--weights", str(f), "--in-chans", "1",
                    "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0

@@ -120,6 +120,21 @@ def classifier_head(sd: StateDict, prefix: str, dim: int, num_classes: int, seed
   return {"kernel": np.asarray(kernel), "bias": np.zeros((num_classes,), np.float32)}
 
 
+def finish_with_head(sd: StateDict, params: dict, prefix: str, dim: int, num_classes: int,
+                     seed: int) -> dict:
+  """Adds the classifier head (see `classifier_head`; with num_classes=0 the
+  model has none and the checkpoint's is dropped), then checks that every
+  checkpoint tensor was used (`sd.finish()`)."""
+  if num_classes > 0:
+    params["head"] = classifier_head(sd, prefix, dim, num_classes, seed)
+  else:
+    for key in (f"{prefix}.weight", f"{prefix}.bias"):
+      if key in sd:
+        sd.skip(key)
+  sd.finish()
+  return params
+
+
 # --- families -------------------------------------------------------------
 # Each returns a Flax params tree for `models.create_model(name, ...)` and
 # calls `sd.finish()`. Heads of another size than `num_classes` are re-initialised.
@@ -202,18 +217,7 @@ def _vit_params(sd: StateDict, arch, *, img_size: int, in_chans: int,
     logging.warning("Dropping %s (pre-logits layer, unused by timm's ViT)", key)
     sd.skip(key)
 
-  if num_classes > 0:
-    params["head"] = _vit_head(sd, d, num_classes, seed)
-  else:
-    for key in ("head.weight", "head.bias"):
-      if key in sd:
-        sd.skip(key)
-  sd.finish()
-  return params
-
-
-def _vit_head(sd: StateDict, dim: int, num_classes: int, seed: int) -> dict:
-  return classifier_head(sd, "head", dim, num_classes, seed)
+  return finish_with_head(sd, params, "head", d, num_classes, seed)
 
 
 # torch's F.interpolate in numpy, for position-embedding resampling as timm
@@ -409,8 +413,178 @@ def vit_npz_to_timm(npz, img_size: int | None = None) -> dict[str, np.ndarray]:
   return sd
 
 
+def _swin_geometric_positions(src: int, dst: int) -> list:
+  """The source sample positions of timm's `resize_rel_pos_bias_table` (BEiT's
+  rule): offsets growing geometrically from the centre so the `src` table
+  spans the `dst` one; the ratio is found by bisection in float64, as timm."""
+  left, right = 1.01, 1.5
+  q = (left + right) / 2.0
+  while right - left > 1e-6:
+    q = (left + right) / 2.0
+    gp = (1.0 - q ** (src // 2)) / (1.0 - q)
+    if gp > dst // 2:
+      right = q
+    else:
+      left = q
+  dis, cur = [], 1
+  for i in range(src // 2):
+    dis.append(cur)
+    cur += q ** (i + 1)
+  return [-d for d in reversed(dis)] + [0] + dis
+
+
+def _swin_linear_axis(points: np.ndarray, x: np.ndarray):
+  """One axis of timm's `RegularGridInterpolator` (torch_interpolations), float32."""
+  n = points.shape[0]
+  right = np.minimum(np.searchsorted(points, x, side="left"), n - 1)  # torch.bucketize
+  left = np.clip(right - 1, 0, n - 1)
+  d_left = np.maximum(x - points[left], np.float32(0))
+  d_right = np.maximum(points[right] - x, np.float32(0))
+  both = (d_left == 0) & (d_right == 0)
+  d_left = np.where(both, np.float32(1), d_left)
+  d_right = np.where(both, np.float32(1), d_right)
+  return (left, right), (d_left, d_right)
+
+
+def _swin_resize_rel_pos_bias_table(table: np.ndarray, window: int, key: str) -> np.ndarray:
+  """timm 1.0.31's `resize_rel_pos_bias_table` for a flat [(2w-1)**2, heads]
+  table, as its swin `checkpoint_filter_fn` calls it (square source window
+  inferred from the table size, default linear interpolation on BEiT's
+  geometric grid, TIMM_USE_SCIPY_INTERP unset), in numpy float32."""
+  import logging
+
+  table = np.asarray(table, np.float32)
+  dst = 2 * window - 1
+  if table.ndim != 2:
+    raise ConversionError(f"checkpoint tensor {key!r} has shape {table.shape}, expected "
+                          "[(2*window-1)**2, heads]")
+  src = int(round(np.sqrt(table.shape[0])))
+  if src * src != table.shape[0]:
+    raise ConversionError(
+        f"checkpoint tensor {key!r} has shape {table.shape}: {table.shape[0]} positions is "
+        "not a square (2*window-1)**2 table, so it cannot be resized to window "
+        f"{window}")
+  if src == dst:
+    return table
+  logging.info("Resizing %s from window %d to %d, as timm does", key, (src + 1) // 2, window)
+  y = np.asarray(_swin_geometric_positions(src, dst), np.float32)
+  x = np.asarray(_swin_geometric_positions(src, dst), np.float32)
+  t = dst // 2
+  d = np.arange(-t, t + 0.1, 1.0).astype(np.float32)
+  dy, dx = np.meshgrid(d, d, indexing="ij")
+  (yl, yr), (dyl, dyr) = _swin_linear_axis(y, dy)
+  (xl, xr), (dxl, dxr) = _swin_linear_axis(x, dx)
+  idx_y, dist_y, idx_x, dist_x = (yl, yr), (dyl, dyr), (xl, xr), (dxl, dxr)
+  heads = []
+  for h in range(table.shape[1]):
+    z = table[:, h].reshape(src, src)
+    num = np.zeros((dst, dst), np.float32)
+    for a in (0, 1):
+      for b in (0, 1):  # itertools.product order, as timm accumulates
+        num = num + z[idx_y[a], idx_x[b]] * (dist_y[1 - a] * dist_x[1 - b])
+    heads.append((num / ((dyl + dyr) * (dxl + dxr))).reshape(-1, 1))
+  return np.concatenate(heads, axis=-1).astype(np.float32)
+
+
+def _swin_original_to_timm(sd: StateDict) -> StateDict:
+  """timm's swin `checkpoint_filter_fn` renaming: buffers (relative_position_index,
+  attn_mask) dropped; original Microsoft checkpoints, which downsample at the
+  end of a stage, get `layers.N.downsample` -> `layers.N+1.downsample` and
+  `head.` -> `head.fc.`."""
+  import re
+
+  old = "layers.0.downsample.reduction.weight" in sd
+  out = {}
+  for k in list(sd.keys()):
+    if "relative_position_index" in k or "attn_mask" in k:
+      sd.skip(k)
+      continue
+    v = sd.take(k)
+    if old:
+      k = re.sub(r"layers.(\d+).downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", k)
+      k = k.replace("head.", "head.fc.")
+    out[k] = v
+  return StateDict(out)
+
+
+def _swin_dense(sd: StateDict, prefix: str, d_in: int, d_out: int, bias: bool = True) -> dict:
+  p = {"kernel": dense_kernel(take_shaped(sd, f"{prefix}.weight", (d_out, d_in)))}
+  if bias:
+    p["bias"] = take_shaped(sd, f"{prefix}.bias", (d_out,))
+  return p
+
+
+def _swin_norm(sd: StateDict, prefix: str, dim: int) -> dict:
+  return {"scale": take_shaped(sd, f"{prefix}.weight", (dim,)),
+          "bias": take_shaped(sd, f"{prefix}.bias", (dim,))}
+
+
+def _swin_params(sd: StateDict, arch, *, img_size: int, in_chans: int, num_classes: int,
+                 seed: int, window_size: int | None = None) -> dict:
+  """The renaming for any timm SwinTransformer (v1, avg pool), for the layout
+  `swin.stage_layouts` gives at `img_size`. Bias tables of another window
+  are resized as timm's `checkpoint_filter_fn` does."""
+  from mer_jax.models import swin
+
+  if window_size is None:
+    window_size = swin.default_window_size(img_size)
+  sd = _swin_original_to_timm(sd)
+  d0, p = arch.embed_dim, arch.patch_size
+  w = np.asarray(sd.take("patch_embed.proj.weight"), np.float32)
+  if w.ndim != 4 or w.shape[0] != d0 or w.shape[2:] != (p, p):
+    raise ConversionError(
+        f"checkpoint tensor 'patch_embed.proj.weight' has shape {w.shape}, expected "
+        f"[{d0}, C, {p}, {p}]: not a patch-{p} Swin with width {d0}.")
+  params = {"patch_embed": {
+      "proj": {"kernel": conv_kernel(adapt_input_conv(in_chans, w)),
+               "bias": take_shaped(sd, "patch_embed.proj.bias", (d0,))},
+      "norm": _swin_norm(sd, "patch_embed.norm", d0)}}
+  layouts = swin.stage_layouts(img_size, p, len(arch.depths), window_size)
+  for i, (depth, heads, layout) in enumerate(zip(arch.depths, arch.num_heads, layouts)):
+    d = d0 * 2 ** i
+    hidden = int(d * arch.mlp_ratio)
+    stage = {}
+    if i > 0:
+      stage["downsample"] = {
+          "norm": _swin_norm(sd, f"layers.{i}.downsample.norm", 2 * d),
+          "reduction": _swin_dense(sd, f"layers.{i}.downsample.reduction", 2 * d, d,
+                                   bias=False)}
+    for j in range(depth):
+      b = f"layers.{i}.blocks.{j}"
+      key = f"{b}.attn.relative_position_bias_table"
+      table = np.asarray(sd.take(key), np.float32)
+      if table.ndim != 2 or table.shape[1] != heads:
+        raise ConversionError(f"checkpoint tensor {key!r} has shape {table.shape}, the "
+                              f"model needs [{(2 * layout.window - 1) ** 2}, {heads}]")
+      stage[f"blocks_{j}"] = {
+          "norm1": _swin_norm(sd, f"{b}.norm1", d),
+          "attn": {"qkv": _swin_dense(sd, f"{b}.attn.qkv", d, 3 * d),
+                   "proj": _swin_dense(sd, f"{b}.attn.proj", d, d),
+                   "relative_position_bias_table":
+                       _swin_resize_rel_pos_bias_table(table, layout.window, key)},
+          "norm2": _swin_norm(sd, f"{b}.norm2", d),
+          "mlp": {"fc1": _swin_dense(sd, f"{b}.mlp.fc1", d, hidden),
+                  "fc2": _swin_dense(sd, f"{b}.mlp.fc2", hidden, d)},
+      }
+    params[f"layers_{i}"] = stage
+  d_last = d0 * 2 ** (len(arch.depths) - 1)
+  params["norm"] = _swin_norm(sd, "norm", d_last)
+  return finish_with_head(sd, params, "head.fc", d_last, num_classes, seed)
+
+
 def _swin_from_timm(name, sd: StateDict, *, img_size, in_chans, num_classes, seed):
-  raise NotImplementedError("Swin conversion")
+  """timm `swin_base_patch4_window7_224` / `_window12_384` state dict -> params
+  of `swin.create(name, ...)`.
+
+  Does what timm's swin `checkpoint_filter_fn` + `load_state_dict` do: the
+  recomputed buffers (relative_position_index, attn_mask) are skipped,
+  original Microsoft names are renamed, bias tables of another window (a 224
+  checkpoint in a 384 model) are resized, and the patch kernel is adapted to
+  `in_chans`.
+  """
+  from mer_jax.models import swin
+  return _swin_params(sd, swin.ARCHS[name], img_size=img_size, in_chans=in_chans,
+                      num_classes=num_classes, seed=seed)
 
 
 def poolformer_original_to_timm(state_dict) -> dict:
@@ -494,14 +668,7 @@ def _poolformer_from_timm(name, sd: StateDict, *, img_size, in_chans, num_classe
       }
   params["head_norm"] = {"scale": take_shaped(sd, "head.norm.weight", (dims[-1],)),
                          "bias": take_shaped(sd, "head.norm.bias", (dims[-1],))}
-  if num_classes > 0:
-    params["head"] = classifier_head(sd, "head.fc", dims[-1], num_classes, seed)
-  else:
-    for key in ("head.fc.weight", "head.fc.bias"):
-      if key in sd:
-        sd.skip(key)
-  sd.finish()
-  return params
+  return finish_with_head(sd, params, "head.fc", dims[-1], num_classes, seed)
 
 
 _CONVERTERS = {"vit": _vit_from_timm, "swin": _swin_from_timm,

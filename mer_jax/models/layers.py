@@ -47,3 +47,24 @@ class Mlp(nn.Module):
     x = nn.Dropout(self.drop, deterministic=not train)(x)
     x = nn.Dense(out, dtype=self.dtype, kernel_init=trunc_normal, name="fc2")(x)
     return nn.Dropout(self.drop, deterministic=not train)(x)
+
+
+def check_nhwc(family: str, x, img_size: int, in_chans: int, why: str) -> None:
+  """Raises a ValueError naming the expected [B, img_size, img_size, in_chans]."""
+  expected = (img_size, img_size, in_chans)
+  if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+    raise ValueError(
+        f"{family} expects NHWC images of shape [B, {img_size}, {img_size}, {in_chans}], "
+        f"got {tuple(x.shape)}. {why}: resize the images, or create the model (and "
+        "convert its weights) with the matching img_size / in_chans.")
+
+
+def classifier(x, num_classes: int, drop_rate: float, train: bool, dtype: Dtype):
+  """timm's head: dropout (`head_drop`) then Linear (`head`); float32 logits.
+
+  Call from a compact `__call__`: the layers become the caller's submodules.
+  """
+  x = nn.Dropout(drop_rate, deterministic=not train, name="head_drop")(x)
+  if num_classes > 0:
+    x = nn.Dense(num_classes, dtype=dtype, kernel_init=trunc_normal, name="head")(x.astype(dtype))
+  return x.astype(jnp.float32)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.models.layers import DropPath, Dtype, Mlp, trunc_normal
+from mer_jax.models.layers import DropPath, Dtype, Mlp, classifier, trunc_normal
 from mer_jax.models.vit import drop_path_rates
 
 
@@ -138,11 +138,7 @@ class PoolFormer(nn.Module):
         block += 1
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     x = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, name="head_norm")(x)
-    x = nn.Dropout(self.drop_rate, deterministic=not train, name="head_drop")(x)
-    if self.num_classes > 0:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal,
-                   name="head")(x.astype(self.dtype))
-    return x.astype(jnp.float32)
+    return classifier(x, self.num_classes, self.drop_rate, train, self.dtype)
 
 
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,

@@ -23,7 +23,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.models.layers import DropPath, Dtype, Mlp, trunc_normal
+from mer_jax.models.layers import (DropPath, Dtype, Mlp, check_nhwc, classifier,
+                                   trunc_normal)
 
 # timm initialises the class token with normal(std=1e-6): it starts as ~zero
 # so the first updates come from the position embedding's cls slot.
@@ -168,13 +169,8 @@ class VisionTransformer(nn.Module):
     return self.img_size // self.patch_size
 
   def _check_input(self, x):
-    expected = (self.img_size, self.img_size, self.in_chans)
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-      raise ValueError(
-          f"ViT expects NHWC images of shape [B, {self.img_size}, {self.img_size}, "
-          f"{self.in_chans}], got {tuple(x.shape)}. The position embedding is fixed "
-          "to img_size: resize the images, or create the model (and convert its "
-          "weights) with the matching img_size / in_chans.")
+    check_nhwc("ViT", x, self.img_size, self.in_chans,
+               "The position embedding is fixed to img_size")
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -195,11 +191,7 @@ class VisionTransformer(nn.Module):
                 name=f"blocks_{i}")(x, train=train)
     x = _layer_norm(self.dtype, "norm")(x)[:, 0]  # fc_norm is identity for token pooling
 
-    x = nn.Dropout(self.drop_rate, deterministic=not train, name="head_drop")(x)
-    if self.num_classes > 0:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal,
-                   name="head")(x)
-    return x.astype(jnp.float32)
+    return classifier(x, self.num_classes, self.drop_rate, train, self.dtype)
 
 
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
