@@ -1,6 +1,6 @@
 r"""Build time of the six CASME II configs on a CASME II-sized synthetic set.
 
-  python benchmarks/bench_data.py [--root data/bench] [--videos 255]
+  python benchmarks/bench_data.py [--root data/bench] [--videos 255] [--manual DIR]
 
 Measures, in one run on this machine:
   1. all six configs with every core and the detection cache (the default),
@@ -34,9 +34,12 @@ def main():
   ap.add_argument("--root", default="data/bench")
   ap.add_argument("--videos", type=int, default=255)
   ap.add_argument("--subjects", type=int, default=26)
+  ap.add_argument("--manual", default=None,
+                  help="an existing (synthetic) CASME II copy to build from, instead of "
+                       "writing one under --root")
   args = ap.parse_args()
   root = pathlib.Path(args.root)
-  manual = root / f"synthetic_{args.videos}"
+  manual = pathlib.Path(args.manual) if args.manual else root / f"synthetic_{args.videos}"
   if not (manual / "CASME2_RAW_selected").exists():
     t = time.perf_counter()
     synthetic.write_synthetic_casme2(manual, videos=args.videos, subjects=args.subjects)

@@ -74,7 +74,8 @@ def _has_casme2(manual_dir: pathlib.Path) -> bool:
 
 
 def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int = 255,
-                      subjects: int = 26, seed: int = 0, log=print) -> pathlib.Path:
+                      subjects: int = 26, seed: int = 0, intensity: float = 1.0,
+                      log=print) -> pathlib.Path:
   """The CASME II copy; with `synthetic`, writes the synthetic set there if absent."""
   d = pathlib.Path(manual_dir).expanduser()
   if _has_casme2(d):
@@ -86,9 +87,11 @@ def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int =
   from mer_jax.data import synthetic as syn
   with _lock(d.parent / f".{d.name}.lock"):
     if not _has_casme2(d):
-      log(f"Writing the synthetic CASME II ({videos} videos, {subjects} subjects) to {d} ...")
+      log(f"Writing the synthetic CASME II ({videos} videos, {subjects} subjects, motion "
+          f"intensity {intensity:g}) to {d} ...")
       start = time.perf_counter()
-      syn.write_synthetic_casme2(d, videos=videos, subjects=subjects, seed=seed)
+      syn.write_synthetic_casme2(d, videos=videos, subjects=subjects, seed=seed,
+                                 intensity=intensity)
       log(f"  done in {time.perf_counter() - start:.0f} s")
   return d
 
@@ -100,7 +103,8 @@ def _instructions() -> str:
 
 def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
                  synthetic: bool = False, synthetic_videos: int = 255,
-                 synthetic_subjects: int = 26, log=print, **options) -> str:
+                 synthetic_subjects: int = 26, synthetic_intensity: float = 1.0,
+                 log=print, **options) -> str:
   """Builds `config` unless it is already built; returns the dataset directory.
 
   Raises casme2.Casme2Error (with the download instructions) when neither
@@ -114,7 +118,7 @@ def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
     if is_built(b):
       return str(b.data_dir)
     d = ensure_manual_dir(manual_dir, synthetic=synthetic, videos=synthetic_videos,
-                          subjects=synthetic_subjects, log=log)
+                          subjects=synthetic_subjects, intensity=synthetic_intensity, log=log)
     import tensorflow_datasets as tfds
     log(f"Building CASME II {config} from {d} into {b.data_dir} (once) ...")
     start = time.perf_counter()

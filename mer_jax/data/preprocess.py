@@ -633,8 +633,9 @@ def preprocess_videos(items: Sequence[tuple[Video, Sequence[int]]], method: "Met
     output frames -- {video_id: frames} or a function video -> frames (the
     builder passes the MFS frames, so AF's apex crop equals MFS's).
   cache_dir: the detection cache (default `default_cache_dir()`); "" for none.
-  workers: processes, one dlib detector each (default: every available core;
-    1 runs in this process).
+  workers: processes, one dlib detector each (default: every available core,
+    or this process alone for fewer than 4 videos per core; 1 runs in this
+    process).
   Returns a `PreprocessRun`: iterate it for (video, frame_index, image), then
   read `.report`. Errors name the file and the video (see `preprocess_video`).
   """
@@ -654,5 +655,9 @@ def preprocess_videos(items: Sequence[tuple[Video, Sequence[int]]], method: "Met
   cache_dir = str(cache_dir) if cache_dir != "" else None
   if cache_dir:
     DetectionCache(cache_dir)  # fail here, with advice, if it cannot be created
-  workers = max(1, min(workers or _available_cores(), len(jobs) or 1))
+  if workers is None:
+    # A worker process takes seconds to start (it re-imports the caller's
+    # modules): not worth it for a handful of videos.
+    workers = _available_cores() if len(jobs) >= 4 * _available_cores() else 1
+  workers = max(1, min(workers, len(jobs) or 1))
   return PreprocessRun(jobs, method, cache_dir, workers)
