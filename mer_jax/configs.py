@@ -59,6 +59,7 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.data.synthetic = False              # write a synthetic CASME II into manual_dir if it is missing
   c.data.synthetic_videos = 255
   c.data.synthetic_subjects = 26
+  c.data.synthetic_intensity = 1.0      # motion amplitude of the synthetic clips (1 = ~9 px)
   c.data.protocol = "paper"             # "paper" (201/26/28 split) or "loso"
   c.data.fold = -1                      # LOSO: index of the held-out subject
   c.data.class_balanced = False         # sample training frames class-balanced

@@ -175,26 +175,36 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
   return report
 
 
-def evaluate_workdir(workdir: str | pathlib.Path, *, checkpoint: str = "best") -> dict:
-  """Restores a run's best (else latest) checkpoint and rewrites its report."""
+def load_config(workdir: str | pathlib.Path):
+  """The ConfigDict a run was trained with (WORKDIR/config.json)."""
+  import ml_collections
+  cfg_path = pathlib.Path(workdir).absolute() / "config.json"
+  if not cfg_path.exists():
+    raise FileNotFoundError(f"{cfg_path} not found: is {cfg_path.parent} a mer_jax run "
+                            "directory (the --workdir of python -m mer_jax.train)?")
+  return ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+
+
+def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mesh, *,
+                  checkpoint: str = "best"):
+  """(state, meta, which) of a run's best checkpoint (else its latest).
+
+  `which` says which one was restored; raises FileNotFoundError when the run
+  saved none yet. Needs only the model, not the dataset.
+  """
   import jax
   import jax.numpy as jnp
-  import ml_collections
 
   from mer_jax import checkpointing, runtime, train
 
   workdir = pathlib.Path(workdir).absolute()
-  cfg_path = workdir / "config.json"
-  if not cfg_path.exists():
-    raise FileNotFoundError(f"{cfg_path} not found: is {workdir} a mer_jax run directory?")
-  config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-  setup = train.make_setup(config, log=lambda *a: None)
   ckpt = checkpointing.Checkpoints(workdir, config.checkpoint_keep)
-  rep = runtime.replicated(setup.mesh)
+  rep = runtime.replicated(mesh)
   tx = train.make_optimizer(config, 1)
 
   def shapes():
-    params = train._abstract_params(setup)  # noqa: SLF001 - same package
+    dummy = jnp.zeros((1, config.model.img_size, config.model.img_size, in_chans), jnp.float32)
+    params = model.init(jax.random.PRNGKey(0), dummy)["params"]
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
@@ -210,6 +220,18 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, checkpoint: str = "best") -
   finally:
     ckpt.close()
   state, meta = restored
+  return state, meta, which
+
+
+def evaluate_workdir(workdir: str | pathlib.Path, *, checkpoint: str = "best") -> dict:
+  """Restores a run's best (else latest) checkpoint and rewrites its report."""
+  from mer_jax import train
+
+  workdir = pathlib.Path(workdir).absolute()
+  config = load_config(workdir)
+  setup = train.make_setup(config, log=lambda *a: None)
+  state, meta, which = restore_state(workdir, config, setup.model, setup.in_chans, setup.mesh,
+                                     checkpoint=checkpoint)
   predict_fn = train.jit_predict(setup)
   results = {s: train.evaluate_split(setup, state["params"], s, predict_fn)
              for s in ("validation", "test")}

@@ -41,11 +41,17 @@ from mer_jax import models
 from mer_jax import runtime
 from mer_jax.data import casme2
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/pool_m36_mfs.py.", lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory: checkpoints, logs, metrics and report. "
-    "Rerunning with the same workdir resumes.")
+_FLAGS = {}
+
+
+def _define_flags():
+  """The command line's flags; defined only when this module is the program,
+  so other tools (mer_jax.tune) can import it and define their own."""
+  _FLAGS["config"] = config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. configs/pool_m36_mfs.py.", lock_config=True)
+  _FLAGS["workdir"] = flags.DEFINE_string(
+      "workdir", None, "Run directory: checkpoints, logs, metrics and report. "
+      "Rerunning with the same workdir resumes.")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -193,6 +199,7 @@ def dataset_dir(config, log=print) -> str:
       build.config_name(config.data.method, config.data.phase), manual, data_dir,
       synthetic=config.data.synthetic, synthetic_videos=config.data.synthetic_videos,
       synthetic_subjects=config.data.synthetic_subjects,
+      synthetic_intensity=config.data.get("synthetic_intensity", 1.0),
       log=log if runtime.is_main_process() else (lambda *a: None))
 
 
@@ -211,11 +218,15 @@ def make_setup(config, log=print) -> Setup:
   data = input_pipeline.load_splits(dataset_dir(config, log), config.data.protocol,
                                     config.data.fold)
   in_chans = data["train"].images.shape[-1]
-  model = models.create_model(
+  return Setup(config, data, build_model(config, in_chans), in_chans, runtime.make_mesh())
+
+
+def build_model(config, in_chans: int):
+  """The config's Flax model for 7 emotions."""
+  return models.create_model(
       config.model.name, num_classes=len(casme2.EMOTIONS), img_size=config.model.img_size,
       in_chans=in_chans, drop_rate=config.model.drop_rate,
       drop_path_rate=config.model.drop_path_rate, dtype=jnp.dtype(config.model.dtype))
-  return Setup(config, data, model, in_chans, runtime.make_mesh())
 
 
 def init_params(setup: Setup, log=print):
@@ -294,11 +305,13 @@ def _say(*args):
     print(*args, flush=True)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, on_epoch=None) -> dict:
   """Trains with early stopping, tests the best checkpoint, writes the report.
 
   Resumes from WORKDIR/checkpoints/latest if present (a finished run is only
   re-tested; a larger num_epochs continues it unless it stopped early).
+  `on_epoch(record)`, if given, is called with each epoch's history record
+  after its checkpoint is saved (the tuner prunes from it by raising).
   Returns the metrics.json dict.
   """
   workdir = pathlib.Path(workdir).absolute()
@@ -420,6 +433,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _say(f"Early stop: no better validation macro-F1 for {c.patience} epochs "
              f"(best {stopper.best:.4f} at epoch {stopper.best_epoch + 1}).")
       save(best=improved)
+      if on_epoch is not None:
+        on_epoch(record)
     ckpt.wait()
 
     # Test the best checkpoint.
@@ -491,8 +506,8 @@ def main(argv):
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   runtime.maybe_initialize_distributed()
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join(
+  config = _FLAGS["config"].value
+  workdir = _FLAGS["workdir"].value or os.path.join(
       "runs", f"{config.model.name}_{config.data.method}_{config.data.phase}")
   try:
     train_and_evaluate(config, workdir)
@@ -502,4 +517,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -40,7 +40,7 @@ def overrides(data, **extra):
           "data.synthetic": False, "model.img_size": 32, "batch_size": 8,
           "eval_batch_size": 16, "num_epochs": 3, "patience": 10, "log_every_steps": 2,
           "checkpoint_every_steps": 2, "bootstrap_resamples": 100, "optim.warmup_epochs": 0,
-          "seed": 1}
+          "aug.enabled": True, "seed": 1}
   opts.update(extra)
   return [f"--config.{k}={v}" for k, v in opts.items()]
 
