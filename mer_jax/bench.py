@@ -1,0 +1,170 @@
+r"""Inference speed per model and method, on whatever device JAX sees.
+
+  python -m mer_jax.bench [--models vit_b32,swin_b,poolformer_m36,poolformer_m48]
+                          [--methods m1,m2] [--batch 32] [--repeats 20] [--dtype float32]
+                          [--preprocess] [--json out.json]
+
+As the paper's section D: for each model at each method's input (M1 384x384
+RGB, M2 224x224 gray) it reports the latency of one sample (batch 1, median
+and 90th percentile over --repeats calls, after compilation, the device
+synchronised), the throughput at --batch, the compile time, the parameter
+count and XLA's FLOP count per image. The network is the one training tests
+with (uint8 frames in, resize/normalise on device, softmax out); weights are
+random, which does not change the speed. `--preprocess` adds the host-side
+cost of getting a 640x480 frame to the network's input (M1 centre crop, M2
+dlib detection + crop) on a synthetic CASME II frame. The device name and
+count head the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+PAPER_MODELS = ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")
+METHODS = {"m1": (384, 3), "m2": (224, 1)}
+
+
+def device_line() -> str:
+  import jax
+  d = jax.devices()
+  kind = getattr(d[0], "device_kind", d[0].platform)
+  return (f"{jax.default_backend()} ({kind}) x{len(d)}, jax {jax.__version__}, "
+          f"{jax.process_count()} process(es)")
+
+
+def _timed(fn, repeats: int) -> list[float]:
+  out = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    out.append(time.perf_counter() - t)
+  return out
+
+
+def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
+                dtype: str = "float32", img_size: int | None = None) -> dict:
+  """One row: latency (batch 1), throughput (batch), compile time, params, FLOPs."""
+  import jax
+  import jax.numpy as jnp
+
+  from mer_jax import models, train
+
+  size, chans = METHODS[method]
+  size = img_size or size
+  model = models.create_model(name, num_classes=7, img_size=size, in_chans=chans,
+                              dtype=jnp.dtype(dtype))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0),
+                               jnp.zeros((1, size, size, chans), jnp.float32))["params"]
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  fn = jax.jit(train.make_predict_step(model, size))
+  rng = np.random.default_rng(0)
+  row = {"model": name, "method": method, "img_size": size, "in_chans": chans, "dtype": dtype,
+         "params_m": n_params / 1e6}
+  for b, key in ((1, "latency"), (batch, "throughput")):
+    x = jnp.asarray(rng.integers(0, 256, (b, size, size, chans), dtype=np.uint8))
+    t = time.perf_counter()
+    compiled = fn.lower(params, x).compile()
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", float("nan")))
+    compiled(params, x).block_until_ready()  # warm-up
+    times = _timed(lambda: compiled(params, x).block_until_ready(), repeats)
+    if key == "latency":
+      row.update(compile_s=compile_s, gflops=flops / 1e9,
+                 latency_ms=1e3 * statistics.median(times),
+                 latency_p90_ms=1e3 * float(np.percentile(times, 90)))
+    else:
+      row.update(batch=b, images_per_s=b / statistics.median(times),
+                 batch_ms=1e3 * statistics.median(times))
+  return row
+
+
+def bench_preprocess(repeats: int = 10) -> dict:
+  """ms per 640x480 frame: M1 centre crop + resize; M2 dlib detection + crop."""
+  from mer_jax.data import preprocess, synthetic
+  vids = synthetic.plan(videos=7, subjects=7, seed=0)
+  frame = synthetic.render_frame(vids[0], vids[0].apex)
+  det = preprocess.FaceDetector()
+
+  def m2():
+    faces = det(frame)
+    box = max(faces, key=preprocess._area) if faces else None  # noqa: SLF001
+    return (preprocess.face_crop(frame, box, 224) if box is not None
+            else preprocess.fallback_crop(frame, 224))
+
+  m1 = lambda: preprocess.centre_crop(frame, 384)  # noqa: E731
+  m1(), m2()
+  return {"m1": 1e3 * statistics.median(_timed(m1, repeats)),
+          "m2": 1e3 * statistics.median(_timed(m2, repeats))}
+
+
+def table(rows: Sequence[dict], preprocess_ms: dict | None = None) -> str:
+  head = ("| model | method | input | params (M) | GFLOPs/img | latency ms (b=1) | p90 ms | "
+          "throughput img/s | batch | compile s |")
+  if preprocess_ms:
+    head += " + preprocessing ms/frame |"
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for r in rows:
+    line = (f"| {r['model']} | {r['method'].upper()} | {r['img_size']}x{r['img_size']}x"
+            f"{r['in_chans']} | {r['params_m']:.1f} | {r['gflops']:.2f} | "
+            f"{r['latency_ms']:.1f} | {r['latency_p90_ms']:.1f} | {r['images_per_s']:.1f} | "
+            f"{r['batch']} | {r['compile_s']:.1f} |")
+    if preprocess_ms:
+      line += f" {preprocess_ms[r['method']]:.1f} |"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m mer_jax.bench", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--models", default=",".join(PAPER_MODELS))
+  ap.add_argument("--methods", default="m1,m2")
+  ap.add_argument("--batch", type=int, default=32, help="batch of the throughput measurement")
+  ap.add_argument("--repeats", type=int, default=20)
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  ap.add_argument("--img-size", type=int, default=None,
+                  help="override both methods' input size (smoke tests)")
+  ap.add_argument("--preprocess", action="store_true",
+                  help="also time the host-side M1/M2 preprocessing of a frame")
+  ap.add_argument("--json", help="also write the rows here")
+  args = ap.parse_args(argv)
+
+  from mer_jax import models
+  names = [m.strip() for m in args.models.split(",") if m.strip()]
+  methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+  bad = [m for m in names if m not in models.MODEL_NAMES]
+  bad_methods = [m for m in methods if m not in METHODS]
+  if bad or bad_methods or args.batch < 1 or args.repeats < 1:
+    print(f"error: unknown model(s) {bad} (valid: {', '.join(models.MODEL_NAMES)})" if bad else
+          f"error: unknown method(s) {bad_methods} (valid: m1, m2)" if bad_methods else
+          "error: --batch and --repeats must be >= 1", file=sys.stderr)
+    return 2
+  print(f"device: {device_line()}", flush=True)
+  rows = []
+  for name in names:
+    for method in methods:
+      r = bench_model(name, method, batch=args.batch, repeats=args.repeats, dtype=args.dtype,
+                      img_size=args.img_size)
+      rows.append(r)
+      print(f"  {name} {method.upper()}: {r['latency_ms']:.1f} ms/sample, "
+            f"{r['images_per_s']:.1f} img/s at batch {r['batch']}", flush=True)
+  pre = bench_preprocess() if args.preprocess else None
+  print()
+  print(table(rows, pre))
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(
+        {"device": device_line(), "rows": rows, "preprocess_ms": pre}, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,283 @@
+r"""A trained run's emotion probabilities for a new clip.
+
+  python -m mer_jax.predict --workdir runs/pool_m36_mfs --frames CLIP_DIR_OR_VIDEO \
+      [--onset I --apex J --offset K] [--json out.json]
+
+The clip goes through what training saw: the run's preprocessing method (M1
+centre crop 384 RGB / M2 dlib face crop 224 gray, faces chosen over the MFS
+frames), its phase's frames (AF / KFS / MFS from onset, apex, offset), the
+network on every frame, and the video decision (majority vote of the frames,
+ties broken by summed probability; AF is one frame). It prints the per-frame
+and clip-level probabilities of the seven emotions.
+
+CLIP is a folder of frames (jpg/png/bmp; a frame's number is the last integer
+in its file name, as CASME II's `img46.jpg`, else its rank in name order from
+1) or a video file (decoded with PyAV; frames numbered from 1). --onset,
+--apex and --offset are frame numbers. Without them: onset is the first frame,
+offset the last, and apex the frame that differs most from the onset frame
+(mean absolute grey-level difference inside the region the network sees: the
+face box for M2, the centre square for M1, after a light blur against sensor
+noise and a subpixel registration to the onset frame against head drift). The
+output says which were picked that way. (A clip whose onset is its apex has
+no motion to find: pass --apex.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from mer_jax.data import casme2, phases, preprocess
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
+
+
+class PredictError(ValueError):
+  """Bad input for prediction; the message says what to do."""
+
+
+# --- frames ------------------------------------------------------------------
+
+
+def frames_of_folder(folder: pathlib.Path) -> dict[int, pathlib.Path]:
+  """{frame number: file} of the images in a folder (numbers from file names)."""
+  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  if not files:
+    raise PredictError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); pass "
+                       "a folder of the clip's frames or a video file.")
+  numbers = [re.findall(r"\d+", p.stem) for p in files]
+  if all(numbers):
+    frames = {}
+    for p, ns in zip(files, numbers):
+      n = int(ns[-1])
+      if n in frames:
+        raise PredictError(f"{frames[n].name} and {p.name} both look like frame {n}; keep one "
+                           "clip per folder.")
+      frames[n] = p
+    return dict(sorted(frames.items()))
+  return {i + 1: p for i, p in enumerate(files)}
+
+
+def frames_of_video(path: pathlib.Path, out_dir: pathlib.Path) -> dict[int, pathlib.Path]:
+  """Decodes a video file into out_dir/img{N}.png (N from 1); {N: file}."""
+  try:
+    import av
+  except ImportError:  # pragma: no cover - av is in requirements.txt
+    raise PredictError("Reading video files needs PyAV (pip install av); or pass a folder "
+                       "of frames.") from None
+  from PIL import Image
+  frames = {}
+  try:
+    with av.open(str(path)) as container:
+      for i, frame in enumerate(container.decode(video=0), start=1):
+        f = out_dir / f"img{i}.png"
+        Image.fromarray(frame.to_ndarray(format="rgb24")).save(f)
+        frames[i] = f
+  except (av.error.FFmpegError, ValueError) as e:  # type: ignore[attr-defined]
+    raise PredictError(f"cannot decode video {path} ({type(e).__name__}: {e}); convert it "
+                       "to mp4, or extract its frames into a folder.") from None
+  if not frames:
+    raise PredictError(f"{path} has no video frames.")
+  return frames
+
+
+# --- key frames ----------------------------------------------------------------
+
+
+def _region(rgb: np.ndarray, method: preprocess.Method, detector) -> tuple[int, int, int, int]:
+  h, w = rgb.shape[:2]
+  if method is preprocess.Method.M2:
+    faces = detector(rgb)
+    if faces:
+      return preprocess.expand_box(max(faces, key=preprocess._area), h, w)  # noqa: SLF001
+  return preprocess.centre_square(h, w)
+
+
+def _gray_small(rgb: np.ndarray, box, size: int = 112) -> np.ndarray:
+  from PIL import Image, ImageFilter
+  l, t, r, b = (int(round(v)) for v in box)
+  img = Image.fromarray(rgb[t:b, l:r]).convert("L").resize((size, size), Image.BILINEAR)
+  return np.asarray(img.filter(ImageFilter.GaussianBlur(1.0)), np.float32)
+
+
+def motion_curve(frames: dict[int, pathlib.Path], onset: int, offset: int,
+                 method: "preprocess.Method | str", detector=None) -> dict[int, float]:
+  """{frame: mean |grey difference| from the onset frame} over onset..offset.
+
+  Measured inside the region the network sees (M2: the onset frame's largest
+  face box + margin; M1: the centre square) at 112 px after a 1-px Gaussian
+  blur, with each frame first registered to the onset frame (subpixel phase
+  correlation), so head drift and camera jitter do not count as motion.
+  """
+  from scipy import ndimage
+  from skimage.registration import phase_cross_correlation
+  method = preprocess.Method.parse(method)
+  if method is preprocess.Method.M2 and detector is None:
+    detector = preprocess.FaceDetector()
+  first = preprocess.read_frame(frames[onset])
+  box = _region(first, method, detector)
+  ref = _gray_small(first, box)
+  m = ref.shape[0] // 16  # border the registration shift may have filled
+  curve = {}
+  for n, p in frames.items():
+    if onset <= n <= offset:
+      img = _gray_small(preprocess.read_frame(p), box)
+      shift = phase_cross_correlation(ref, img, upsample_factor=10, normalization=None)[0]
+      aligned = ndimage.shift(img, shift, order=1, mode="nearest")
+      curve[n] = float(np.mean(np.abs(aligned - ref)[m:-m, m:-m]))
+  return curve
+
+
+def key_frames(frames: dict[int, pathlib.Path], method, onset: int | None = None,
+               apex: int | None = None, offset: int | None = None,
+               detector=None) -> tuple[int, int, int, list[str]]:
+  """(onset, apex, offset, notes): given ones checked, missing ones picked."""
+  numbers = sorted(frames)
+  notes = []
+  for name, v in (("onset", onset), ("apex", apex), ("offset", offset)):
+    if v is not None and v not in frames:
+      raise PredictError(f"--{name} {v} is not a frame of the clip (frames {numbers[0]}.."
+                         f"{numbers[-1]}, {len(numbers)} files).")
+  if onset is None:
+    onset = numbers[0]
+    notes.append(f"onset: frame {onset}, the first frame (pass --onset to set it)")
+  if offset is None:
+    offset = numbers[-1]
+    notes.append(f"offset: frame {offset}, the last frame (pass --offset to set it)")
+  if not onset <= offset:
+    raise PredictError(f"onset {onset} is after offset {offset}.")
+  if apex is None:
+    curve = motion_curve(frames, onset, offset, method, detector)
+    apex = max(curve, key=lambda n: (curve[n], -n))
+    notes.append(f"apex: frame {apex}, the largest-motion frame: mean absolute grey-level "
+                 f"difference from the onset frame {curve[apex]:.2f} inside the region the "
+                 f"network sees (median over the clip {np.median(list(curve.values())):.2f}; "
+                 "pass --apex to set it)")
+  if not onset <= apex <= offset:
+    raise PredictError(f"apex {apex} is outside onset..offset ({onset}..{offset}).")
+  return onset, apex, offset, notes
+
+
+# --- prediction ----------------------------------------------------------------
+
+
+def clip_video(frames: dict[int, pathlib.Path], onset: int, apex: int, offset: int,
+               name: str) -> casme2.Video:
+  """The clip as a CASME II Video (emotion unknown: 'others' as a placeholder)."""
+  return casme2.Video(subject="clip", episode=name, onset=onset, apex=apex, offset=offset,
+                      emotion="others", frames=dict(frames))
+
+
+def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
+                 onset: int | None = None, apex: int | None = None, offset: int | None = None,
+                 checkpoint: str = "best", detector=None) -> dict:
+  """The run's probabilities for a clip: per frame and for the clip."""
+  import jax
+
+  from mer_jax import evaluate, metrics, runtime, train
+
+  clip = pathlib.Path(clip).expanduser()
+  if not clip.exists():
+    raise PredictError(f"{clip} does not exist: pass a folder of frames or a video file.")
+  config = evaluate.load_config(workdir)
+  method = preprocess.Method.parse(config.data.method)
+  phase = phases.Phase.parse(config.data.phase)
+  in_chans = preprocess.IMAGE_SHAPE[method][-1]
+  model = train.build_model(config, in_chans)
+  mesh = runtime.make_mesh()
+  state, meta, which = evaluate.restore_state(workdir, config, model, in_chans, mesh,
+                                              checkpoint=checkpoint)
+  detector = detector if detector is not None else (
+      preprocess.FaceDetector() if method is preprocess.Method.M2 else None)
+
+  with tempfile.TemporaryDirectory(prefix="mer_jax_predict_") as tmp:
+    if clip.is_dir():
+      frames = frames_of_folder(clip)
+    elif clip.suffix.lower() in VIDEO_SUFFIXES:
+      frames = frames_of_video(clip, pathlib.Path(tmp))
+    else:
+      raise PredictError(f"{clip} is neither a folder of frames nor a video file "
+                         f"({', '.join(VIDEO_SUFFIXES)}).")
+    onset, apex, offset, notes = key_frames(frames, method, onset, apex, offset, detector)
+    video = clip_video(frames, onset, apex, offset, clip.stem)
+    selected = phases.select_frames(video, phase)
+    context = [f.frame_index for f in phases.select_frames(video, "mfs")]
+    images, report = preprocess.preprocess_video(video, selected, method,
+                                                 context_frames=context, detector=detector)
+  batch = np.stack([im if im.ndim == 3 else im[..., None] for im in images])
+  predict_fn = jax.jit(train.make_predict_step(model, config.model.img_size))
+  probs = np.concatenate([np.asarray(predict_fn(state["params"], batch[i:i + 32]))
+                          for i in range(0, len(batch), 32)])
+  _, video_pred = metrics.video_vote(probs, [video.video_id] * len(probs))
+  pred = int(video_pred[0])
+  if method is preprocess.Method.M2 and report.fallback:
+    notes.append("no face was found in the clip: the images are centre crops (the M2 "
+                 "fallback), so the prediction is unreliable")
+  elif report.borrowed:
+    notes.append(f"{len(report.borrowed)} frame(s) without a face detection borrowed the "
+                 "nearest frame's box")
+  return {
+      "clip": str(clip), "workdir": str(pathlib.Path(workdir).absolute()),
+      "checkpoint": which, "step": int(state["step"]),
+      "model": config.model.name, "method": method.value, "phase": phase.value,
+      "onset": onset, "apex": apex, "offset": offset, "notes": notes,
+      "emotions": list(casme2.EMOTIONS),
+      "frames": [{"frame": f.frame_index, "role": f.role,
+                  "probs": [float(p) for p in probs[i]]} for i, f in enumerate(selected)],
+      "probs": [float(p) for p in probs.mean(0)],
+      "votes": [int(v) for v in np.bincount(probs.argmax(-1), minlength=len(casme2.EMOTIONS))],
+      "prediction": casme2.EMOTIONS[pred],
+  }
+
+
+def format_result(r: dict) -> str:
+  em = r["emotions"]
+  lines = [f"{r['clip']}: {r['model']} {r['method'].upper()} {r['phase'].upper()} "
+           f"({r['checkpoint']} checkpoint of {r['workdir']}, step {r['step']})",
+           f"onset {r['onset']}, apex {r['apex']}, offset {r['offset']}"]
+  lines += [f"  {n}" for n in r["notes"]]
+  head = f"{'frame':>7} {'role':>7} " + " ".join(f"{e[:10]:>10}" for e in em)
+  lines += ["", head]
+  for f in r["frames"]:
+    lines.append(f"{f['frame']:>7} {f['role']:>7} " + " ".join(f"{p:>10.3f}" for p in f["probs"]))
+  lines.append(f"{'mean':>7} {'':>7} " + " ".join(f"{p:>10.3f}" for p in r["probs"]))
+  if len(r["frames"]) > 1:
+    lines.append(f"{'votes':>7} {'':>7} " + " ".join(f"{v:>10d}" for v in r["votes"]))
+  lines += ["", f"prediction: {r['prediction']}"]
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m mer_jax.predict", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--workdir", required=True, help="a run directory of mer_jax.train")
+  ap.add_argument("--frames", required=True, help="folder of frames, or a video file")
+  ap.add_argument("--onset", type=int)
+  ap.add_argument("--apex", type=int)
+  ap.add_argument("--offset", type=int)
+  ap.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  ap.add_argument("--json", help="also write the result here")
+  args = ap.parse_args(argv)
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  try:
+    r = predict_clip(args.workdir, args.frames, onset=args.onset, apex=args.apex,
+                     offset=args.offset, checkpoint=args.checkpoint)
+  except (PredictError, casme2.Casme2Error, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(format_result(r))
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(r, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,256 @@
+r"""Hyper-parameter search with Optuna, on validation macro-F1.
+
+  python -m mer_jax.tune --config configs/pool_m36_mfs.py --trials 20 [--workdir runs/tune_pool_m36_mfs]
+
+Searches drop path (0.05-0.3), dropout (0-0.2), the loss (focal / class-weighted
+CE) and the learning rate (log-uniform around the paper's 5e-5) -- each range
+can be changed, and any config field fixed with `--config.FIELD=VALUE`. Every
+trial is a full `mer_jax.train` run in WORKDIR/trial_NNN (early stopping,
+best checkpoint, report), scored by its best validation macro-F1 at the video
+level; the test split is evaluated by each run but never looked at here.
+Bad trials are pruned (median rule over the epochs' validation macro-F1), and
+a trial whose loss turns NaN/inf is pruned too.
+
+The study lives in SQLite (WORKDIR/optuna.db): rerunning the command goes on
+to --trials finished trials. A trial killed mid-run is detected by its missing
+heartbeat and re-run with the same parameters, resuming from its checkpoint.
+Several workers (e.g. a SLURM array, one process each) can share the study by
+running the same command with the same --workdir on a shared file system.
+At the end it prints the best parameters and the command that trains with them
+(also in WORKDIR/best.json; every trial in WORKDIR/trials.csv).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+DEFAULT_SPACE = {"drop_path": ("0.05", "0.3"), "dropout": ("0.0", "0.2"),
+                 "lr": ("1e-5", "3e-4"), "losses": ("focal", "weighted_ce")}
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Base config file, e.g. configs/pool_m36_mfs.py.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (default runs/tune_<config>).")
+_TRIALS = flags.DEFINE_integer("trials", 20, "Finished (complete or pruned) trials to reach.")
+_STUDY = flags.DEFINE_string("study_name", "mer_jax", "Name of the study in the storage.")
+_SEED = flags.DEFINE_integer("sampler_seed", 0, "Seed of the TPE sampler.")
+_DROP_PATH = flags.DEFINE_list("drop_path", list(DEFAULT_SPACE["drop_path"]),
+                               "drop_path_rate range.")
+_DROPOUT = flags.DEFINE_list("dropout", list(DEFAULT_SPACE["dropout"]), "head dropout range.")
+_LR = flags.DEFINE_list("lr", list(DEFAULT_SPACE["lr"]), "learning-rate range (log-uniform).")
+_LOSSES = flags.DEFINE_list("losses", list(DEFAULT_SPACE["losses"]), "losses to choose from.")
+_WARMUP = flags.DEFINE_integer("prune_warmup_epochs", 3,
+                               "epochs a trial runs before it may be pruned.")
+_STARTUP = flags.DEFINE_integer("prune_startup_trials", 3,
+                                "trials that finish before any is pruned.")
+
+HEARTBEAT_S = 30
+
+
+def _range(values, name) -> tuple[float, float]:
+  try:
+    lo, hi = (float(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--{name} takes two numbers LOW,HIGH, got {','.join(values)}") from None
+  if not lo <= hi:
+    raise ValueError(f"--{name}: LOW {lo} is above HIGH {hi}")
+  return lo, hi
+
+
+def search_space(drop_path=DEFAULT_SPACE["drop_path"], dropout=DEFAULT_SPACE["dropout"],
+                 lr=DEFAULT_SPACE["lr"], losses=DEFAULT_SPACE["losses"]) -> dict:
+  """The search ranges (LOW, HIGH strings or numbers; losses by name), checked."""
+  from mer_jax import train
+  space = {"model.drop_path_rate": _range(drop_path, "drop_path"),
+           "model.drop_rate": _range(dropout, "dropout"),
+           "optim.lr": _range(lr, "lr"),
+           "loss.name": tuple(losses)}
+  bad = [l for l in space["loss.name"] if l not in train.LOSSES]
+  if bad or not space["loss.name"]:
+    raise ValueError(f"--losses: unknown {bad}; valid: {', '.join(train.LOSSES)}")
+  if space["optim.lr"][0] <= 0:
+    raise ValueError("--lr: the learning rate must be positive")
+  return space
+
+
+def suggest(trial, space: dict) -> dict:
+  """Config overrides of one trial."""
+  def num(name, log=False):
+    lo, hi = space[name]
+    return lo if lo == hi else trial.suggest_float(name, lo, hi, log=log)
+  return {"model.drop_path_rate": num("model.drop_path_rate"),
+          "model.drop_rate": num("model.drop_rate"),
+          "optim.lr": num("optim.lr", log=True),
+          "loss.name": trial.suggest_categorical("loss.name", list(space["loss.name"]))}
+
+
+def apply_overrides(config, overrides: dict):
+  """A copy of config with dotted-name overrides set."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for name, value in overrides.items():
+      node = c
+      *path, last = name.split(".")
+      for p in path:
+        node = node[p]
+      node[last] = value
+  return c
+
+
+def trial_dir(workdir: pathlib.Path, trial) -> pathlib.Path:
+  """A retried trial (killed before) reuses its original's directory and checkpoint."""
+  import optuna
+  frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+  original = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+  return workdir / f"trial_{(trial.number if original is None else original):03d}"
+
+
+def make_objective(config, workdir: pathlib.Path, space: dict):
+  import optuna
+
+  from mer_jax import train
+
+  def objective(trial):
+    overrides = suggest(trial, space)
+    c = apply_overrides(config, overrides)
+    d = trial_dir(workdir, trial)
+    trial.set_user_attr("workdir", str(d))
+    print(f"\n== trial {trial.number} ({d.name}): "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in overrides.items()), flush=True)
+
+    def on_epoch(record):
+      trial.report(record["val_macro_f1"], step=record["epoch"])
+      if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (validation macro-F1 "
+                                 f"{record['val_macro_f1']:.4f} below the median)")
+
+    try:
+      out = train.train_and_evaluate(c, str(d), on_epoch=on_epoch)
+    except train.NonFiniteLossError:
+      trial.set_user_attr("stopped", "non-finite loss")
+      raise optuna.TrialPruned("the loss became NaN/inf") from None
+    value = float(out["validation"]["macro_f1"])  # the best checkpoint's, video level
+    trial.set_user_attr("best_epoch", out.get("best_epoch"))
+    return value
+
+  return objective
+
+
+def open_study(workdir: pathlib.Path, name: str, seed: int, startup_trials: int = 3,
+               warmup_epochs: int = 3):
+  import optuna
+  storage = optuna.storages.RDBStorage(
+      f"sqlite:///{workdir / 'optuna.db'}", heartbeat_interval=HEARTBEAT_S,
+      grace_period=3 * HEARTBEAT_S,
+      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(
+          max_retry=3, inherit_intermediate_values=True),
+      engine_kwargs={"connect_args": {"timeout": 60}})
+  return optuna.create_study(
+      study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+      sampler=optuna.samplers.TPESampler(seed=seed),
+      pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
+                                         n_warmup_steps=warmup_epochs))
+
+
+def finished(study) -> int:
+  import optuna
+  states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+  return len(study.get_trials(deepcopy=False, states=states))
+
+
+def write_summary(study, workdir: pathlib.Path, config_path: str) -> dict | None:
+  """trials.csv, best.json and the printed summary; None before any trial completes."""
+  import optuna
+  trials = study.get_trials(deepcopy=False)
+  keys = sorted({k for t in trials for k in t.params})
+  with open(workdir / "trials.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["number", "state", "value", "epochs"] + keys + ["workdir"])
+    for t in trials:
+      w.writerow([t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}",
+                  len(t.intermediate_values)] + [t.params.get(k, "") for k in keys]
+                 + [t.user_attrs.get("workdir", "")])
+  done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+  counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+  print(f"\n{len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+  if not done:
+    print("No trial has completed yet.")
+    return None
+  best = study.best_trial
+  overrides = " ".join(f"--config.{k}={v}" for k, v in best.params.items())
+  best_info = {"trial": best.number, "validation_macro_f1": best.value, "params": best.params,
+               "workdir": best.user_attrs.get("workdir"),
+               "command": f"python -m mer_jax.train --config {config_path} {overrides}"}
+  (workdir / "best.json").write_text(json.dumps(best_info, indent=1))
+  print(f"best: trial {best.number}, validation macro-F1 {best.value:.4f}")
+  for k, v in best.params.items():
+    print(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
+  print(f"train with them: {best_info['command']}")
+  print(f"trials: {workdir / 'trials.csv'}")
+  return best_info
+
+
+def tune(config, workdir: str, trials: int, *, space: dict | None = None,
+         study_name: str = "mer_jax", seed: int = 0, prune_startup_trials: int = 3,
+         prune_warmup_epochs: int = 3, config_path: str = "CONFIG") -> dict | None:
+  """Runs trials until `trials` have finished; returns best.json's dict."""
+  import optuna
+
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  space = space or search_space()
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  study = open_study(workdir, study_name, seed, prune_startup_trials, prune_warmup_epochs)
+  study.set_user_attr("config", config.to_dict())
+  remaining = trials - finished(study)
+  if remaining > 0:
+    print(f"Study {study_name} in {workdir / 'optuna.db'}: {finished(study)} of {trials} "
+          "trials finished; running the rest.", flush=True)
+    study.optimize(make_objective(config, workdir, space), n_trials=None, gc_after_trial=True,
+                   callbacks=[optuna.study.MaxTrialsCallback(
+                       trials, states=(optuna.trial.TrialState.COMPLETE,
+                                       optuna.trial.TrialState.PRUNED))])
+  return write_summary(study, workdir, config_path)
+
+
+def main(argv):
+  del argv
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+    logging.set_verbosity(logging.WARNING)
+  import jax
+  if jax.process_count() > 1:
+    print("error: tune runs one JAX process per worker; start several workers with the same "
+          "--workdir instead of a multi-process launch.", file=sys.stderr)
+    sys.exit(2)
+  config = _CONFIG.value
+  config_path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+  if config_path is None and "--config" in sys.argv:
+    config_path = sys.argv[sys.argv.index("--config") + 1]
+  workdir = _WORKDIR.value or os.path.join(
+      "runs", f"tune_{config.model.name}_{config.data.method}_{config.data.phase}")
+  from mer_jax import train
+  from mer_jax.data import casme2
+  try:
+    if _TRIALS.value < 1:
+      raise ValueError("--trials must be >= 1")
+    train.check_config(config)
+    space = search_space(_DROP_PATH.value, _DROPOUT.value, _LR.value, _LOSSES.value)
+    tune(config, workdir, _TRIALS.value, space=space, study_name=_STUDY.value,
+         seed=_SEED.value, prune_startup_trials=_STARTUP.value,
+         prune_warmup_epochs=_WARMUP.value, config_path=config_path or "CONFIG")
+  except (ValueError, casme2.Casme2Error, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

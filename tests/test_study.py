@@ -1,0 +1,116 @@
+"""A small study on a tiny synthetic CASME II: cells run, resume, and the report's
+numbers equal the per-run metrics.json files and independent references."""
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, recall_score
+
+from mer_jax import metrics, study
+from mer_jax.data import synthetic
+from mer_jax.data.casme2 import EMOTIONS
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("study_data")
+  synthetic.write_synthetic_casme2(root / "casme2", videos=16, subjects=4, seed=11, workers=1)
+  return root
+
+
+def common(tiny):
+  return ["--set", f"data.manual_dir={tiny / 'casme2'}", "--set", f"data.data_dir={tiny / 'tfds'}",
+          "--set", "init.weights=", "--set", "model.img_size=32", "--set", "num_epochs=2",
+          "--set", "batch_size=8", "--set", "eval_batch_size=16", "--set", "patience=5",
+          "--set", "model.drop_path_rate=0.0", "--set", "optim.lr=0.001",
+          "--set", "bootstrap_resamples=100", "--bootstrap", "200"]
+
+
+@pytest.fixture(scope="module")
+def paper_study(tiny, tmp_path_factory):
+  w = tmp_path_factory.mktemp("study")
+  args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m1,m2",
+          "--phases", "af,kfs", "--seeds", "0"] + common(tiny)
+  assert study.main(args) == 0
+  return w, args
+
+
+def _pred(w):
+  with open(w / "predictions_test.csv") as f:
+    rows = list(csv.DictReader(f))
+  return (np.array([EMOTIONS.index(r["label"]) for r in rows]),
+          np.array([EMOTIONS.index(r["pred"]) for r in rows]))
+
+
+def test_report_has_every_table_and_figure(paper_study):
+  w, _ = paper_study
+  text = (w / "report.md").read_text()
+  for heading in ("Table I", "Table III", "Table IV", "Table V", "paired bootstrap"):
+    assert heading in text, heading
+  for fig in ("fig2_preprocessing.png", "fig3_temporal.png", "fig4_confusion.png"):
+    assert (w / fig).stat().st_size > 1000
+  assert "| M1 | 384x384 | RGB |" in text and "| M2 | 224x224 | grayscale |" in text
+
+
+def test_report_numbers_match_the_runs(paper_study):
+  w, _ = paper_study
+  s = json.loads((w / "study.json").read_text())
+  text = (w / "report.md").read_text()
+  for method in ("m1", "m2"):
+    for phase in ("af", "kfs"):
+      run = json.loads((w / f"poolformer_s12_{method}_{phase}" / "seed0" / "metrics.json")
+                       .read_text())
+      cell = s["cells"][f"poolformer_s12_{method}_{phase}"]
+      assert cell["macro_f1"] == pytest.approx(run["test"]["macro_f1"])
+      assert f"{run['test']['macro_f1']:.4f}" in text
+  # The paired M1-vs-M2 test equals metrics.paired_bootstrap on the saved predictions.
+  for row in s["paired_m1_m2"]:
+    y1, p1 = _pred(w / f"poolformer_s12_m1_{row['phase']}" / "seed0")
+    y2, p2 = _pred(w / f"poolformer_s12_m2_{row['phase']}" / "seed0")
+    assert np.array_equal(y1, y2)  # same test videos, same order
+    ref = metrics.paired_bootstrap(y1, p1, p2, 7, n_resamples=10000, seed=0)
+    assert row["diff"] == pytest.approx(ref["diff"]) and row["p_value"] == ref["p_value"]
+    assert row["diff"] == pytest.approx(
+        f1_score(y1, p1, labels=np.unique(y1), average="macro", zero_division=0)
+        - f1_score(y1, p2, labels=np.unique(y1), average="macro", zero_division=0))
+
+
+def test_rerun_skips_finished_cells(paper_study, capsys):
+  w, args = paper_study
+  before = {p: p.stat().st_mtime_ns for p in w.glob("*/seed0/metrics.json")}
+  assert study.main(args) == 0
+  out = capsys.readouterr().out
+  assert out.count("done, skipped") == 4
+  assert before == {p: p.stat().st_mtime_ns for p in w.glob("*/seed0/metrics.json")}
+
+
+def test_loso_pools_predictions_over_folds(tiny, tmp_path):
+  w = tmp_path / "loso"
+  args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m2",
+          "--phases", "af", "--protocol", "loso"] + common(tiny)
+  assert study.main(args) == 0
+  folds = sorted((w / "poolformer_s12_m2_af" / "seed0").glob("fold*"))
+  assert len(folds) == 4  # one per subject
+  ys, ps = zip(*[_pred(f) for f in folds])
+  y, p = np.concatenate(ys), np.concatenate(ps)
+  labels = np.unique(y)
+  uf1 = f1_score(y, p, labels=labels, average="macro", zero_division=0)
+  uar = recall_score(y, p, labels=labels, average="macro", zero_division=0)
+  cell = json.loads((w / "study.json").read_text())["cells"]["poolformer_s12_m2_af"]
+  assert cell["macro_f1"] == pytest.approx(uf1) and cell["uar"] == pytest.approx(uar)
+  text = (w / "report.md").read_text()
+  assert "Leave-one-subject-out" in text and f"{uf1:.4f}" in text
+  # Each fold tested exactly one subject, whose videos never appeared in its training split.
+  for f in folds:
+    rows = list(csv.DictReader(open(f / "predictions_test.csv")))
+    assert len({r["video_id"].split("/")[0] for r in rows}) == 1
+
+
+def test_bad_arguments_are_reported(tmp_path, capsys):
+  assert study.main(["--workdir", str(tmp_path), "--models", "resnet"]) == 2
+  assert "poolformer_m36" in capsys.readouterr().err
+  assert study.main(["--workdir", str(tmp_path / "empty"), "--report-only"]) == 2
