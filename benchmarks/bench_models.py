@@ -1,0 +1,148 @@
+r"""Flax vs timm on this CPU: forward images/s and one training step, batch 8.
+
+  python benchmarks/bench_models.py [--models vit_b32,poolformer_m36,...] [--methods M1,M2]
+      [--batch 8] [--repeats 3]
+
+Both run in one process (one per model and input) on the same threads, from the same random weights
+(timm model -> `from_timm`), at the paper's sizes: M1 384x384 RGB and M2
+224x224 gray (timm gets the gray image repeated to 3 channels, which is what
+the converted 1-channel stem computes). A training step is forward + backward
++ AdamW (lr 5e-5, wd 1e-3) with cross-entropy; Flax's is one jitted function,
+timed after compilation. Prints a markdown table with the Flax/timm ratios
+(> 1 = Flax faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import timm
+import torch
+
+from mer_jax.models import convert, create_model
+
+TIMM = {("vit_b32", 224): "vit_base_patch32_224", ("vit_b32", 384): "vit_base_patch32_384",
+        ("swin_b", 224): "swin_base_patch4_window7_224",
+        ("swin_b", 384): "swin_base_patch4_window12_384",
+        ("poolformer_m36", 224): "poolformer_m36", ("poolformer_m36", 384): "poolformer_m36",
+        ("poolformer_m48", 224): "poolformer_m48", ("poolformer_m48", 384): "poolformer_m48"}
+
+
+def best_of(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def bench(name, size, chans, batch, repeats):
+  torch.manual_seed(0)
+  tm = timm.create_model(TIMM[(name, size)], num_classes=7, img_size=size) \
+      if name.startswith(("vit", "swin")) else timm.create_model(TIMM[(name, size)], num_classes=7)
+  sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
+  variables = convert.from_timm(name, sd, img_size=size, in_chans=chans)
+  model = create_model(name, img_size=size, in_chans=chans)
+  x = np.random.RandomState(0).uniform(-2, 2, (batch, size, size, chans)).astype(np.float32)
+  y = np.arange(batch) % 7
+  xt = torch.from_numpy(np.repeat(x, 3, -1) if chans == 1 else x).permute(0, 3, 1, 2).contiguous()
+  yt = torch.from_numpy(y)
+
+  # Forward, eval mode.
+  tm.eval()
+  def t_fwd():
+    with torch.no_grad():
+      tm(xt)
+  fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  fwd(variables, x).block_until_ready()
+  t_fwd()
+  timm_f = best_of(t_fwd, repeats)
+  flax_f = best_of(lambda: fwd(variables, x).block_until_ready(), repeats)
+
+  # Training step.
+  tm.train()
+  opt = torch.optim.AdamW(tm.parameters(), lr=5e-5, weight_decay=1e-3)
+  def t_step():
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(tm(xt), yt).backward()
+    opt.step()
+  tx = optax.adamw(5e-5, weight_decay=1e-3)
+  params = variables["params"]
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y, key):
+    def loss(p):
+      logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    g = jax.grad(loss)(params)
+    updates, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  key = jax.random.PRNGKey(0)
+  state = step(params, opt_state, x, y, key)
+  jax.block_until_ready(state)
+  t_step()
+  timm_s = best_of(t_step, repeats)
+  def f_step():
+    jax.block_until_ready(step(params, opt_state, x, y, key))
+  flax_s = best_of(f_step, repeats)
+  return batch / flax_f, batch / timm_f, flax_s, timm_s
+
+
+METHODS = {"M1": (384, 3), "M2": (224, 1)}
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--models", default="vit_b32,swin_b,poolformer_m36,poolformer_m48")
+  ap.add_argument("--methods", default="M1,M2")
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--one", help=argparse.SUPPRESS)  # MODEL,METHOD: one case, JSON on stdout
+  args = ap.parse_args()
+  if args.one:
+    name, method = args.one.split(",")
+    size, chans = METHODS[method]
+    print("RESULT " + json.dumps(bench(name, size, chans, args.batch, args.repeats)), flush=True)
+    return
+  print(f"CPU threads: torch {torch.get_num_threads()}, cores {len(os.sched_getaffinity(0))}; "
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}, "
+        f"timm {timm.__version__}; batch {args.batch}, best of {args.repeats}")
+  rows = []
+  for name in args.models.split(","):
+    for method in args.methods.split(","):
+      # Each case in its own process: memory is returned between cases (Swin-B's
+      # 384 training step alone needs most of a 24 GiB machine).
+      out = subprocess.run([sys.executable, __file__, "--one", f"{name},{method}",
+                            "--batch", str(args.batch), "--repeats", str(args.repeats)],
+                           capture_output=True, text=True)
+      line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+      if line is None:
+        why = "killed (out of memory?)" if out.returncode < 0 else \
+            (out.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"{name} {method}: failed, {why}", flush=True)
+        continue
+      r = json.loads(line[len("RESULT "):])
+      rows.append((name, method, *r))
+      print(f"{name} {method}: fwd flax {r[0]:.1f} img/s, timm {r[1]:.1f}; step flax "
+            f"{r[2]:.2f} s, timm {r[3]:.2f} s", flush=True)
+  print(f"\n| model | input | fwd img/s Flax | fwd img/s timm | ratio | train step s Flax "
+        f"| train step s timm | ratio |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|")
+  for name, m, ff, tf, fs, ts in rows:
+    print(f"| {name} | {m} | {ff:.1f} | {tf:.1f} | {ff / tf:.2f} | {fs:.2f} | {ts:.2f} | "
+          f"{ts / fs:.2f} |")
+
+
+if __name__ == "__main__":
+  main()
