@@ -167,4 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from mer_jax import runtime
+  runtime.reexec_with_tuned_malloc()
   raise SystemExit(main())

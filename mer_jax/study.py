@@ -465,4 +465,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from mer_jax import runtime
+  runtime.reexec_with_tuned_malloc()
   sys.exit(main())

@@ -517,5 +517,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.reexec_with_tuned_malloc()
   _define_flags()
   app.run(main)

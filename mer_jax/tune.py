@@ -253,4 +253,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from mer_jax import runtime
+  runtime.reexec_with_tuned_malloc()
   app.run(main)

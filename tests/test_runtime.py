@@ -82,3 +82,41 @@ def test_checkpoints_latest_and_best_roundtrip(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()
                 if p.name.isdigit()) == ["2", "3"]
   again.close()
+
+
+def test_malloc_tuned_env_rules():
+  from mer_jax import runtime
+  env = runtime.malloc_tuned_env({"PATH": "/bin"}, system="Linux", libc="glibc")
+  assert env["GLIBC_TUNABLES"] == runtime.MALLOC_TUNABLES
+  assert env[runtime.ENV_MALLOC] == "applied" and env["PATH"] == "/bin"
+  # Once only, off on request, only glibc on Linux, the user's malloc choice wins.
+  assert runtime.malloc_tuned_env(env, system="Linux", libc="glibc") is None
+  assert runtime.malloc_tuned_env({runtime.ENV_MALLOC: "0"}, system="Linux", libc="glibc") is None
+  assert runtime.malloc_tuned_env({}, system="Darwin", libc="") is None
+  assert runtime.malloc_tuned_env({}, system="Linux", libc="musl") is None
+  assert runtime.malloc_tuned_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                  system="Linux", libc="glibc") is None
+  # Other tunables are kept.
+  env = runtime.malloc_tuned_env({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"},
+                                 system="Linux", libc="glibc")
+  assert env["GLIBC_TUNABLES"] == "glibc.cpu.hwcaps=-AVX512F:" + runtime.MALLOC_TUNABLES
+
+
+def test_reexec_restarts_the_command_with_the_tunables():
+  import platform
+  from mer_jax import runtime
+  prog = ("import os, sys; from mer_jax import runtime; runtime.reexec_with_tuned_malloc(); "
+          "print('ARGS', sys.argv[1:], os.environ.get('GLIBC_TUNABLES'), "
+          "os.environ.get('MER_JAX_MALLOC_TUNING'))")
+  env = {k: v for k, v in __import__("os").environ.items()
+         if k not in ("GLIBC_TUNABLES", runtime.ENV_MALLOC)}
+  out = subprocess.run([sys.executable, "-c", prog, "a", "--b=1"], capture_output=True,
+                       text=True, env=env, check=True).stdout
+  if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+    assert out.strip() == f"ARGS ['a', '--b=1'] {runtime.MALLOC_TUNABLES} applied"
+  else:
+    assert out.strip() == "ARGS ['a', '--b=1'] None None"
+  env[runtime.ENV_MALLOC] = "0"
+  out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env,
+                       check=True).stdout
+  assert out.strip() == "ARGS [] None 0"
