@@ -8,12 +8,13 @@ Both run in one process (one per model and input) on the same threads, from the 
 224x224 gray (timm gets the gray image repeated to 3 channels, which is what
 the converted 1-channel stem computes). A training step is forward + backward
 + AdamW (lr 5e-5, wd 1e-3) with cross-entropy; Flax's is one jitted function,
-timed after compilation. Prints a markdown table with the Flax/timm ratios
+timed after compilation, with its state donated as in training. Prints a markdown table with the Flax/timm ratios
 (> 1 = Flax faster).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -79,7 +80,9 @@ def bench(name, size, chans, batch, repeats):
   params = variables["params"]
   opt_state = tx.init(params)
 
-  @jax.jit
+  # Donated state, as in mer_jax.train: XLA updates parameters and AdamW moments
+  # in place (torch's optimizer does too) instead of allocating new buffers.
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, x, y, key):
     def loss(p):
       logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
@@ -89,12 +92,15 @@ def bench(name, size, chans, batch, repeats):
     return optax.apply_updates(params, updates), opt_state
 
   key = jax.random.PRNGKey(0)
+  x, y = jnp.asarray(x), jnp.asarray(y)
   state = step(params, opt_state, x, y, key)
   jax.block_until_ready(state)
   t_step()
   timm_s = best_of(t_step, repeats)
   def f_step():
-    jax.block_until_ready(step(params, opt_state, x, y, key))
+    nonlocal state
+    state = step(*state, x, y, key)
+    jax.block_until_ready(state)
   flax_s = best_of(f_step, repeats)
   return batch / flax_f, batch / timm_f, flax_s, timm_s
 
@@ -117,7 +123,8 @@ def main():
     return
   print(f"CPU threads: torch {torch.get_num_threads()}, cores {len(os.sched_getaffinity(0))}; "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}, "
-        f"timm {timm.__version__}; batch {args.batch}, best of {args.repeats}")
+        f"timm {timm.__version__}; batch {args.batch}, best of {args.repeats}; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   rows = []
   for name in args.models.split(","):
     for method in args.methods.split(","):
@@ -145,4 +152,8 @@ def main():
 
 
 if __name__ == "__main__":
+  # Both frameworks run under the malloc settings training uses (mer_jax.runtime);
+  # MER_JAX_MALLOC_TUNING=0 measures glibc's defaults.
+  from mer_jax import runtime
+  runtime.reexec_with_tuned_malloc()
   main()
