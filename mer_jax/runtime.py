@@ -23,7 +23,7 @@ ENV_PROCESS_ID = "MER_JAX_PROCESS_ID"
 # time per step for PoolFormer-m36 / Swin-B at 224, batch 8). One arena that
 # never unmaps nor trims keeps the pages mapped across steps; hugetlb=1 backs
 # the heap with transparent huge pages where the kernel allows it.
-# Measured in BENCHMARKS.md (section "Models"): 10-15 % faster steps on CPU.
+# Measured in BENCHMARKS.md (section "Models"): 15-25 % faster steps on CPU.
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=68719476736:glibc.malloc.arena_max=1")
 # "0" turns the re-exec off; "applied" marks the re-executed process.
