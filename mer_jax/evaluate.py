@@ -192,23 +192,12 @@ def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mes
   `which` says which one was restored; raises FileNotFoundError when the run
   saved none yet. Needs only the model, not the dataset.
   """
-  import jax
-  import jax.numpy as jnp
-
   from mer_jax import checkpointing, runtime, train
 
   workdir = pathlib.Path(workdir).absolute()
   ckpt = checkpointing.Checkpoints(workdir, config.checkpoint_keep)
-  rep = runtime.replicated(mesh)
-  tx = train.make_optimizer(config, 1)
-
-  def shapes():
-    dummy = jnp.zeros((1, config.model.img_size, config.model.img_size, in_chans), jnp.float32)
-    params = model.init(jax.random.PRNGKey(0), dummy)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                          jax.eval_shape(shapes))
+  abstract = train.abstract_state(model, config, in_chans, train.make_optimizer(config, 1),
+                                  runtime.replicated(mesh))
   try:
     restored = ckpt.restore_best(abstract) if checkpoint == "best" else None
     which = "best"

@@ -239,8 +239,23 @@ def init_params(setup: Setup, log=print):
         c.model.name, c.init.weights, img_size=c.model.img_size, in_chans=setup.in_chans,
         num_classes=len(casme2.EMOTIONS), seed=c.seed, cache_dir=c.init.cache_dir or None)
     return variables["params"]
-  dummy = jnp.zeros((1, c.model.img_size, c.model.img_size, setup.in_chans), jnp.float32)
-  return jax.jit(setup.model.init)(jax.random.PRNGKey(c.seed), dummy)["params"]
+  return jax.jit(setup.model.init)(jax.random.PRNGKey(c.seed),
+                                   _dummy_images(c, setup.in_chans))["params"]
+
+
+def _dummy_images(config, in_chans: int):
+  return jnp.zeros((1, config.model.img_size, config.model.img_size, in_chans), jnp.float32)
+
+
+def abstract_state(model, config, in_chans: int, tx, sharding):
+  """Shapes, dtypes and sharding of the train state {step, params, opt_state},
+  what a checkpoint is restored into (converted weights have the model's own
+  structure, so random-init shapes serve every run)."""
+  def shapes():
+    params = model.init(jax.random.PRNGKey(0), _dummy_images(config, in_chans))["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                      jax.eval_shape(shapes))
 
 
 def predict(setup: Setup, params, split: str, predict_fn) -> np.ndarray:
@@ -338,12 +353,8 @@ def train_and_evaluate(config, workdir: str, on_epoch=None) -> dict:
 
   meta = ckpt.latest_meta()
   if meta is not None:
-    def shapes():
-      params = _abstract_params(setup)
-      return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                            jax.eval_shape(shapes))
-    state, meta = ckpt.restore_latest(abstract)
+    state, meta = ckpt.restore_latest(
+        abstract_state(setup.model, c, setup.in_chans, tx, rep))
     _say(f"Resuming from step {int(state['step'])} (epoch {meta['epoch']}, "
          f"step {meta['step_in_epoch']} of it)")
   else:
@@ -448,13 +459,6 @@ def train_and_evaluate(config, workdir: str, on_epoch=None) -> dict:
     ckpt.close()
   out = _report(workdir, c, results, meta)
   return out
-
-
-def _abstract_params(setup: Setup):
-  """The params tree (converted weights have the model's own structure)."""
-  c = setup.config
-  dummy = jnp.zeros((1, c.model.img_size, c.model.img_size, setup.in_chans), jnp.float32)
-  return setup.model.init(jax.random.PRNGKey(0), dummy)["params"]
 
 
 def _report(workdir: pathlib.Path, c, results: dict, meta: dict) -> dict:
