@@ -22,7 +22,7 @@ def gelu(x):
   Same function as `jax.nn.gelu(x, approximate=False)`, which XLA lowers via
   erfc: a two-branch polynomial plus an exp evaluated for every element, and
   for the backward pass again. lax.erf is a single clamped rational
-  polynomial: the exact-GELU MLPs of all three families train 10-33 % faster
+  polynomial: a training step of the three families is 6-33 % faster
   on CPU (BENCHMARKS.md) and the values stay within float32 rounding of
   torch's (this is torch's own formula).
   """
