@@ -46,6 +46,7 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.model.drop_rate = 0.0
   c.model.drop_path_rate = 0.1
   c.model.dtype = "float32"             # compute dtype; "bfloat16" on GPUs
+  c.model.remat = ""                    # "block"/"dots": recompute activations (GPU memory)
 
   c.init = ml_collections.ConfigDict()
   c.init.weights = WEIGHTS.get((model, IMG_SIZE[method]), "")  # "" = random init

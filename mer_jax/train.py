@@ -40,6 +40,7 @@ from mer_jax import losses
 from mer_jax import models
 from mer_jax import runtime
 from mer_jax.data import casme2
+from mer_jax.models.layers import REMAT_POLICIES
 
 _FLAGS = {}
 
@@ -176,6 +177,9 @@ def check_config(config):
     raise ValueError(f"Unknown loss.name {config.loss.name!r}; valid: {', '.join(LOSSES)}")
   if config.model.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"Unknown model.dtype {config.model.dtype!r}; valid: float32, bfloat16")
+  if config.model.get("remat", "") not in REMAT_POLICIES:
+    raise ValueError(f"Unknown model.remat {config.model.remat!r}; valid: "
+                     f"{', '.join(repr(r) for r in REMAT_POLICIES)}")
   n = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % n:
@@ -226,7 +230,8 @@ def build_model(config, in_chans: int):
   return models.create_model(
       config.model.name, num_classes=len(casme2.EMOTIONS), img_size=config.model.img_size,
       in_chans=in_chans, drop_rate=config.model.drop_rate,
-      drop_path_rate=config.model.drop_path_rate, dtype=jnp.dtype(config.model.dtype))
+      drop_path_rate=config.model.drop_path_rate, dtype=jnp.dtype(config.model.dtype),
+      remat=config.model.get("remat", ""))  # runs from before remat existed have none
 
 
 def init_params(setup: Setup, log=print):

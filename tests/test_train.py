@@ -226,6 +226,23 @@ def test_bad_config_values_list_the_valid_ones(data, tmp_path):
   assert out.returncode == 2 and "af, kfs, mfs" in out.stderr
 
 
+@pytest.mark.parametrize("field, value, valid", [
+    ("model.dtype", "float16", "float32, bfloat16"),
+    ("model.remat", "full", "'block', 'dots'"),
+    ("loss.name", "mse", "focal"),
+    ("data.protocol", "kfold", "paper, loso")])
+def test_check_config_names_the_field_and_the_valid_values(field, value, valid):
+  from mer_jax import train
+  c = recipe.get_config()
+  section, key = field.split(".")
+  c[section][key] = value
+  with pytest.raises(ValueError, match=f"{field}.*{value}") as e:
+    train.check_config(c)
+  assert valid in str(e.value)
+  c[section][key] = recipe.get_config()[section][key]
+  train.check_config(c)
+
+
 def test_missing_dataset_and_manual_dir_print_the_instructions(tmp_path):
   out = run([sys.executable, "-m", "mer_jax.train", "--config",
              str(ROOT / "configs/pool_m36_mfs.py"), "--workdir", str(tmp_path / "w"),

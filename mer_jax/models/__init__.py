@@ -32,12 +32,15 @@ def family(name: str) -> str:
 
 def create_model(name: str, num_classes: int = 7, img_size: int = 224,
                  in_chans: int = 3, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, dtype=jnp.float32):
+                 drop_path_rate: float = 0.0, dtype=jnp.float32, remat: str = ""):
   """A flax.linen Module; `model.apply(variables, images_nhwc, train=...)`.
 
   `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+  `remat` trades compute for memory in training: "block" recomputes each
+  block's activations in the backward pass, "dots" keeps its weight-matmul
+  outputs and recomputes the rest ('' = off; see `layers.remat_block`).
   """
   module = importlib.import_module(f"mer_jax.models.{family(name)}")
   return module.create(name, num_classes=num_classes, img_size=img_size,
                        in_chans=in_chans, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, dtype=dtype)
+                       drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.models.layers import DropPath, Dtype, Mlp, classifier, trunc_normal
+from mer_jax.models.layers import DropPath, Dtype, Mlp, classifier, remat_block, trunc_normal
 from mer_jax.models.vit import drop_path_rates
 
 
@@ -116,6 +116,7 @@ class PoolFormer(nn.Module):
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  remat: str = ""
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -126,15 +127,16 @@ class PoolFormer(nn.Module):
                 dtype=self.dtype, kernel_init=trunc_normal, name="stem")(
                     jnp.asarray(x, self.dtype))
     rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
+    block_cls = remat_block(PoolFormerBlock, self.remat)
     block = 0
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i > 0:
         x = nn.Conv(dim, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                     kernel_init=trunc_normal, name=f"stages_{i}_downsample")(x)
       for j in range(depth):
-        x = PoolFormerBlock(self.mlp_ratio, self.pool_size, self.layer_scale_init,
-                            drop_path=rates[block], dtype=self.dtype,
-                            name=f"stages_{i}_blocks_{j}")(x, train=train)
+        x = block_cls(self.mlp_ratio, self.pool_size, self.layer_scale_init,
+                      drop_path=rates[block], dtype=self.dtype,
+                      name=f"stages_{i}_blocks_{j}")(x, train)
         block += 1
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     x = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, name="head_norm")(x)
@@ -143,7 +145,7 @@ class PoolFormer(nn.Module):
 
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
            drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-           dtype=jnp.float32) -> PoolFormer:
+           dtype=jnp.float32, remat: str = "") -> PoolFormer:
   """The Flax PoolFormer for a registry name (see `mer_jax.models.create_model`).
 
   `img_size` is accepted for a uniform interface; PoolFormer is size-agnostic.
@@ -155,4 +157,4 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
   return PoolFormer(depths=a.depths, dims=a.dims, layer_scale_init=a.layer_scale_init,
                     mlp_ratio=a.mlp_ratio, pool_size=a.pool_size, in_chans=in_chans,
                     num_classes=num_classes, drop_rate=drop_rate,
-                    drop_path_rate=drop_path_rate, dtype=dtype)
+                    drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mer_jax.models.layers import (DropPath, Dtype, Mlp, check_nhwc, classifier,
-                                   trunc_normal)
+                                   remat_block, trunc_normal)
 from mer_jax.models.vit import drop_path_rates
 
 
@@ -253,16 +253,18 @@ class SwinStage(nn.Module):
   mlp_ratio: float = 4.0
   drop_paths: tuple[float, ...] = ()
   dtype: Dtype = jnp.float32
+  remat: str = ""
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.downsample:
       x = PatchMerging(self.dim, dtype=self.dtype, name="downsample")(x)
+    block = remat_block(SwinBlock, self.remat)
     for j in range(self.depth):
-      x = SwinBlock(self.num_heads, self.layout.window,
-                    self.layout.shift if j % 2 else 0, self.mlp_ratio,
-                    drop_path=self.drop_paths[j], dtype=self.dtype,
-                    name=f"blocks_{j}")(x, train=train)
+      x = block(self.num_heads, self.layout.window,
+                self.layout.shift if j % 2 else 0, self.mlp_ratio,
+                drop_path=self.drop_paths[j], dtype=self.dtype,
+                name=f"blocks_{j}")(x, train)
     return x
 
 
@@ -288,6 +290,7 @@ class SwinTransformer(nn.Module):
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  remat: str = ""
 
   def layouts(self) -> list[StageLayout]:
     return stage_layouts(self.img_size, self.patch_size, len(self.depths), self.window_size)
@@ -308,7 +311,7 @@ class SwinTransformer(nn.Module):
       x = SwinStage(self.embed_dim * 2 ** i, depth, heads, layout, downsample=i > 0,
                     mlp_ratio=self.mlp_ratio,
                     drop_paths=tuple(rates[start:start + depth]), dtype=self.dtype,
-                    name=f"layers_{i}")(x, train=train)
+                    remat=self.remat, name=f"layers_{i}")(x, train=train)
       start += depth
     x = _layer_norm(self.dtype, "norm")(x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # timm's avg pool over H, W
@@ -318,7 +321,7 @@ class SwinTransformer(nn.Module):
 
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
            drop_rate: float = 0.0, drop_path_rate: float = 0.0, dtype=jnp.float32,
-           window_size: Optional[int] = None) -> SwinTransformer:
+           window_size: Optional[int] = None, remat: str = "") -> SwinTransformer:
   """The Flax Swin for a name in ARCHS (see `mer_jax.models.create_model`).
 
   `window_size` defaults to timm's choice for `img_size` (7 at 224, 12 at 384).
@@ -338,4 +341,4 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
       img_size=img_size, patch_size=arch.patch_size, in_chans=in_chans,
       num_classes=num_classes, embed_dim=arch.embed_dim, depths=arch.depths,
       num_heads=arch.num_heads, window_size=window_size, mlp_ratio=arch.mlp_ratio,
-      drop_rate=drop_rate, drop_path_rate=drop_path_rate, dtype=dtype)
+      drop_rate=drop_rate, drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)

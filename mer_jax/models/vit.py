@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mer_jax.models.layers import (DropPath, Dtype, Mlp, check_nhwc, classifier,
-                                   trunc_normal)
+                                   remat_block, trunc_normal)
 
 # timm initialises the class token with normal(std=1e-6): it starts as ~zero
 # so the first updates come from the position embedding's cls slot.
@@ -163,6 +163,7 @@ class VisionTransformer(nn.Module):
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  remat: str = ""
 
   @property
   def grid_size(self) -> int:
@@ -185,10 +186,11 @@ class VisionTransformer(nn.Module):
     # Original ViT: concatenate the cls token, then add pos_embed (cls slot included).
     x = jnp.concatenate([cls, x], axis=1) + pos_embed.astype(x.dtype)
 
+    block = remat_block(Block, self.remat)
     for i, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
-      x = Block(self.num_heads, self.mlp_ratio, drop_path=rate,
+      x = block(self.num_heads, self.mlp_ratio, drop_path=rate,
                 init_values=self.init_values, dtype=self.dtype,
-                name=f"blocks_{i}")(x, train=train)
+                name=f"blocks_{i}")(x, train)
     x = _layer_norm(self.dtype, "norm")(x)[:, 0]  # fc_norm is identity for token pooling
 
     return classifier(x, self.num_classes, self.drop_rate, train, self.dtype)
@@ -196,7 +198,7 @@ class VisionTransformer(nn.Module):
 
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
            drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-           dtype=jnp.float32) -> VisionTransformer:
+           dtype=jnp.float32, remat: str = "") -> VisionTransformer:
   """The Flax ViT for a registry name (see `mer_jax.models.create_model`)."""
   if name not in ARCHS:
     raise ValueError(f"Unknown ViT {name!r}; valid names: {', '.join(ARCHS)}")
@@ -210,4 +212,4 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
       num_classes=num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
       num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio,
       init_values=arch.init_values, drop_rate=drop_rate,
-      drop_path_rate=drop_path_rate, dtype=dtype)
+      drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)
