@@ -1,4 +1,5 @@
 """Multi-process plumbing: the local launcher, global mesh, per-process feeding; checkpoints."""
+import os
 import pathlib
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from mer_jax import checkpointing
 
@@ -120,3 +122,41 @@ def test_reexec_restarts_the_command_with_the_tunables():
   out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env,
                        check=True).stdout
   assert out.strip() == "ARGS [] None 0"
+
+
+_STEP_ALLOCATIONS = """
+import numpy as np
+def hwm():
+  s = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+  return int(s["VmHWM"].split()[0]) * 1024
+N = 256 << 20
+base = hwm()
+temps = np.ones(N, np.uint8)         # one step's temporaries (XLA: one block)
+kept = np.ones(1 << 20, np.uint8)    # allocated during the step, outlives it
+del temps                            # the step ends
+small = np.ones(64 << 10, np.uint8)  # small allocations before the next step
+temps = np.ones(N, np.uint8)         # the next step's temporaries
+print((hwm() - base) / N)
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and __import__("platform").libc_ver()[0] == "glibc"),
+                    reason="glibc malloc tunables exist only with glibc on Linux")
+@pytest.mark.parametrize("tunables,grows", [
+    (None, False),  # the project's settings
+    # The first settings served every block from one never-trimmed heap: the
+    # freed block, split by a small allocation, no longer fits the next step's
+    # and the heap grows by a whole step (Swin-B 384: out of 24 GiB).
+    ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:"
+     "glibc.malloc.arena_max=1", True),
+])
+def test_malloc_settings_do_not_grow_memory_step_after_step(tunables, grows):
+  from mer_jax import runtime
+  env = dict(os.environ, GLIBC_TUNABLES=tunables or runtime.MALLOC_TUNABLES)
+  out = subprocess.run([sys.executable, "-c", _STEP_ALLOCATIONS], env=env, capture_output=True,
+                       text=True, check=True)
+  peak_in_steps = float(out.stdout.split()[-1])
+  if grows:
+    assert peak_in_steps > 1.9
+  else:
+    assert peak_in_steps < 1.2
