@@ -8,8 +8,10 @@ Both run in one process (one per model and input) on the same threads, from the 
 224x224 gray (timm gets the gray image repeated to 3 channels, which is what
 the converted 1-channel stem computes). A training step is forward + backward
 + AdamW (lr 5e-5, wd 1e-3) with cross-entropy; Flax's is one jitted function,
-timed after compilation, with its state donated as in training. Prints a markdown table with the Flax/timm ratios
-(> 1 = Flax faster).
+timed after compilation, with its state donated as in training. Flax runs
+first, is freed, then timm runs; the peak resident memory of each phase is
+reported too (Linux /proc; both include the timm model and the inputs,
+which the process holds throughout). Prints a markdown table with the Flax/timm ratios (> 1 = Flax faster).
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import timm
@@ -46,36 +47,49 @@ def best_of(fn, repeats):
   return min(times)
 
 
+def _resident_gb() -> tuple[float, float]:
+  """(current RSS, peak RSS since the last `_reset_peak`) in GB, from /proc."""
+  status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+  return tuple(int(status[k].split()[0]) / 1e6 for k in ("VmRSS", "VmHWM"))
+
+
+def _reset_peak():
+  """Hand freed heap back to the OS, then restart the peak-RSS count (Linux)."""
+  import ctypes
+  import gc
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    pass
+
+
 def bench(name, size, chans, batch, repeats):
+  """Flax, then timm, in this process: all Flax work first, freed, then timm's,
+  so the two never hold their step memory at the same time (Swin-B at 384
+  needs most of 24 GiB for either)."""
   torch.manual_seed(0)
   tm = timm.create_model(TIMM[(name, size)], num_classes=7, img_size=size) \
       if name.startswith(("vit", "swin")) else timm.create_model(TIMM[(name, size)], num_classes=7)
   sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
   variables = convert.from_timm(name, sd, img_size=size, in_chans=chans)
+  del sd
   model = create_model(name, img_size=size, in_chans=chans)
   x = np.random.RandomState(0).uniform(-2, 2, (batch, size, size, chans)).astype(np.float32)
   y = np.arange(batch) % 7
   xt = torch.from_numpy(np.repeat(x, 3, -1) if chans == 1 else x).permute(0, 3, 1, 2).contiguous()
   yt = torch.from_numpy(y)
+  _reset_peak()
 
-  # Forward, eval mode.
-  tm.eval()
-  def t_fwd():
-    with torch.no_grad():
-      tm(xt)
+  # Flax: forward in eval mode, then the training step.
+  # On the device first, as training holds them: numpy arguments would be
+  # copied in on every call (all 88 M parameters of ViT-B/32 or Swin-B).
+  variables, xj, yj = jax.device_put((variables, x, y))
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  fwd(variables, x).block_until_ready()
-  t_fwd()
-  timm_f = best_of(t_fwd, repeats)
-  flax_f = best_of(lambda: fwd(variables, x).block_until_ready(), repeats)
-
-  # Training step.
-  tm.train()
-  opt = torch.optim.AdamW(tm.parameters(), lr=5e-5, weight_decay=1e-3)
-  def t_step():
-    opt.zero_grad()
-    torch.nn.functional.cross_entropy(tm(xt), yt).backward()
-    opt.step()
+  fwd(variables, xj).block_until_ready()
+  flax_f = best_of(lambda: fwd(variables, xj).block_until_ready(), repeats)
   tx = optax.adamw(5e-5, weight_decay=1e-3)
   params = variables["params"]
   opt_state = tx.init(params)
@@ -92,17 +106,35 @@ def bench(name, size, chans, batch, repeats):
     return optax.apply_updates(params, updates), opt_state
 
   key = jax.random.PRNGKey(0)
-  x, y = jnp.asarray(x), jnp.asarray(y)
-  state = step(params, opt_state, x, y, key)
+  state = step(params, opt_state, xj, yj, key)
   jax.block_until_ready(state)
-  t_step()
-  timm_s = best_of(t_step, repeats)
   def f_step():
     nonlocal state
-    state = step(*state, x, y, key)
+    state = step(*state, xj, yj, key)
     jax.block_until_ready(state)
   flax_s = best_of(f_step, repeats)
-  return batch / flax_f, batch / timm_f, flax_s, timm_s
+  flax_peak = _resident_gb()[1]
+  del state, params, opt_state, variables, step, fwd, xj, yj
+  jax.clear_caches()
+  _reset_peak()
+
+  # timm: the same, in eval mode then training.
+  tm.eval()
+  def t_fwd():
+    with torch.no_grad():
+      tm(xt)
+  t_fwd()
+  timm_f = best_of(t_fwd, repeats)
+  tm.train()
+  opt = torch.optim.AdamW(tm.parameters(), lr=5e-5, weight_decay=1e-3)
+  def t_step():
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(tm(xt), yt).backward()
+    opt.step()
+  t_step()
+  timm_s = best_of(t_step, repeats)
+  timm_peak = _resident_gb()[1]
+  return batch / flax_f, batch / timm_f, flax_s, timm_s, flax_peak, timm_peak
 
 
 METHODS = {"M1": (384, 3), "M2": (224, 1)}
@@ -142,13 +174,14 @@ def main():
       r = json.loads(line[len("RESULT "):])
       rows.append((name, method, *r))
       print(f"{name} {method}: fwd flax {r[0]:.1f} img/s, timm {r[1]:.1f}; step flax "
-            f"{r[2]:.2f} s, timm {r[3]:.2f} s", flush=True)
+            f"{r[2]:.2f} s, timm {r[3]:.2f} s; peak RSS flax {r[4]:.1f} GB, timm {r[5]:.1f} GB",
+            flush=True)
   print(f"\n| model | input | fwd img/s Flax | fwd img/s timm | ratio | train step s Flax "
-        f"| train step s timm | ratio |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|")
-  for name, m, ff, tf, fs, ts in rows:
+        f"| train step s timm | ratio | peak RSS GB Flax | peak RSS GB timm |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for name, m, ff, tf, fs, ts, fm, tmem in rows:
     print(f"| {name} | {m} | {ff:.1f} | {tf:.1f} | {ff / tf:.2f} | {fs:.2f} | {ts:.2f} | "
-          f"{ts / fs:.2f} |")
+          f"{ts / fs:.2f} | {fm:.1f} | {tmem:.1f} |")
 
 
 if __name__ == "__main__":
