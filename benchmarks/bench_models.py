@@ -11,7 +11,8 @@ the converted 1-channel stem computes). A training step is forward + backward
 timed after compilation, with its state donated as in training. Flax runs
 first, is freed, then timm runs; the peak resident memory of each phase is
 reported too (Linux /proc; both include the timm model and the inputs,
-which the process holds throughout). Prints a markdown table with the Flax/timm ratios (> 1 = Flax faster).
+which the process holds throughout). Prints a markdown table with the
+Flax/timm ratios (> 1 = Flax faster).
 """
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ def best_of(fn, repeats):
   return min(times)
 
 
-def _resident_gb() -> tuple[float, float]:
-  """(current RSS, peak RSS since the last `_reset_peak`) in GB, from /proc."""
+def _peak_rss_gb() -> float:
+  """Peak resident memory since the last `_reset_peak`, GB (Linux /proc)."""
   status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
-  return tuple(int(status[k].split()[0]) / 1e6 for k in ("VmRSS", "VmHWM"))
+  return int(status["VmHWM"].split()[0]) / 1e6
 
 
 def _reset_peak():
@@ -113,7 +114,7 @@ def bench(name, size, chans, batch, repeats):
     state = step(*state, xj, yj, key)
     jax.block_until_ready(state)
   flax_s = best_of(f_step, repeats)
-  flax_peak = _resident_gb()[1]
+  flax_peak = _peak_rss_gb()
   del state, params, opt_state, variables, step, fwd, xj, yj
   jax.clear_caches()
   _reset_peak()
@@ -133,7 +134,7 @@ def bench(name, size, chans, batch, repeats):
     opt.step()
   t_step()
   timm_s = best_of(t_step, repeats)
-  timm_peak = _resident_gb()[1]
+  timm_peak = _peak_rss_gb()
   return batch / flax_f, batch / timm_f, flax_s, timm_s, flax_peak, timm_peak
 
 

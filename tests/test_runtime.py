@@ -1,6 +1,7 @@
 """Multi-process plumbing: the local launcher, global mesh, per-process feeding; checkpoints."""
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 import textwrap
@@ -105,7 +106,6 @@ def test_malloc_tuned_env_rules():
 
 
 def test_reexec_restarts_the_command_with_the_tunables():
-  import platform
   from mer_jax import runtime
   prog = ("import os, sys; from mer_jax import runtime; runtime.reexec_with_tuned_malloc(); "
           "print('ARGS', sys.argv[1:], os.environ.get('GLIBC_TUNABLES'), "
@@ -140,7 +140,7 @@ print((hwm() - base) / N)
 """
 
 
-@pytest.mark.skipif(not (sys.platform == "linux" and __import__("platform").libc_ver()[0] == "glibc"),
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"),
                     reason="glibc malloc tunables exist only with glibc on Linux")
 @pytest.mark.parametrize("tunables,grows", [
     (None, False),  # the project's settings
