@@ -17,18 +17,20 @@ count head the table.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import statistics
-import sys
 import time
 from typing import Sequence
 
 import numpy as np
 
+from mer_jax import cli
+from mer_jax.data.preprocess import Method
+
 PAPER_MODELS = ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")
-METHODS = {"m1": (384, 3), "m2": (224, 1)}
+# Each method's network input: (side, channels).
+METHODS = {m.value: (m.image_shape[0], m.image_shape[-1]) for m in (Method.M1, Method.M2)}
 
 
 def device_line() -> str:
@@ -54,7 +56,7 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
   import jax
   import jax.numpy as jnp
 
-  from mer_jax import models, train
+  from mer_jax import models, steps
 
   size, chans = METHODS[method]
   size = img_size or size
@@ -63,7 +65,7 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
   params = jax.jit(model.init)(jax.random.PRNGKey(0),
                                jnp.zeros((1, size, size, chans), jnp.float32))["params"]
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  fn = jax.jit(train.make_predict_step(model, size))
+  fn = jax.jit(steps.make_predict_step(model, size))
   rng = np.random.default_rng(0)
   row = {"model": name, "method": method, "img_size": size, "in_chans": chans, "dtype": dtype,
          "params_m": n_params / 1e6}
@@ -89,14 +91,14 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
 
 def bench_preprocess(repeats: int = 10) -> dict:
   """ms per 640x480 frame: M1 centre crop + resize; M2 dlib detection + crop."""
-  from mer_jax.data import preprocess, synthetic
+  from mer_jax.data import faces, preprocess, synthetic
   vids = synthetic.plan(videos=7, subjects=7, seed=0)
   frame = synthetic.render_frame(vids[0], vids[0].apex)
-  det = preprocess.FaceDetector()
+  det = faces.FaceDetector()
 
   def m2():
-    faces = det(frame)
-    box = max(faces, key=preprocess._area) if faces else None  # noqa: SLF001
+    found = det(frame)
+    box = max(found, key=faces.box_area) if found else None
     return (preprocess.face_crop(frame, box, 224) if box is not None
             else preprocess.fallback_crop(frame, 224))
 
@@ -124,30 +126,30 @@ def table(rows: Sequence[dict], preprocess_ms: dict | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m mer_jax.bench", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--models", default=",".join(PAPER_MODELS))
-  ap.add_argument("--methods", default="m1,m2")
-  ap.add_argument("--batch", type=int, default=32, help="batch of the throughput measurement")
-  ap.add_argument("--repeats", type=int, default=20)
-  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  ap.add_argument("--img-size", type=int, default=None,
-                  help="override both methods' input size (smoke tests)")
-  ap.add_argument("--preprocess", action="store_true",
-                  help="also time the host-side M1/M2 preprocessing of a frame")
-  ap.add_argument("--json", help="also write the rows here")
-  args = ap.parse_args(argv)
+  p = cli.parser("mer_jax.bench", __doc__)
+  p.add_argument("--models", default=",".join(PAPER_MODELS))
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--batch", type=int, default=32, help="batch of the throughput measurement")
+  p.add_argument("--repeats", type=int, default=20)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--img_size", type=int, default=None,
+                 help="override both methods' input size (smoke tests)")
+  p.add_argument("--preprocess", action="store_true",
+                 help="also time the host-side M1/M2 preprocessing of a frame")
+  p.add_argument("--json", help="also write the rows here")
+  args = cli.parse(p, argv)
 
   from mer_jax import models
   names = [m.strip() for m in args.models.split(",") if m.strip()]
   methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
   bad = [m for m in names if m not in models.MODEL_NAMES]
   bad_methods = [m for m in methods if m not in METHODS]
-  if bad or bad_methods or args.batch < 1 or args.repeats < 1:
-    print(f"error: unknown model(s) {bad} (valid: {', '.join(models.MODEL_NAMES)})" if bad else
-          f"error: unknown method(s) {bad_methods} (valid: m1, m2)" if bad_methods else
-          "error: --batch and --repeats must be >= 1", file=sys.stderr)
-    return 2
+  if bad:
+    raise ValueError(f"unknown model(s) {bad} (valid: {', '.join(models.MODEL_NAMES)})")
+  if bad_methods:
+    raise ValueError(f"unknown method(s) {bad_methods} (valid: {', '.join(METHODS)})")
+  if args.batch < 1 or args.repeats < 1:
+    raise ValueError("--batch and --repeats must be >= 1")
   print(f"device: {device_line()}", flush=True)
   rows = []
   for name in names:
@@ -167,6 +169,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from mer_jax import runtime
-  runtime.reexec_with_tuned_malloc()
-  raise SystemExit(main())
+  cli.run(main, tuned_malloc=True)

@@ -64,7 +64,6 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.data.protocol = "paper"             # "paper" (201/26/28 split) or "loso"
   c.data.fold = -1                      # LOSO: index of the held-out subject
   c.data.class_balanced = False         # sample training frames class-balanced
-  c.data.cache_in_memory = True         # CASME II configs are small: decode once
   c.data.prefetch = 2
 
   c.aug = ml_collections.ConfigDict()

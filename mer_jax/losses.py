@@ -21,6 +21,19 @@ import numpy as np
 import jax.numpy as jnp
 import jax
 
+from mer_jax.choices import Choice
+
+
+class Loss(Choice):
+  """`config.loss.name`: focal loss, class-weighted CE, or plain CE."""
+  FOCAL = "focal"
+  WEIGHTED_CE = "weighted_ce"
+  CE = "ce"
+
+  @classmethod
+  def noun(cls) -> str:
+    return "loss.name"
+
 
 def class_weights(counts, normalize=True, *, num_classes=None) -> np.ndarray:
   """Inverse-frequency class weights as np.float32.

@@ -23,7 +23,6 @@ no motion to find: pass --apex.)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import re
@@ -33,7 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mer_jax.data import casme2, phases, preprocess
+from mer_jax import cli
+from mer_jax.data import casme2, faces, phases, preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -94,9 +94,9 @@ def frames_of_video(path: pathlib.Path, out_dir: pathlib.Path) -> dict[int, path
 def _region(rgb: np.ndarray, method: preprocess.Method, detector) -> tuple[int, int, int, int]:
   h, w = rgb.shape[:2]
   if method is preprocess.Method.M2:
-    faces = detector(rgb)
-    if faces:
-      return preprocess.expand_box(max(faces, key=preprocess._area), h, w)  # noqa: SLF001
+    found = detector(rgb)
+    if found:
+      return preprocess.expand_box(max(found, key=faces.box_area), h, w)
   return preprocess.centre_square(h, w)
 
 
@@ -120,7 +120,7 @@ def motion_curve(frames: dict[int, pathlib.Path], onset: int, offset: int,
   from skimage.registration import phase_cross_correlation
   method = preprocess.Method.parse(method)
   if method is preprocess.Method.M2 and detector is None:
-    detector = preprocess.FaceDetector()
+    detector = faces.FaceDetector()
   first = preprocess.read_frame(frames[onset])
   box = _region(first, method, detector)
   ref = _gray_small(first, box)
@@ -181,21 +181,21 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
   """The run's probabilities for a clip: per frame and for the clip."""
   import jax
 
-  from mer_jax import evaluate, metrics, runtime, train
+  from mer_jax import experiment, metrics, runtime, steps
 
   clip = pathlib.Path(clip).expanduser()
   if not clip.exists():
     raise PredictError(f"{clip} does not exist: pass a folder of frames or a video file.")
-  config = evaluate.load_config(workdir)
+  config = experiment.load_run_config(workdir)
   method = preprocess.Method.parse(config.data.method)
   phase = phases.Phase.parse(config.data.phase)
-  in_chans = preprocess.IMAGE_SHAPE[method][-1]
-  model = train.build_model(config, in_chans)
+  in_chans = method.image_shape[-1]
+  model = steps.build_model(config, in_chans)
   mesh = runtime.make_mesh()
-  state, meta, which = evaluate.restore_state(workdir, config, model, in_chans, mesh,
-                                              checkpoint=checkpoint)
+  state, meta, which = experiment.restore_state(workdir, config, model, in_chans, mesh,
+                                                checkpoint=checkpoint)
   detector = detector if detector is not None else (
-      preprocess.FaceDetector() if method is preprocess.Method.M2 else None)
+      faces.FaceDetector() if method is preprocess.Method.M2 else None)
 
   with tempfile.TemporaryDirectory(prefix="mer_jax_predict_") as tmp:
     if clip.is_dir():
@@ -212,7 +212,7 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
     images, report = preprocess.preprocess_video(video, selected, method,
                                                  context_frames=context, detector=detector)
   batch = np.stack([im if im.ndim == 3 else im[..., None] for im in images])
-  predict_fn = jax.jit(train.make_predict_step(model, config.model.img_size))
+  predict_fn = jax.jit(steps.make_predict_step(model, config.model.img_size))
   probs = np.concatenate([np.asarray(predict_fn(state["params"], batch[i:i + 32]))
                           for i in range(0, len(batch), 32)])
   _, video_pred = metrics.video_vote(probs, [video.video_id] * len(probs))
@@ -255,24 +255,17 @@ def format_result(r: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m mer_jax.predict", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--workdir", required=True, help="a run directory of mer_jax.train")
-  ap.add_argument("--frames", required=True, help="folder of frames, or a video file")
-  ap.add_argument("--onset", type=int)
-  ap.add_argument("--apex", type=int)
-  ap.add_argument("--offset", type=int)
-  ap.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-  ap.add_argument("--json", help="also write the result here")
-  args = ap.parse_args(argv)
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
-  try:
-    r = predict_clip(args.workdir, args.frames, onset=args.onset, apex=args.apex,
-                     offset=args.offset, checkpoint=args.checkpoint)
-  except (PredictError, casme2.Casme2Error, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  p = cli.parser("mer_jax.predict", __doc__)
+  p.add_argument("--workdir", required=True, help="a run directory of mer_jax.train")
+  p.add_argument("--frames", required=True, help="folder of frames, or a video file")
+  p.add_argument("--onset", type=int)
+  p.add_argument("--apex", type=int)
+  p.add_argument("--offset", type=int)
+  p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  p.add_argument("--json", help="also write the result here")
+  args = cli.parse(p, argv)
+  r = predict_clip(args.workdir, args.frames, onset=args.onset, apex=args.apex,
+                   offset=args.offset, checkpoint=args.checkpoint)
   print(format_result(r))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(r, indent=1))
@@ -280,4 +273,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  cli.run(main)

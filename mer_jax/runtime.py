@@ -17,19 +17,16 @@ ENV_PROCESS_ID = "MER_JAX_PROCESS_ID"
 
 
 # glibc malloc settings for XLA on CPU. XLA on CPU allocates each step's
-# temporaries as one block (gigabytes for the paper models: 2.7 GB for
-# PoolFormer-m36 at 224, 12.1 GB for Swin-B at 384, batch 8). By default glibc
-# maps such a block with 4 KiB pages and every step faults it in again
-# (700k-800k page faults and 1-2.5 s of kernel time per step). hugetlb=1 backs
-# malloc's memory with transparent huge pages (the kernel's THP set to
-# "madvise" or "always"), so the block faults in 2 MiB at a time; blocks of
-# 32 MiB and more are still mapped fresh and unmapped when freed, which keeps
-# the peak memory that of a single step; smaller blocks stay in one heap that
-# is never trimmed. (Serving the big block from that heap as well, with
-# mmap_max=0, was 3-8 % faster still but not safe: once the freed block was
-# split by small allocations, the next step's block no longer fitted and the
-# heap grew by another 12 GB; Swin-B 384 ran out of 24 GiB on its second step.)
-# Measured in BENCHMARKS.md (section "Models").
+# temporaries as one block (gigabytes for the paper models). By default glibc
+# maps such a block with 4 KiB pages and every step faults it in again.
+# hugetlb=1 backs malloc's memory with transparent huge pages (the kernel's THP
+# set to "madvise" or "always"), so the block faults in 2 MiB at a time; blocks
+# of 32 MiB and more are still mapped fresh and unmapped when freed, which keeps
+# the peak memory that of a single step; smaller blocks stay in one heap that is
+# never trimmed. (Serving the big block from that heap as well, mmap_max=0, is
+# not safe: once the freed block is split by small allocations, the next step's
+# block no longer fits and the heap grows by a whole step.) BENCHMARKS.md
+# ("Models") has the measurements.
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:"
                    "glibc.malloc.trim_threshold=68719476736:glibc.malloc.arena_max=1")
 # "0" turns the re-exec off; "applied" marks the re-executed process.

@@ -4,14 +4,16 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --models poolformer_s12 --phases af,mfs --workdir runs/small \
       --set model.img_size=64 --set num_epochs=5
   python -m mer_jax.study --grid paper --protocol loso --workdir runs/loso
-  python -m mer_jax.study --workdir runs/study --report-only
+  python -m mer_jax.study --workdir runs/study --report_only
 
 A cell is (model, method, phase, seed[, LOSO fold]); its run directory is
 WORKDIR/<model>_<method>_<phase>/seed<S>[/fold<K>]. Cells with a metrics.json
 are skipped, and a cell interrupted mid-training resumes from its checkpoint,
 so rerunning the command continues an interrupted study. Under a SLURM array
-(or with --task-index/--num-tasks) each task runs its share of the cells
-(cell i goes to task i mod N); `--report-only` then gathers them.
+(or with --task_index/--num_tasks) each task runs its share of the cells
+(cell i goes to task i mod N); `--report_only` then gathers them. A cell
+another process is training (its workdir lock is held) is left to it: the
+other cells still run, and the command then exits 2 naming it.
 
 WORKDIR/report.md holds Table I (dataset and methodology), Table III (best
 model per phase, M1 vs M2 with 95 % bootstrap CIs), Table IV (temporal
@@ -23,24 +25,27 @@ spread. Figures: fig2_preprocessing.png, fig3_temporal.png, fig4_confusion.png.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import itertools
 import json
 import os
 import pathlib
-import sys
 
 import numpy as np
 
+from mer_jax import cli
 from mer_jax import configs as recipe
 from mer_jax import metrics
+from mer_jax import report as run_report
 from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.phases import Phase
+from mer_jax.data.preprocess import Method
+from mer_jax.workdir import WorkdirBusy
 
 GRIDS = {"paper": ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")}
-METHODS = ("m1", "m2")
-PHASES = ("af", "kfs", "mfs")
+METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
+PHASES = tuple(p.value for p in Phase)
 K = len(EMOTIONS)
 
 
@@ -70,32 +75,12 @@ def parse_list(s: str, valid=None) -> list[str]:
   return items
 
 
-def _coerce(value: str):
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return {"true": True, "false": False}.get(value.lower(), value)
-
-
 def cell_config(cell: Cell, overrides: list[str], protocol: str):
   c = recipe.get_config(cell.model, cell.method, cell.phase)
   c.seed = cell.seed
   c.data.protocol = protocol
   c.data.fold = cell.fold
-  for o in overrides:
-    if "=" not in o:
-      raise ValueError(f"--set expects FIELD=VALUE, got {o!r}")
-    field, value = o.split("=", 1)
-    node = c
-    parts = field.split(".")
-    for p in parts[:-1]:
-      node = node[p]
-    if parts[-1] not in node:
-      raise ValueError(f"Unknown config field {field!r}")
-    node[parts[-1]] = type(node[parts[-1]])(_coerce(value)) \
-        if not isinstance(node[parts[-1]], bool) else bool(_coerce(value))
+  cli.apply_overrides(c, overrides, flag="--set ")
   return c
 
 
@@ -105,8 +90,8 @@ def make_cells(models, methods, phases, seeds, folds=(-1,)) -> list[Cell]:
 
 
 def loso_fold_count(config) -> int:
-  from mer_jax import input_pipeline, train
-  return len(input_pipeline.loso_subjects(train.dataset_dir(config)))
+  from mer_jax import experiment, input_pipeline
+  return len(input_pipeline.loso_subjects(experiment.dataset_dir(config)))
 
 
 # --- running -------------------------------------------------------------------
@@ -114,18 +99,28 @@ def loso_fold_count(config) -> int:
 
 def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_index=0,
               num_tasks=1, log=print) -> list[Cell]:
-  """Trains this task's unfinished cells in turn; returns those it ran."""
+  """Trains this task's unfinished cells in turn; returns those it ran.
+  Cells another live process is training are left to it; WorkdirBusy at the
+  end names them."""
   from mer_jax import train
   mine = [c for i, c in enumerate(cells) if i % num_tasks == task_index]
-  ran = []
+  ran, busy = [], []
   for n, cell in enumerate(mine):
     w = cell.workdir(root)
     if (w / "metrics.json").exists():
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: done, skipped")
       continue
     log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: training")
-    train.train_and_evaluate(cell_config(cell, overrides, protocol), str(w))
+    try:
+      train.train_and_evaluate(cell_config(cell, overrides, protocol), str(w))
+    except WorkdirBusy as e:
+      log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: left to its holder ({e})")
+      busy.append(str(w.relative_to(root)))
+      continue
     ran.append(cell)
+  if busy:
+    raise WorkdirBusy(f"{len(busy)} cell(s) are being trained by another process: "
+                      f"{', '.join(busy)}. Rerun this command once they finish.")
   return ran
 
 
@@ -403,68 +398,59 @@ def figures(root: pathlib.Path, cells: dict, models: list[str], overall: dict):
     if conf is None:
       s = cells[key]["seeds"][min(cells[key]["seeds"])]
       conf = metrics.confusion_matrix(s["y"], s["pred"], K)
-    evaluate.plot_confusion(conf, root / "fig4_confusion.png",
+    run_report.plot_confusion(conf, root / "fig4_confusion.png",
                             title=f"{key[0]} {key[1].upper()} {key[2].upper()} (test)")
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m mer_jax.study", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--workdir", required=True)
-  ap.add_argument("--grid", default="", help="'paper': the paper's four models")
-  ap.add_argument("--models", default="", help="comma list (overrides --grid's models)")
-  ap.add_argument("--methods", default="m1,m2")
-  ap.add_argument("--phases", default="af,kfs,mfs")
-  ap.add_argument("--seeds", default="0")
-  ap.add_argument("--protocol", choices=("paper", "loso"), default="paper")
-  ap.add_argument("--folds", default="", help="LOSO: comma list of fold indices (default all)")
-  ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                  help="config override for every cell, e.g. num_epochs=10")
-  ap.add_argument("--task-index", type=int,
-                  default=int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
-  ap.add_argument("--num-tasks", type=int,
-                  default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1")))
-  ap.add_argument("--report-only", action="store_true")
-  ap.add_argument("--bootstrap", type=int, default=1000)
-  args = ap.parse_args(argv)
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
+  p = cli.parser("mer_jax.study", __doc__)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--grid", default="", help="'paper': the paper's four models")
+  p.add_argument("--models", default="", help="comma list (overrides --grid's models)")
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--phases", default=",".join(PHASES))
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--protocol", choices=("paper", "loso"), default="paper")
+  p.add_argument("--folds", default="", help="LOSO: comma list of fold indices (default all)")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override for every cell, e.g. num_epochs=10")
+  p.add_argument("--task_index", type=int,
+                 default=int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
+  p.add_argument("--num_tasks", type=int,
+                 default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1")))
+  p.add_argument("--report_only", action="store_true")
+  p.add_argument("--bootstrap", type=int, default=1000)
+  args = cli.parse(p, argv)
   root = pathlib.Path(args.workdir).absolute()
   root.mkdir(parents=True, exist_ok=True)
   from mer_jax import models as registry
-  try:
-    if not args.report_only:
-      models = parse_list(args.models, registry.MODEL_NAMES) if args.models else \
-          list(GRIDS.get(args.grid or "paper", ()))
-      if args.grid and args.grid not in GRIDS:
-        raise ValueError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
-      methods = parse_list(args.methods, METHODS)
-      phases = parse_list(args.phases, PHASES)
-      seeds = [int(s) for s in parse_list(args.seeds)]
-      folds = [-1]
-      if args.protocol == "loso":
-        probe = cell_config(Cell(models[0], methods[0], phases[0], seeds[0]), args.set, "loso")
-        folds = [int(f) for f in parse_list(args.folds)] if args.folds else \
-            list(range(loso_fold_count(probe)))
-      cells = make_cells(models, methods, phases, seeds, folds)
-      print(f"{len(cells)} cells; task {args.task_index} of {args.num_tasks}", flush=True)
-      run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks)
-      if args.num_tasks > 1 and args.task_index != 0:
-        print("Cells done; run with --report-only once every task has finished.")
-        return 0
-    data_dir = None
-    for o in args.set:
-      if o.startswith("data.data_dir="):
-        data_dir = str(pathlib.Path(os.path.expanduser(o.split("=", 1)[1])).absolute())
-    report(root, data_dir, args.bootstrap)
-    print(f"report: {root / 'report.md'}")
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if not args.report_only:
+    models = parse_list(args.models, registry.MODEL_NAMES) if args.models else \
+        list(GRIDS.get(args.grid or "paper", ()))
+    if args.grid and args.grid not in GRIDS:
+      raise ValueError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
+    methods = parse_list(args.methods, METHODS)
+    phases = parse_list(args.phases, PHASES)
+    seeds = [int(s) for s in parse_list(args.seeds)]
+    folds = [-1]
+    if args.protocol == "loso":
+      probe = cell_config(Cell(models[0], methods[0], phases[0], seeds[0]), args.set, "loso")
+      folds = [int(f) for f in parse_list(args.folds)] if args.folds else \
+          list(range(loso_fold_count(probe)))
+    cells = make_cells(models, methods, phases, seeds, folds)
+    print(f"{len(cells)} cells; task {args.task_index} of {args.num_tasks}", flush=True)
+    run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks)
+    if args.num_tasks > 1 and args.task_index != 0:
+      print("Cells done; run with --report_only once every task has finished.")
+      return 0
+  data_dir = None
+  for o in args.set:
+    if o.startswith("data.data_dir="):
+      data_dir = str(pathlib.Path(os.path.expanduser(o.split("=", 1)[1])).absolute())
+  report(root, data_dir, args.bootstrap)
+  print(f"report: {root / 'report.md'}")
   return 0
 
 
 if __name__ == "__main__":
-  from mer_jax import runtime
-  runtime.reexec_with_tuned_malloc()
-  sys.exit(main())
+  cli.run(main, tuned_malloc=True)

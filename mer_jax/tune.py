@@ -23,34 +23,14 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import pathlib
-import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+from mer_jax import cli
+from mer_jax.losses import Loss
 
 DEFAULT_SPACE = {"drop_path": ("0.05", "0.3"), "dropout": ("0.0", "0.2"),
                  "lr": ("1e-5", "3e-4"), "losses": ("focal", "weighted_ce")}
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Base config file, e.g. configs/pool_m36_mfs.py.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (default runs/tune_<config>).")
-_TRIALS = flags.DEFINE_integer("trials", 20, "Finished (complete or pruned) trials to reach.")
-_STUDY = flags.DEFINE_string("study_name", "mer_jax", "Name of the study in the storage.")
-_SEED = flags.DEFINE_integer("sampler_seed", 0, "Seed of the TPE sampler.")
-_DROP_PATH = flags.DEFINE_list("drop_path", list(DEFAULT_SPACE["drop_path"]),
-                               "drop_path_rate range.")
-_DROPOUT = flags.DEFINE_list("dropout", list(DEFAULT_SPACE["dropout"]), "head dropout range.")
-_LR = flags.DEFINE_list("lr", list(DEFAULT_SPACE["lr"]), "learning-rate range (log-uniform).")
-_LOSSES = flags.DEFINE_list("losses", list(DEFAULT_SPACE["losses"]), "losses to choose from.")
-_WARMUP = flags.DEFINE_integer("prune_warmup_epochs", 3,
-                               "epochs a trial runs before it may be pruned.")
-_STARTUP = flags.DEFINE_integer("prune_startup_trials", 3,
-                                "trials that finish before any is pruned.")
 
 HEARTBEAT_S = 30
 
@@ -68,14 +48,14 @@ def _range(values, name) -> tuple[float, float]:
 def search_space(drop_path=DEFAULT_SPACE["drop_path"], dropout=DEFAULT_SPACE["dropout"],
                  lr=DEFAULT_SPACE["lr"], losses=DEFAULT_SPACE["losses"]) -> dict:
   """The search ranges (LOW, HIGH strings or numbers; losses by name), checked."""
-  from mer_jax import train
   space = {"model.drop_path_rate": _range(drop_path, "drop_path"),
            "model.drop_rate": _range(dropout, "dropout"),
            "optim.lr": _range(lr, "lr"),
            "loss.name": tuple(losses)}
-  bad = [l for l in space["loss.name"] if l not in train.LOSSES]
+  valid = Loss.names()
+  bad = [l for l in space["loss.name"] if l not in valid]
   if bad or not space["loss.name"]:
-    raise ValueError(f"--losses: unknown {bad}; valid: {', '.join(train.LOSSES)}")
+    raise ValueError(f"--losses: unknown {bad}; valid: {', '.join(valid)}")
   if space["optim.lr"][0] <= 0:
     raise ValueError("--lr: the learning rate must be positive")
   return space
@@ -109,7 +89,7 @@ def trial_dir(workdir: pathlib.Path, trial) -> pathlib.Path:
   """A retried trial (killed before) reuses its original's directory and checkpoint."""
   import optuna
   frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-  original = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+  original = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
   return workdir / f"trial_{(trial.number if original is None else original):03d}"
 
 
@@ -147,13 +127,19 @@ def make_objective(config, workdir: pathlib.Path, space: dict):
 
 def open_study(workdir: pathlib.Path, name: str, seed: int, startup_trials: int = 3,
                warmup_epochs: int = 3):
+  import warnings
+
   import optuna
-  storage = optuna.storages.RDBStorage(
-      f"sqlite:///{workdir / 'optuna.db'}", heartbeat_interval=HEARTBEAT_S,
-      grace_period=3 * HEARTBEAT_S,
-      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(
-          max_retry=3, inherit_intermediate_values=True),
-      engine_kwargs={"connect_args": {"timeout": 60}})
+  # Heartbeats and their retry callback are flagged "experimental" since optuna
+  # 2.8; since 4.9 they are the supported way to retry a killed trial.
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{workdir / 'optuna.db'}", heartbeat_interval=HEARTBEAT_S,
+        grace_period=3 * HEARTBEAT_S,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=3, inherit_intermediate_values=True),
+        engine_kwargs={"connect_args": {"timeout": 60}})
   return optuna.create_study(
       study_name=name, storage=storage, direction="maximize", load_if_exists=True,
       sampler=optuna.samplers.TPESampler(seed=seed),
@@ -222,37 +208,43 @@ def tune(config, workdir: str, trials: int, *, space: dict | None = None,
   return write_summary(study, workdir, config_path)
 
 
-def main(argv):
-  del argv
-  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
-    logging.set_verbosity(logging.WARNING)
+def main(argv=None) -> int:
+  p = cli.parser("mer_jax.tune", __doc__)
+  cli.add_config(p, help="base config file, e.g. configs/pool_m36_mfs.py")
+  p.add_argument("--workdir", default=None, help="study directory (default runs/tune_<config>)")
+  p.add_argument("--trials", type=int, default=20,
+                 help="finished (complete or pruned) trials to reach")
+  p.add_argument("--study_name", default="mer_jax", help="name of the study in the storage")
+  p.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
+  for name, what in (("drop_path", "drop_path_rate range LOW,HIGH"),
+                     ("dropout", "head dropout range LOW,HIGH"),
+                     ("lr", "learning-rate range LOW,HIGH (log-uniform)"),
+                     ("losses", "losses to choose from")):
+    p.add_argument(f"--{name}", default=",".join(DEFAULT_SPACE[name]), help=what)
+  p.add_argument("--prune_warmup_epochs", type=int, default=3,
+                 help="epochs a trial runs before it may be pruned")
+  p.add_argument("--prune_startup_trials", type=int, default=3,
+                 help="trials that finish before any is pruned")
+  args = cli.parse(p, argv)
   import jax
   if jax.process_count() > 1:
-    print("error: tune runs one JAX process per worker; start several workers with the same "
-          "--workdir instead of a multi-process launch.", file=sys.stderr)
-    sys.exit(2)
-  config = _CONFIG.value
-  config_path = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
-  if config_path is None and "--config" in sys.argv:
-    config_path = sys.argv[sys.argv.index("--config") + 1]
-  workdir = _WORKDIR.value or os.path.join(
+    raise ValueError("tune runs one JAX process per worker; start several workers with the "
+                     "same --workdir instead of a multi-process launch.")
+  config = args.config
+  workdir = args.workdir or os.path.join(
       "runs", f"tune_{config.model.name}_{config.data.method}_{config.data.phase}")
-  from mer_jax import train
-  from mer_jax.data import casme2
-  try:
-    if _TRIALS.value < 1:
-      raise ValueError("--trials must be >= 1")
-    train.check_config(config)
-    space = search_space(_DROP_PATH.value, _DROPOUT.value, _LR.value, _LOSSES.value)
-    tune(config, workdir, _TRIALS.value, space=space, study_name=_STUDY.value,
-         seed=_SEED.value, prune_startup_trials=_STARTUP.value,
-         prune_warmup_epochs=_WARMUP.value, config_path=config_path or "CONFIG")
-  except (ValueError, casme2.Casme2Error, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  if args.trials < 1:
+    raise ValueError("--trials must be >= 1")
+  from mer_jax import steps
+  steps.check_config(config)
+  split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+  space = search_space(split(args.drop_path), split(args.dropout), split(args.lr),
+                       split(args.losses))
+  tune(config, workdir, args.trials, space=space, study_name=args.study_name,
+       seed=args.sampler_seed, prune_startup_trials=args.prune_startup_trials,
+       prune_warmup_epochs=args.prune_warmup_epochs, config_path=args.config_path)
+  return 0
 
 
 if __name__ == "__main__":
-  from mer_jax import runtime
-  runtime.reexec_with_tuned_malloc()
-  app.run(main)
+  cli.run(main, tuned_malloc=True)

@@ -92,9 +92,11 @@ def test_folder_name_mismatch_is_matched_and_noted(tmp_path):
   assert any("matched folder" in n for n in index.notes)
 
 
-@pytest.mark.parametrize("subject", [3, "3", "03", "sub03", " Sub03 "])
-def test_subject_spellings(subject):
-  assert casme2._subject_name(subject, "x") == "sub03"
+@pytest.mark.parametrize("subject", [3, 3.0, "3", "03", "sub03", " Sub03 "])
+def test_subject_spellings(tmp_path, subject):
+  sheet = tmp_path / "CASME2-coding-1.xlsx"
+  _write_xlsx(sheet, [HEADER_2014, [subject, "EP01_01", 1, 2, 3, "", "others"]])
+  assert casme2.read_coding_sheet(sheet)[0].subject == "sub03"
 
 
 def test_unknown_emotion_names_row_and_value(tmp_path):
@@ -145,7 +147,8 @@ def test_cli_summary(tmp_path, capsys):
   assert casme2.main([str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert "5 videos of 4 subjects" in out and "happiness 1" in out
-  assert casme2.main([str(tmp_path / "none")]) == 2
+  with pytest.raises(Casme2Error, match="not found"):
+    casme2.main([str(tmp_path / "none")])
 
 
 def _write_xlsx(path, table, title_rows=(), second_sheet=False):
@@ -266,3 +269,6 @@ def test_cli_as_a_module(tmp_path):
                        capture_output=True, text=True, check=True).stdout
   assert "5 videos of 4 subjects" in out and "per emotion: happiness 1, disgust 1" in out
   assert "ApexFrame missing" in out
+  bad = subprocess.run([sys.executable, "-m", "mer_jax.data.casme2", str(tmp_path / "none")],
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

@@ -14,18 +14,22 @@ import numpy as np
 import pytest
 import timm
 
-from mer_jax import bench, configs, evaluate, predict, train, tune
+from mer_jax import bench, cli, configs, experiment, predict, steps, tune
 from mer_jax.data import casme2, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("ppt_data")
-  manual = root / "casme2"
-  synthetic.write_synthetic_casme2(manual, videos=14, subjects=3, seed=3, workers=1)
-  return manual, root / "tfds"
+@pytest.fixture
+def data(casme2_small):
+  return casme2_small
+
+
+def exit_code(main, argv) -> int:
+  """The exit code of a program's main run as from the command line."""
+  with pytest.raises(SystemExit) as e:
+    cli.run(main, argv)
+  return e.value.code
 
 
 def small_config(data, **extra):
@@ -40,22 +44,21 @@ def small_config(data, **extra):
   return tune.apply_overrides(c, extra)
 
 
-@pytest.fixture(scope="module")
-def run(data, tmp_path_factory):
-  w = tmp_path_factory.mktemp("ppt_run")
-  train.train_and_evaluate(small_config(data), str(w))
-  return w
+@pytest.fixture
+def run(reference_run):
+  """The session's reference run (poolformer_s12, M2 KFS, 32 px)."""
+  return reference_run[0]
 
 
 def _dataset_probs(run, video_id):
   """The run's frame probabilities on one video, from the built TFDS dataset."""
-  config = evaluate.load_config(run)
-  setup = train.make_setup(config, log=lambda *a: None)
-  state, _, _ = evaluate.restore_state(run, config, setup.model, setup.in_chans, setup.mesh)
+  config = experiment.load_run_config(run)
+  setup = experiment.make_setup(config, log=lambda *a: None)
+  state, _, _ = experiment.restore_state(run, config, setup.model, setup.in_chans, setup.mesh)
   for split, d in setup.data.items():
     rows = np.flatnonzero(d.video_ids == video_id)
     if len(rows):
-      fn = jax.jit(train.make_predict_step(setup.model, config.model.img_size))
+      fn = jax.jit(steps.make_predict_step(setup.model, config.model.img_size))
       return d.frame_index[rows], np.asarray(fn(state["params"], d.images[rows]))
   raise AssertionError(video_id)
 
@@ -81,7 +84,7 @@ def test_predict_picks_key_frames_and_says_how(data):
   manual, _ = data
   index = casme2.load_casme2(manual)
   plan = {f"sub{p.subject.number:02d}/{p.episode}": p
-          for p in synthetic.plan(videos=14, subjects=3, seed=3)}
+          for p in synthetic.plan(videos=20, subjects=4, seed=5)}
   hits = []
   for v in [v for v in index.videos if not v.apex_estimated and v.apex > v.onset][:6]:
     p = plan[v.video_id]
@@ -125,19 +128,19 @@ def casme2_frame(v, n):
 
 
 def test_predict_bad_input_says_what_to_do(run, tmp_path, capsys):
-  assert predict.main(["--workdir", str(run), "--frames", str(tmp_path / "nope")]) == 2
+  assert exit_code(predict.main, ["--workdir", str(run), "--frames", str(tmp_path / "nope")]) == 2
   assert "does not exist" in capsys.readouterr().err
   (tmp_path / "empty").mkdir()
-  assert predict.main(["--workdir", str(run), "--frames", str(tmp_path / "empty")]) == 2
+  assert exit_code(predict.main, ["--workdir", str(run), "--frames", str(tmp_path / "empty")]) == 2
   assert "no image files" in capsys.readouterr().err
   folder = tmp_path / "clip"
   folder.mkdir()
   from PIL import Image
   for n in (5, 6, 7):
     Image.new("RGB", (64, 48), (n, n, n)).save(folder / f"img{n}.jpg")
-  assert predict.main(["--workdir", str(run), "--frames", str(folder), "--apex", "9"]) == 2
+  assert exit_code(predict.main, ["--workdir", str(run), "--frames", str(folder), "--apex", "9"]) == 2
   assert "--apex 9 is not a frame of the clip (frames 5..7" in capsys.readouterr().err
-  assert predict.main(["--workdir", str(tmp_path), "--frames", str(folder)]) == 2
+  assert exit_code(predict.main, ["--workdir", str(tmp_path), "--frames", str(folder)]) == 2
   assert "config.json not found" in capsys.readouterr().err
 
 
@@ -158,7 +161,7 @@ def test_bench_rows_are_consistent(tmp_path, capsys):
   # FLOPs scale with the number of pixels (the stem and blocks are per-token).
   big = bench.bench_model("poolformer_s12", "m2", batch=1, repeats=1, img_size=64)
   assert big["gflops"] / rows[1]["gflops"] == pytest.approx(4.0, rel=0.1)
-  assert bench.main(["--models", "resnet50"]) == 2
+  assert exit_code(bench.main, ["--models", "resnet50"]) == 2
   assert "poolformer_m36" in capsys.readouterr().err
 
 
@@ -203,6 +206,8 @@ def test_tune_searches_resumes_and_reports_the_best(data, tmp_path, capsys):
   for r in done:
     m = json.loads((pathlib.Path(r["workdir"]) / "metrics.json").read_text())
     assert float(r["value"]) == pytest.approx(m["validation"]["macro_f1"], abs=1e-6)
-  assert best["validation_macro_f1"] == pytest.approx(max(float(r["value"]) for r in done))
+  # trials.csv keeps 6 decimals.
+  assert best["validation_macro_f1"] == pytest.approx(max(float(r["value"]) for r in done),
+                                                      abs=1e-6)
   assert best["command"].startswith("python -m mer_jax.train --config configs/x.py ")
   assert f"--config.loss.name={best['params']['loss.name']}" in best["command"]

@@ -128,10 +128,10 @@ def test_a_class_keeps_its_last_video_in_train():
 
 def test_shuffle_is_a_permutation_and_order_free():
   ids = [f"v{i:03d}" for i in range(50)]
-  a = splits._shuffled(ids, (0, 1))
+  a = splits.shuffled(ids, (0, 1))
   assert sorted(a) == sorted(ids) and a != sorted(ids)
-  assert splits._shuffled(list(reversed(ids)), (0, 1)) == a
-  assert splits._shuffled(ids, (0, 2)) != a
+  assert splits.shuffled(list(reversed(ids)), (0, 1)) == a
+  assert splits.shuffled(ids, (0, 2)) != a
 
 
 def test_loso_val_fraction_zero_and_bad_inputs():

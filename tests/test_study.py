@@ -15,15 +15,15 @@ from mer_jax.data import synthetic
 from mer_jax.data.casme2 import EMOTIONS
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  root = tmp_path_factory.mktemp("study_data")
-  synthetic.write_synthetic_casme2(root / "casme2", videos=16, subjects=4, seed=11, workers=1)
-  return root
+@pytest.fixture
+def tiny(casme2_small):
+  """The session's small synthetic CASME II (manual dir, TFDS dir)."""
+  return casme2_small
 
 
 def common(tiny):
-  return ["--set", f"data.manual_dir={tiny / 'casme2'}", "--set", f"data.data_dir={tiny / 'tfds'}",
+  manual, tfds_dir = tiny
+  return ["--set", f"data.manual_dir={manual}", "--set", f"data.data_dir={tfds_dir}",
           "--set", "init.weights=", "--set", "model.img_size=32", "--set", "num_epochs=2",
           "--set", "batch_size=8", "--set", "eval_batch_size=16", "--set", "patience=5",
           "--set", "model.drop_path_rate=0.0", "--set", "optim.lr=0.001",
@@ -31,7 +31,8 @@ def common(tiny):
 
 
 @pytest.fixture(scope="module")
-def paper_study(tiny, tmp_path_factory):
+def paper_study(casme2_small, tmp_path_factory):
+  tiny = casme2_small
   w = tmp_path_factory.mktemp("study")
   args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m1,m2",
           "--phases", "af,kfs", "--seeds", "0"] + common(tiny)
@@ -111,6 +112,9 @@ def test_loso_pools_predictions_over_folds(tiny, tmp_path):
 
 
 def test_bad_arguments_are_reported(tmp_path, capsys):
-  assert study.main(["--workdir", str(tmp_path), "--models", "resnet"]) == 2
-  assert "poolformer_m36" in capsys.readouterr().err
-  assert study.main(["--workdir", str(tmp_path / "empty"), "--report-only"]) == 2
+  with pytest.raises(ValueError, match="poolformer_m36"):
+    study.main(["--workdir", str(tmp_path), "--models", "resnet"])
+  with pytest.raises(ValueError, match="valid: af, kfs, mfs"):
+    study.main(["--workdir", str(tmp_path), "--phases", "apex"])
+  with pytest.raises(FileNotFoundError):
+    study.main(["--workdir", str(tmp_path / "empty"), "--report-only"])

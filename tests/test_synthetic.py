@@ -1,4 +1,6 @@
 """The synthetic CASME II: layout, sheet, class counts, determinism, detectable faces, local motion."""
+import collections
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,18 +9,15 @@ from mer_jax.data import casme2, synthetic
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-  out = tmp_path_factory.mktemp("syn")
-  synthetic.write_synthetic_casme2(out, videos=14, subjects=4, seed=3, workers=1,
-                                   sheet_format="both", faceless_frames=1)
-  return out
+def tree(synthetic_casme2):
+  """conftest's synthetic CASME II: 16 videos, 4 subjects, seed 3, xlsx and csv sheets."""
+  return synthetic_casme2
 
 
-def test_default_class_counts_are_casme2s():
-  assert synthetic.class_counts(255) == {"others": 99, "disgust": 63, "happiness": 32,
-                                         "repression": 27, "surprise": 25, "sadness": 7, "fear": 2}
+def test_default_size_and_scaled_class_counts():
   vs = synthetic.plan(255, 26)
   assert len(vs) == 255 and len({v.subject.number for v in vs}) == 26
+  assert collections.Counter(v.emotion for v in vs) == synthetic.REAL_COUNTS
   for n in (7, 14, 40, 100):
     c = synthetic.class_counts(n)
     assert sum(c.values()) == n and min(c.values()) >= 1
@@ -29,7 +28,7 @@ def test_layout_sheet_and_reader(tree):
   assert (tree / "CASME2_RAW_selected" / "sub01" / "Desktop - Shortcut.lnk").exists()
   for sheet in ("CASME2-coding-20190701.xlsx", "CASME2-coding-20190701.csv"):
     index = casme2.load_casme2(tree, tree / sheet)
-    assert len(index.videos) == 14
+    assert len(index.videos) == 16
     notes = "\n".join(index.notes)
     assert "'/'" in notes and "apex == onset" in notes and "Desktop - Shortcut.lnk" in notes
     for v in index.videos:
@@ -58,7 +57,7 @@ def test_dlib_finds_the_face(tree):
 
 def test_faceless_frame_has_no_face(tree):
   import dlib
-  v = [v for v in synthetic.plan(14, 4, seed=3, faceless_frames=1) if v.faceless][0]
+  v = [v for v in synthetic.plan(16, 4, seed=3, faceless_frames=1) if v.faceless][0]
   img = synthetic.render_frame(v, v.faceless[0])
   assert len(dlib.get_frontal_face_detector()(img, 0)) == 0
 
@@ -70,9 +69,9 @@ def test_motion_is_local_and_class_specific(emotion, region):
   diff = np.abs(synthetic.render_frame(v, v.apex).astype(float)
                 - synthetic.render_frame(v, v.onset).astype(float)).mean(-1)
   s = v.subject
-  l, t, r, b = synthetic._PATCH_BOX
+  l, t, r, b = synthetic.PATCH_BOX
   # Landmark in frame coordinates (no flip; tilt of a few degrees moves it by a few px).
-  lx, ly = synthetic._LM[region]
+  lx, ly = synthetic.LANDMARKS[region]
   x = s.cx + (lx - (r - l) / 2) * s.scale
   y = s.cy + (ly - (b - t) / 2) * s.scale
   near = diff[int(y) - 25:int(y) + 25, int(x) - 25:int(x) + 25].mean()

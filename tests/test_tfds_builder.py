@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mer_jax.data import build, casme2, phases, preprocess, splits, synthetic
+from mer_jax.data import build, casme2, phases, preprocess, splits
+from mer_jax.data.phases import Phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def manual(tmp_path_factory):
-  d = tmp_path_factory.mktemp("casme2")
-  synthetic.write_synthetic_casme2(d, videos=16, subjects=4, seed=3, workers=1)
-  return d
+def manual(synthetic_casme2):
+  """conftest's synthetic CASME II (16 videos, 4 subjects); read-only."""
+  return synthetic_casme2
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_m2_mfs_holds_each_videos_mfs_frames_in_its_paper_split(manual, m2_mfs):
       seen[vid].append((int(ex["frame_index"]), ex["role"].decode()))
   assert sorted(seen) == sorted(by_id)
   for vid, got in seen.items():
-    want = [(f.frame_index, f.role) for f in phases.select_frames(by_id[vid], "mfs")]
+    want = [(f.frame_index, f.role) for f in phases.select_frames(by_id[vid], Phase.MFS)]
     assert sorted(got) == want
 
 
@@ -124,22 +124,24 @@ def test_missing_frame_stops_the_build_and_names_it(manual, tmp_path):
   shutil.copytree(manual, copy)
   v = casme2.load_casme2(copy).videos[0]
   os.remove(v.frames[v.apex])
+  det = str(tmp_path / "detections")  # the second build reuses the first's detections
   with pytest.raises(casme2.Casme2Error, match=rf"{v.video_id}.*img{v.apex}\.jpg|img{v.apex}\.jpg.*{v.video_id}"):
-    build.ensure_built("m2_kfs", str(copy), str(tmp_path / "tfds"), detection_cache="",
+    build.ensure_built("m2_kfs", str(copy), str(tmp_path / "tfds"), detection_cache=det,
                        workers=1, log=lambda *a: None)
   assert not list((tmp_path / "tfds").rglob("dataset_info.json"))  # nothing looks complete
   # The explicit option skips the frame and reports it.
-  d = build.ensure_built("m2_kfs", str(copy), str(tmp_path / "tfds"), detection_cache="",
+  d = build.ensure_built("m2_kfs", str(copy), str(tmp_path / "tfds"), detection_cache=det,
                          workers=1, skip_unreadable=True, log=lambda *a: None)
   q = build.read_quality(d)
   assert any(f"img{v.apex}.jpg" in s for s in q["skipped"])
   total = sum(len(e) for e in read_all(d).values())
   index = casme2.load_casme2(copy).videos
-  assert total == sum(len(phases.select_frames(x, "kfs")) for x in index) - 1
+  assert total == sum(len(phases.select_frames(x, Phase.KFS)) for x in index) - 1
 
 
-def test_tfds_cli_builds_from_the_datasets_folder(manual, tmp_path):
-  env = dict(os.environ, MER_JAX_DETECTION_CACHE="", MER_JAX_WORKERS="1",
+def test_tfds_cli_builds_from_the_datasets_folder(manual, cache, m2_mfs, tmp_path):
+  # m2_mfs has filled the detection cache with every frame this build needs.
+  env = dict(os.environ, MER_JAX_DETECTION_CACHE=cache, MER_JAX_WORKERS="1",
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   out = subprocess.run(
       [sys.executable, "-m", "mer_jax.data.tfds_cli", "build",
@@ -147,7 +149,7 @@ def test_tfds_cli_builds_from_the_datasets_folder(manual, tmp_path):
        "--data_dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   d = tmp_path / "casme2" / "m1_kfs" / "1.0.0"
-  assert (d / "quality.json").exists()
+  assert json.loads((d / "quality.json").read_text())["detected"] == 0  # the env's cache
   assert list(d.glob("*.array_record*"))
   data = read_all(d)
   assert data["train"][0]["image"].shape == (384, 384, 3)
@@ -156,4 +158,5 @@ def test_tfds_cli_builds_from_the_datasets_folder(manual, tmp_path):
 def test_build_cli_quality_table(m2_mfs, data_dir, capsys):
   assert build.main(["--quality", "--configs", "m2_mfs", "--data_dir", data_dir]) == 0
   assert "| m2_mfs | 224x224 | gray |" in capsys.readouterr().out
-  assert build.main(["--configs", "m3_af"]) == 2
+  with pytest.raises(ValueError, match="m3_af"):
+    build.main(["--configs", "m3_af"])

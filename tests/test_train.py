@@ -12,68 +12,33 @@ import pathlib
 import signal
 import subprocess
 import sys
+import shutil
 import textwrap
 import time
 
 import numpy as np
 import pytest
 
+from e2e import ROOT, run_cmd, subprocess_env, train_cmd
 from mer_jax import configs as recipe
-from mer_jax.data import build, synthetic
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("train_data")
-  manual = root / "casme2"
-  synthetic.write_synthetic_casme2(manual, videos=20, subjects=4, seed=5, workers=1)
-  build.ensure_built("m2_kfs", str(manual), str(root / "tfds"), detection_cache="",
-                     workers=1, log=lambda *a: None)
-  return manual, root / "tfds"
-
-
-def overrides(data, **extra):
-  manual, tfds_dir = data
-  opts = {"data.manual_dir": manual, "data.data_dir": tfds_dir, "data.phase": "kfs",
-          "data.synthetic": False, "model.img_size": 32, "batch_size": 8,
-          "eval_batch_size": 16, "num_epochs": 3, "patience": 10, "log_every_steps": 2,
-          "checkpoint_every_steps": 2, "bootstrap_resamples": 100, "optim.warmup_epochs": 0,
-          "aug.enabled": True, "seed": 1}
-  opts.update(extra)
-  return [f"--config.{k}={v}" for k, v in opts.items()]
-
-
-def env(devices=1):
-  e = dict(os.environ, JAX_PLATFORMS="cpu",
-           PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return e
-
-
-def train_cmd(workdir, data, **extra):
-  return [sys.executable, "-m", "mer_jax.train", "--config", str(ROOT / "configs/quickstart.py"),
-          "--workdir", str(workdir)] + overrides(data, **extra)
-
-
-def run(cmd, devices=1, timeout=600):
-  out = subprocess.run(cmd, capture_output=True, text=True, env=env(devices), timeout=timeout,
-                       cwd=ROOT)
-  return out
 
 
 def metrics(workdir):
   return json.loads((pathlib.Path(workdir) / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
-  """An uninterrupted single-process run."""
-  w = tmp_path_factory.mktemp("ref")
-  out = run(train_cmd(w, data))
-  assert out.returncode == 0, out.stderr[-4000:]
-  return w, out
+@pytest.fixture
+def data(casme2_small):
+  return casme2_small
+
+
+@pytest.fixture
+def reference(reference_run):
+  return reference_run
+
+
+def run(cmd, devices=1, timeout=600):
+  return run_cmd(cmd, devices, timeout)
 
 
 def test_run_writes_the_promised_workdir(reference):
@@ -95,13 +60,23 @@ def test_run_writes_the_promised_workdir(reference):
   assert "report:" in out.stdout and "macro-F1" in out.stdout
 
 
-def test_killed_run_resumes_to_the_same_result(reference, data, tmp_path):
+def test_second_trainer_and_killed_run_in_one_workdir(reference, data, tmp_path):
+  """A second trainer on a held workdir exits 2 naming the holder; the holder, killed mid-epoch, leaves a stale lock that the rerun
+  takes over (and says so), resuming to the uninterrupted run's result."""
   ref_dir, _ = reference
   w = tmp_path / "killed"
-  p = subprocess.Popen(train_cmd(w, data), env=env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-  latest = w / "checkpoints" / "latest"
+  p = subprocess.Popen(train_cmd(w, data), env=subprocess_env(), cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  lock, latest = w / "lock", w / "checkpoints" / "latest"
   deadline = time.time() + 300
+  while time.time() < deadline and p.poll() is None and not (
+      lock.exists() and lock.read_text().strip()):
+    time.sleep(0.1)
+  assert p.poll() is None, "the first run ended before the second started"
+  second = run(train_cmd(w, data))
+  assert second.returncode == 2, second.stderr[-3000:]
+  assert f"PID {p.pid}" in second.stderr and "in use by" in second.stderr
+  assert "Traceback" not in second.stderr and "error: " in second.stderr
   # Kill once a mid-epoch checkpoint of the second epoch exists (checkpoints every 2 steps).
   while time.time() < deadline and p.poll() is None:
     steps = [int(d.name) for d in latest.glob("[0-9]*") if d.name.isdigit()] \
@@ -116,13 +91,14 @@ def test_killed_run_resumes_to_the_same_result(reference, data, tmp_path):
   out = run(train_cmd(w, data))
   assert out.returncode == 0, out.stderr[-4000:]
   assert "Resuming from step" in out.stdout
+  assert f"taking over the lock of mer_jax.train (PID {p.pid}" in out.stdout
   a, b = metrics(ref_dir), metrics(w)
-  for key in ("best_epoch",):
-    assert a[key] == b[key]
+  assert a["best_epoch"] == b["best_epoch"]
   for split in ("validation", "test"):
     assert a[split] == b[split]
   np.testing.assert_array_equal([h["train_loss"] for h in a["history"]],
                                 [h["train_loss"] for h in b["history"]])
+  assert lock.read_text() == ""  # a finished run leaves its workdir free
 
 
 def test_two_process_run_trains_to_the_same_result(reference, data, tmp_path):
@@ -145,14 +121,14 @@ _STEP_PROG = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, AxisType
-    from mer_jax import configs, input_pipeline, models, runtime, train
+    from mer_jax import configs, input_pipeline, models, runtime, steps
     c = configs.get_config("poolformer_s12", "m2", "mfs")
     c.model.drop_path_rate = 0.1
     c.optim.lr = 1e-3
     model = models.create_model("poolformer_s12", img_size=32, in_chans=1, drop_path_rate=0.1)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
-    tx = train.make_optimizer(c, 10)
-    loss_fn = train.make_loss_fn(c, np.array([5, 3, 2, 2, 1, 1, 6]))
+    tx = steps.make_optimizer(c, 10)
+    loss_fn = steps.make_loss_fn(c, np.array([5, 3, 2, 2, 1, 1, 6]))
     rng = np.random.RandomState(0)
     batch = {"image": rng.randint(0, 255, (8, 48, 48, 1)).astype(np.uint8),
              "label": rng.randint(0, 7, 8).astype(np.int32), "mask": np.ones(8, np.float32)}
@@ -162,7 +138,7 @@ _STEP_PROG = textwrap.dedent("""
       rep = runtime.replicated(mesh)
       state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
                               "opt_state": tx.init(params)}, rep)
-      step = jax.jit(train.make_train_step(model, tx, loss_fn, c.aug, 32, 0),
+      step = jax.jit(steps.make_train_step(model, tx, loss_fn, c.aug, 32, 0),
                      out_shardings=(rep, rep))
       for _ in range(2):
         state, m = step(state, runtime.to_global(batch, mesh))
@@ -195,12 +171,11 @@ def _steps(w):
   return sorted(int(d.name) for d in (w / "checkpoints" / "latest").iterdir() if d.name.isdigit())
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(reference, data, tmp_path):
   w = tmp_path / "nan"
-  out = run(train_cmd(w, data, num_epochs=1, checkpoint_every_steps=0))
-  assert out.returncode == 0, out.stderr[-3000:]
+  shutil.copytree(reference[0], w)  # 3 good epochs
   good = _steps(w)
-  out = run(train_cmd(w, data, num_epochs=3, checkpoint_every_steps=0, **{"optim.lr": 1e12}))
+  out = run(train_cmd(w, data, num_epochs=4, checkpoint_every_steps=0, **{"optim.lr": 1e12}))
   assert out.returncode == 2
   assert "NaN or inf" in out.stderr and f"step {good[-1]}" in out.stderr
   assert _steps(w) == good
@@ -224,6 +199,9 @@ def test_bad_config_values_list_the_valid_ones(data, tmp_path):
   assert out.returncode == 2 and "poolformer_m36" in out.stderr
   out = run(train_cmd(tmp_path / "x", data, **{"data.phase": "xyz"}))
   assert out.returncode == 2 and "af, kfs, mfs" in out.stderr
+  out = run(train_cmd(tmp_path / "x", data, **{"model.nam": "x"}))
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert "--config.model.nam: unknown config field; did you mean model.name?" in out.stderr
 
 
 @pytest.mark.parametrize("field, value, valid", [
@@ -232,15 +210,15 @@ def test_bad_config_values_list_the_valid_ones(data, tmp_path):
     ("loss.name", "mse", "focal"),
     ("data.protocol", "kfold", "paper, loso")])
 def test_check_config_names_the_field_and_the_valid_values(field, value, valid):
-  from mer_jax import train
+  from mer_jax import steps
   c = recipe.get_config()
   section, key = field.split(".")
   c[section][key] = value
   with pytest.raises(ValueError, match=f"{field}.*{value}") as e:
-    train.check_config(c)
+    steps.check_config(c)
   assert valid in str(e.value)
   c[section][key] = recipe.get_config()[section][key]
-  train.check_config(c)
+  steps.check_config(c)
 
 
 def test_missing_dataset_and_manual_dir_print_the_instructions(tmp_path):

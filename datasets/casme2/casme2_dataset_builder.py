@@ -1,9 +1,9 @@
-"""CASME II for TFDS: `tfds build datasets/casme2 --config m2_mfs --manual_dir DIR`.
+"""CASME II for TFDS's own tools: `tfds build datasets/casme2 --config m2_mfs --manual_dir DIR`.
 
-Configs m1_af m1_kfs m1_mfs m2_af m2_kfs m2_mfs; splits train/validation/test
-(the paper's 201/26/28 video split). The implementation, features and build
-options are documented in `mer_jax.data.tfds_casme2`; from Python,
-`mer_jax.data.build.ensure_built(...)` does the same without this file.
+The TFDS-native alternative to `python -m mer_jax.data.build` (the documented
+way), which builds the same datasets without this file. Configs m1_af ...
+m2_mfs; splits train/validation/test (the paper's 201/26/28 video split). The
+implementation, features and build options are in `mer_jax.data.tfds_casme2`.
 """
 from mer_jax.data import tfds_casme2
 

@@ -4,50 +4,38 @@ r"""Build the CASME II TFDS configs from Python, on first use, and report their 
   python -m mer_jax.data.build --configs m2_mfs --manual_dir data/synthetic_casme2 --synthetic
   python -m mer_jax.data.build --quality --configs all        # Table I of built configs
 
-Training calls `ensure_built` so that one command is enough. Concurrent
-callers (several runs of a study, the processes of a multi-host run) build a
-config once: a lock file serialises them and the others reuse the result.
+This is the documented way to build the dataset (mer_jax.data.tfds_cli is
+TFDS's own `build`, for those who prefer it). Training calls `ensure_built`,
+so that one command is enough. Concurrent callers (several runs of a study,
+the processes of a multi-host run) build a config once: a lock file
+serialises them and the others reuse the result.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import pathlib
 import sys
 import time
 
-from mer_jax.data import casme2, preprocess
-
-CONFIG_NAMES = tuple(f"{m}_{p}" for m in ("m1", "m2") for p in ("af", "kfs", "mfs"))
-
-
-def config_name(method: str, phase: str) -> str:
-  from mer_jax.data.phases import Phase
-  return f"{preprocess.Method.parse(method).value}_{Phase.parse(phase).value}"
+from mer_jax import cli
+from mer_jax.data import casme2
+# CONFIG_NAMES and config_name are also this module's: build.config_name(method, phase).
+from mer_jax.data.dataset_configs import (CONFIG_NAMES, check_config_name,  # noqa: F401
+                                          config_name, parse_configs)
 
 
 def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
-def parse_configs(spec: str) -> list[str]:
-  names = list(CONFIG_NAMES) if spec in ("all", "") else [s.strip() for s in spec.split(",")]
-  for n in names:
-    if n not in CONFIG_NAMES:
-      raise ValueError(f"Unknown CASME II config {n!r}; valid: {', '.join(CONFIG_NAMES)}, all")
-  return names
-
-
 def builder(config: str, data_dir: str | None = None, **options):
   """The TFDS builder of one config (`options`: detection_cache, workers,
   skip_unreadable, sheet; see mer_jax.data.tfds_casme2)."""
   from mer_jax.data import tfds_casme2
-  if config not in CONFIG_NAMES:
-    raise ValueError(f"Unknown CASME II config {config!r}; valid: {', '.join(CONFIG_NAMES)}")
+  check_config_name(config)
   return tfds_casme2.Casme2Builder(config=config, data_dir=data_dir or default_data_dir(),
                                    **options)
 
@@ -83,7 +71,7 @@ def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int =
   if not synthetic:
     raise casme2.Casme2Error(
         f"No CASME II copy at {d.resolve()} (no CASME2-coding-*.xlsx/csv there).\n\n"
-        + _instructions())
+        + casme2.MANUAL_DOWNLOAD_INSTRUCTIONS)
   from mer_jax.data import synthetic as syn
   with _lock(d.parent / f".{d.name}.lock"):
     if not _has_casme2(d):
@@ -94,11 +82,6 @@ def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int =
                                  intensity=intensity)
       log(f"  done in {time.perf_counter() - start:.0f} s")
   return d
-
-
-def _instructions() -> str:
-  from mer_jax.data import tfds_casme2
-  return tfds_casme2.MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
 def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
@@ -160,45 +143,41 @@ def quality_table(qs: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m mer_jax.data.build", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--configs", default="all", help="'all' or a comma list, e.g. m2_mfs,m1_af")
-  ap.add_argument("--manual_dir", default="~/casme2", help="CASME II as distributed")
-  ap.add_argument("--data_dir", default="", help="TFDS data dir (default ~/tensorflow_datasets)")
-  ap.add_argument("--synthetic", action="store_true",
-                  help="write a synthetic CASME II into manual_dir if it holds none")
-  ap.add_argument("--videos", type=int, default=255)
-  ap.add_argument("--subjects", type=int, default=26)
-  ap.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
-  ap.add_argument("--detection_cache", default=None, help="default ~/.cache/mer_jax; '' = off")
-  ap.add_argument("--skip_unreadable", action="store_true",
-                  help="skip (and report) unreadable frames instead of stopping")
-  ap.add_argument("--quality", action="store_true", help="print Table I of built configs")
-  args = ap.parse_args(argv)
-  logging.basicConfig(level=logging.WARNING)
-  try:
-    names = parse_configs(args.configs)
-    data_dir = args.data_dir or None
-    if args.quality:
-      qs = []
-      for n in names:
-        b = builder(n, data_dir)
-        if is_built(b):
-          qs.append(read_quality(b.data_dir))
-        else:
-          print(f"{n}: not built", file=sys.stderr)
-      print(quality_table(qs))
-      return 0 if qs else 1
+  p = cli.parser("mer_jax.data.build", __doc__)
+  p.add_argument("--configs", default="all",
+                 help=f"'all' or a comma list of {', '.join(CONFIG_NAMES)}")
+  p.add_argument("--manual_dir", default="~/casme2", help="CASME II as distributed")
+  p.add_argument("--data_dir", default="", help="TFDS data dir (default ~/tensorflow_datasets)")
+  p.add_argument("--synthetic", action="store_true",
+                 help="write a synthetic CASME II into manual_dir if it holds none")
+  p.add_argument("--videos", type=int, default=255, help="videos of the synthetic CASME II")
+  p.add_argument("--subjects", type=int, default=26, help="subjects of the synthetic CASME II")
+  p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+  p.add_argument("--detection_cache", default=None,
+                 help="default ~/.cache/mer_jax/detections (see mer_jax.paths); '' = off")
+  p.add_argument("--skip_unreadable", action="store_true",
+                 help="skip (and report) unreadable frames instead of stopping")
+  p.add_argument("--quality", action="store_true", help="print Table I of built configs")
+  args = cli.parse(p, argv)
+  names = parse_configs(args.configs)
+  data_dir = args.data_dir or None
+  if args.quality:
+    qs = []
     for n in names:
-      ensure_built(n, args.manual_dir, data_dir, synthetic=args.synthetic,
-                   synthetic_videos=args.videos, synthetic_subjects=args.subjects,
-                   workers=args.workers or None, detection_cache=args.detection_cache,
-                   skip_unreadable=args.skip_unreadable)
-  except (casme2.Casme2Error, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+      b = builder(n, data_dir)
+      if is_built(b):
+        qs.append(read_quality(b.data_dir))
+      else:
+        print(f"{n}: not built", file=sys.stderr)
+    print(quality_table(qs))
+    return 0 if qs else 1
+  for n in names:
+    ensure_built(n, args.manual_dir, data_dir, synthetic=args.synthetic,
+                 synthetic_videos=args.videos, synthetic_subjects=args.subjects,
+                 workers=args.workers or None, detection_cache=args.detection_cache,
+                 skip_unreadable=args.skip_unreadable)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

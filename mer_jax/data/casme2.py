@@ -29,10 +29,12 @@ Quirks handled (each one that occurs is listed in `Casme2Index.notes`):
   (a `Desktop - Shortcut.lnk` ships inside sub01); key frames without a file
   are noted (`phases.missing_frames` says which a phase needs).
 Errors (`Casme2Error`) name the row, column or folder and say what to do.
+
+One file, though long: it is the only place that knows CASME II's quirks, and
+reading them together (sheet, folders, frames) is how they are checked.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import dataclasses
@@ -40,7 +42,6 @@ import io
 import logging
 import pathlib
 import re
-import sys
 
 # Label order of the TFDS ClassLabel and of every model head.
 EMOTIONS = ("happiness", "disgust", "surprise", "repression", "sadness", "fear", "others")
@@ -57,15 +58,16 @@ CASME II is licensed and cannot be downloaded automatically.
 2. From what they send, two things are needed (the cropped frames and the
    compressed videos are not used):
      - {FRAMES_DIR}.zip: the raw 640x480 frames, unzipped so that
-       {FRAMES_DIR}/subNN/EPxx_yy[f]/img<N>.jpg exist;
+       {FRAMES_DIR}/subNN/EPxx_yy[f]/img<N>.jpg exist (unzipped one level
+       deeper, {FRAMES_DIR}/{FRAMES_DIR}/subNN, works too);
      - the coding sheet CASME2-coding-20140508.xlsx (or the 20190701 /
        'updated' version, or a CSV export of it).
-   Put both in one directory DIR:
+   Put both in one directory DIR (the manual dir, e.g. ~/casme2):
      DIR/{FRAMES_DIR}/sub01/EP02_01f/img46.jpg ...
      DIR/CASME2-coding-20140508.xlsx
    Check it with: python -m mer_jax.data.casme2 DIR
 3. Pass DIR as the manual dir, e.g.
-     tfds build datasets/casme2 --config m2_mfs --manual_dir DIR
+     python -m mer_jax.data.build --configs m2_mfs --manual_dir DIR
      python -m mer_jax.train --config configs/pool_m36_mfs.py --config.data.manual_dir=DIR
 To try everything without CASME II, write the synthetic stand-in:
      python -m mer_jax.data.synthetic --out DIR
@@ -90,7 +92,7 @@ _CANONICAL_HEADER = {"subject": "Subject", "filename": "Filename", "onset": "Ons
                      "action_units": "Action Units", "emotion": "Estimated Emotion"}
 
 
-class Casme2Error(Exception):
+class Casme2Error(ValueError):
   """A problem with the user's CASME II copy; the message says what to do."""
 
 
@@ -487,6 +489,7 @@ def load_casme2(root: str | pathlib.Path,
     logging.info("CASME II: %s", n)
   return Casme2Index(root=root, sheet=sheet, videos=videos, notes=notes)
 
+
 def summary(index: Casme2Index) -> str:
   """What a user checks before a long build: the counts match the paper's, the quirks are known."""
   by_emotion = collections.Counter(v.emotion for v in index.videos)
@@ -500,19 +503,15 @@ def summary(index: Casme2Index) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m mer_jax.data.casme2",
-      description="Summarise a CASME II copy: videos per emotion and subject, quirks met.")
-  parser.add_argument("root", help="directory holding CASME2_RAW_selected/ and the coding sheet")
-  parser.add_argument("--sheet", help="coding sheet to use (default: found in root)")
-  args = parser.parse_args(argv)
-  try:
-    print(summary(load_casme2(args.root, args.sheet)))
-  except Casme2Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  from mer_jax import cli  # here, not above: the library itself needs no CLI dependencies
+  p = cli.parser("mer_jax.data.casme2", __doc__)
+  p.add_argument("root", help="directory holding CASME2_RAW_selected/ and the coding sheet")
+  p.add_argument("--sheet", help="coding sheet to use (default: found in root)")
+  args = cli.parse(p, argv)
+  print(summary(load_casme2(args.root, args.sheet)))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from mer_jax import cli
+  cli.run(main)

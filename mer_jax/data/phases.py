@@ -14,8 +14,8 @@ and "window" for the other MFS frames.
 from __future__ import annotations
 
 import dataclasses
-import enum
 
+from mer_jax.choices import Choice
 from mer_jax.data.casme2 import Video
 
 ROLES = ("onset", "apex", "offset", "window")
@@ -24,20 +24,20 @@ ROLES = ("onset", "apex", "offset", "window")
 _MFS_WINDOWS = (("onset", range(0, 4)), ("apex", range(-2, 3)), ("offset", range(-3, 1)))
 
 
-class Phase(enum.Enum):
+class Phase(Choice):
+  """A temporal sampling phase of the paper; `Phase.parse("mfs")`, `Phase.names()`."""
   AF = "af"
   KFS = "kfs"
   MFS = "mfs"
 
-  @classmethod
-  def parse(cls, value: "str | Phase") -> "Phase":
-    if isinstance(value, cls):
-      return value
-    try:
-      return cls(str(value).strip().lower())
-    except ValueError:
-      raise ValueError(f"Unknown phase {value!r}; valid: "
-                       f"{', '.join(p.value for p in cls)}") from None
+  @property
+  def description(self) -> str:
+    return _DESCRIPTION[self]
+
+
+_DESCRIPTION = {Phase.AF: "apex frame", Phase.KFS: "onset, apex, offset",
+                Phase.MFS: ", ".join(f"{anchor}+[{ds[0]}..{ds[-1]}]"
+                                     for anchor, ds in _MFS_WINDOWS)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ PAPER_SIZES = (201, 26, 28)  # of 255 videos
 PAPER_SEED = 0
 
 
-def _shuffled(ids: Sequence[str], key: Sequence[int]) -> list[str]:
+def shuffled(ids: Sequence[str], key: Sequence[int]) -> list[str]:
   """`ids` in a PCG64-determined order (Fisher-Yates on the raw stream).
 
   `raw % (i + 1)` has a modulo bias below i / 2**64: irrelevant here.
@@ -90,16 +90,16 @@ def _stratified(videos: Sequence[Video], sizes: Mapping[str, int],
   groups = _by_class(videos)
   counts = {e: len(ids) for e, ids in groups.items()}
   cap = {e: c - 1 if c >= 2 else 0 for e, c in counts.items()}  # keep one for train
-  shuffled = {e: _shuffled(groups[e], (*key, k)) for k, e in enumerate(EMOTIONS)}
+  in_order = {e: shuffled(groups[e], (*key, k)) for k, e in enumerate(EMOTIONS)}
   out = {name: [] for name in (*sizes, "train")}
   used = {e: 0 for e in EMOTIONS}
   for name, size in sizes.items():
     take = _quota(counts, size, {e: cap[e] - used[e] for e in EMOTIONS})
     for e in EMOTIONS:
-      out[name] += shuffled[e][used[e]:used[e] + take[e]]
+      out[name] += in_order[e][used[e]:used[e] + take[e]]
       used[e] += take[e]
   for e in EMOTIONS:
-    out["train"] += shuffled[e][used[e]:]
+    out["train"] += in_order[e][used[e]:]
   return {name: tuple(sorted(ids)) for name, ids in out.items()}
 
 

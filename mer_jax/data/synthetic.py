@@ -25,17 +25,15 @@ trailing space, names without the trailing 'f', frames not starting at 1.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import multiprocessing
 import os
 import pathlib
-import sys
 
 import numpy as np
 
-from mer_jax.data.casme2 import EMOTIONS, FRAMES_DIR
+from mer_jax.data.casme2 import FRAMES_DIR
 
 REAL_COUNTS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25,
                "sadness": 7, "fear": 2}
@@ -44,8 +42,8 @@ FRAME_W, FRAME_H = 640, 480
 
 # The face patch cut from skimage's 512x512 astronaut, and its landmarks in
 # patch coordinates (x, y), located by eye on the image.
-_PATCH_BOX = (140, 30, 310, 215)  # left, top, right, bottom
-_LM = {
+PATCH_BOX = (140, 30, 310, 215)  # left, top, right, bottom
+LANDMARKS = {
     "brow_l": (60, 62), "brow_r": (108, 63), "brow_in_l": (77, 64), "brow_in_r": (93, 64),
     "eye_l": (63, 72), "eye_r": (107, 73), "cheek_l": (62, 96), "cheek_r": (108, 96),
     "nose": (85, 94), "lip_up": (85, 109), "lip_low": (85, 121), "corner_l": (65, 113),
@@ -189,7 +187,7 @@ def plan(videos: int = 255, subjects: int = 26, seed: int = 0, intensity: float 
 @functools.lru_cache(maxsize=1)
 def _face_patch() -> np.ndarray:
   import skimage.data
-  l, t, r, b = _PATCH_BOX
+  l, t, r, b = PATCH_BOX
   return skimage.data.astronaut()[t:b, l:r].astype(np.float32)
 
 
@@ -216,7 +214,7 @@ def _warp(patch: np.ndarray, motions, amount: float) -> np.ndarray:
   dx = np.zeros((h, w), np.float32)
   dy = np.zeros((h, w), np.float32)
   for name, (ux, uy) in motions:
-    cx, cy = _LM[name]
+    cx, cy = LANDMARKS[name]
     g = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * _SIGMA ** 2))
     dx += amount * ux * g
     dy += amount * uy * g
@@ -329,21 +327,22 @@ def write_synthetic_casme2(out: str | pathlib.Path, videos: int = 255, subjects:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  from mer_jax import cli  # here, not above: the library itself needs no CLI dependencies
+  p = cli.parser("mer_jax.data.synthetic", __doc__)
   p.add_argument("--out", required=True, help="directory to write (the manual dir)")
   p.add_argument("--videos", type=int, default=255)
   p.add_argument("--subjects", type=int, default=26)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--intensity", type=float, default=1.0, help="motion amplitude (1 = ~9 px at apex)")
-  p.add_argument("--no-quirks", dest="quirks", action="store_false",
+  p.add_argument("--intensity", type=float, default=1.0,
+                 help="motion amplitude (1 = ~9 px at apex)")
+  p.add_argument("--no_quirks", dest="quirks", action="store_false",
                  help="do not mirror the real data's oddities")
-  p.add_argument("--sheet-format", choices=("xlsx", "csv", "both"), default="xlsx")
-  p.add_argument("--faceless-frames", type=int, default=0,
+  p.add_argument("--sheet_format", choices=("xlsx", "csv", "both"), default="xlsx")
+  p.add_argument("--faceless_frames", type=int, default=0,
                  help="videos with one frame whose face is hidden (tests M2's fallback)")
-  p.add_argument("--faceless-videos", type=int, default=0, help="videos with no face at all")
+  p.add_argument("--faceless_videos", type=int, default=0, help="videos with no face at all")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-  a = p.parse_args(argv)
+  a = cli.parse(p, argv)
   out = write_synthetic_casme2(a.out, a.videos, a.subjects, a.seed, a.intensity, a.quirks,
                                a.sheet_format, a.faceless_frames, a.faceless_videos, a.workers,
                                progress=True)
@@ -352,4 +351,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from mer_jax import cli
+  cli.run(main)

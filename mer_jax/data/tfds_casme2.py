@@ -1,9 +1,11 @@
-"""The CASME II TFDS builder: six configs (M1/M2 x AF/KFS/MFS), paper splits.
+"""The CASME II TFDS builder: one config per method x phase (m1_af ... m2_mfs), paper splits.
 
-The registered builder is `datasets/casme2/casme2_dataset_builder.py`
-(`tfds build datasets/casme2 --config m2_mfs --manual_dir DIR`), a subclass of
-`Casme2Builder` below; `mer_jax.data.build` uses this class directly, so
-Python code needs no path to the datasets/ folder.
+`python -m mer_jax.data.build` (mer_jax.data.build) builds with this class
+directly, so Python code needs no path to the datasets/ folder. The
+registered builder `datasets/casme2/casme2_dataset_builder.py` is a subclass,
+for TFDS's own tools (`tfds build datasets/casme2 --config m2_mfs
+--manual_dir DIR`; see mer_jax.data.tfds_cli). The builder is thin: it reads
+CASME II, splits and preprocesses through mer_jax.data, and writes.
 
 Each example is one preprocessed frame:
   image         M1 384x384x3 / M2 224x224x1 uint8 (PNG, lossless)
@@ -38,39 +40,26 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mer_jax.data import casme2, phases, preprocess, splits
+from mer_jax.data import casme2, dataset_configs, phases, preprocess, runner, splits
+from mer_jax.data.phases import Phase
+from mer_jax.data.preprocess import Method
 
 VERSION = tfds.core.Version("1.0.0")
-CONFIG_NAMES = tuple(f"{m}_{p}" for m in ("m1", "m2") for p in ("af", "kfs", "mfs"))
-
-MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-CASME II is licensed by its authors (Institute of Psychology, Chinese Academy
-of Sciences): request it at http://casme.psych.ac.cn/casme/e2 . Then put in the
-manual directory (e.g. ~/casme2, or pass --manual_dir / data.manual_dir):
-
-  DIR/CASME2_RAW_selected/sub01/EP02_01f/img46.jpg ...   (raw 640x480 frames)
-  DIR/CASME2-coding-20190701.xlsx                        (the coding sheet;
-       any version, e.g. CASME2-coding-20140508.xlsx, or a CSV export of it)
-
-(CASME2_RAW_selected may also sit one level down, e.g. DIR/CASME2/CASME2_RAW_selected.)
-No licence at hand? `python -m mer_jax.data.synthetic --out DIR` writes a
-synthetic CASME II in the same layout, for trying the tool end to end.
-"""
 
 
 @dataclasses.dataclass
 class Casme2Config(tfds.core.BuilderConfig):
-  method: str = "m2"
-  phase: str = "mfs"
+  method: str = Method.M2.value
+  phase: str = Phase.MFS.value
 
 
 def _configs():
-  desc = {"m1": "raw frame centre-cropped to 384x384 RGB",
-          "m2": "dlib face box +20 px, cropped, 224x224 grayscale",
-          "af": "apex frame", "kfs": "onset, apex, offset",
-          "mfs": "onset+[0..3], apex+[-2..2], offset+[-3..0]"}
-  return [Casme2Config(name=n, method=n[:2], phase=n[3:], version=VERSION,
-                       description=f"{desc[n[:2]]}; {desc[n[3:]]}") for n in CONFIG_NAMES]
+  out = []
+  for name in dataset_configs.CONFIG_NAMES:
+    method, phase = dataset_configs.parse_config_name(name)
+    out.append(Casme2Config(name=name, method=method.value, phase=phase.value, version=VERSION,
+                            description=dataset_configs.description(name)))
+  return out
 
 
 def _env_flag(name: str) -> bool:
@@ -85,7 +74,7 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {"1.0.0": "Six configs m{1,2}_{af,kfs,mfs}; paper split 201/26/28."}
   BUILDER_CONFIGS = _configs()
   DEFAULT_CONFIG_NAME = "m2_mfs"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = casme2.MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def __init__(self, *, detection_cache: str | None = None, workers: int | None = None,
                skip_unreadable: bool | None = None, sheet: str | None = None, **kwargs):
@@ -98,11 +87,11 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._skip_unreadable = (_env_flag("MER_JAX_SKIP_UNREADABLE") if skip_unreadable is None
                              else skip_unreadable)
     self._sheet = sheet or os.environ.get("MER_JAX_SHEET") or None
-    self._reports: dict[str, preprocess.PreprocessReport] = {}
+    self._reports: dict[str, tuple[preprocess.PreprocessReport, float]] = {}  # + seconds
     self._build_info: dict = {}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    shape = preprocess.IMAGE_SHAPE[preprocess.Method.parse(self.builder_config.method)]
+    shape = Method.parse(self.builder_config.method).image_shape
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png"),
@@ -129,10 +118,7 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     manual_dir = dl_manager.manual_dir  # TFDS raises with the instructions when missing
-    try:
-      index = casme2.load_casme2(manual_dir, self._sheet)
-    except casme2.Casme2Error as e:
-      raise casme2.Casme2Error(f"{e}\n\n{MANUAL_DOWNLOAD_INSTRUCTIONS}") from None
+    index = casme2.load_casme2(manual_dir, self._sheet)  # its errors say what to do
     split = splits.paper_split(index.videos)
     by_id = {v.video_id: v for v in index.videos}
     self._build_info = {
@@ -150,9 +136,9 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     roles = {v.video_id: {f.frame_index: f.role for f in frames} for v, frames in items}
     # Faces are chosen over the MFS frames for every phase, so a frame's crop
     # is the same in all three phases (and the detection cache serves all six).
-    run = preprocess.preprocess_videos(
+    run = runner.preprocess_videos(
         items, cfg.method,
-        context=lambda v: [f.frame_index for f in phases.select_frames(v, "mfs")],
+        context=lambda v: [f.frame_index for f in phases.select_frames(v, Phase.MFS)],
         cache_dir=self._detection_cache, workers=self._workers,
         skip_unreadable=self._skip_unreadable)
     start = time.perf_counter()
@@ -170,8 +156,7 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           "apex_estimated": video.apex_estimated,
           "action_units": video.action_units,
       }
-    self._reports[split_name] = run.report
-    run.report.seconds = time.perf_counter() - start  # type: ignore[attr-defined]
+    self._reports[split_name] = (run.report, time.perf_counter() - start)
 
   def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
     start = time.perf_counter()
@@ -186,17 +171,14 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def quality_dict(reports: dict, cfg) -> dict:
-  """Per-split and overall figures of a build (the paper's Table I and the fallbacks)."""
+  """Per-split and overall figures of a build (the paper's Table I and the fallbacks)
+  from {split: (PreprocessReport, seconds)}."""
   total = preprocess.PreprocessReport(cfg.method)
   per_split = {}
-  for name, r in reports.items():
+  for name, (r, seconds) in reports.items():
     per_split[name] = r.as_dict()
-    per_split[name]["seconds"] = getattr(r, "seconds", None)
-    for f in dataclasses.fields(total):
-      if f.name == "method":
-        continue
-      a, b = getattr(total, f.name), getattr(r, f.name)
-      setattr(total, f.name, {**a, **b} if isinstance(a, dict) else a + b)
+    per_split[name]["seconds"] = seconds
+    total.merge(r)
   out = {"config": cfg.name, "method": cfg.method, "phase": cfg.phase,
          "definitions": {
              "face_centring_rate": (

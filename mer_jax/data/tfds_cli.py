@@ -1,12 +1,17 @@
-r"""TFDS's `build` command, without the rest of the `tfds` CLI.
+r"""TFDS's own `build` command, without the rest of the `tfds` CLI.
 
   python -m mer_jax.data.tfds_cli build datasets/casme2 --config m2_mfs --manual_dir DIR
 
-Takes exactly the flags of `tfds build`. It exists because the `tfds`
-executable of TFDS 4.9.10 imports apache-beam at start-up (for its
-`convert_format` command) even to build a dataset that never uses beam, and
-apache-beam pins older protobuf/pillow than TensorFlow 2.21. Where apache-beam
-is installed, `tfds build datasets/casme2 ...` does the same.
+The TFDS-native alternative to `python -m mer_jax.data.build`, which is the
+documented way to build CASME II (same datasets, with mer_jax's flags and its
+Table I report); kept for those who drive datasets with TFDS's tools. Takes
+exactly the flags of `tfds build`, and TFDS's conventions rather than
+mer_jax.cli's (build options come from the environment, see
+mer_jax.data.tfds_casme2). It exists because the `tfds` executable of TFDS
+4.9.10 imports apache-beam at start-up (for its `convert_format` command) even
+to build a dataset that never uses beam, and apache-beam pins older
+protobuf/pillow than TensorFlow 2.21. Where apache-beam is installed,
+`tfds build datasets/casme2 ...` does the same.
 """
 from __future__ import annotations
 

@@ -1,0 +1,45 @@
+"""The CASME II dataset's configs: one per preprocessing method x temporal phase.
+
+A config's name is `{method}_{phase}` ("m2_mfs"), the name of its TFDS config
+and of its folder under the TFDS data dir. Defined here, apart from the TFDS
+builder, so that naming a config needs neither TensorFlow nor TFDS.
+"""
+from __future__ import annotations
+
+from mer_jax.data.phases import Phase
+from mer_jax.data.preprocess import Method
+
+
+def config_name(method: "Method | str", phase: "Phase | str") -> str:
+  """'m2_mfs' for (Method.M2, Phase.MFS); strings are parsed (and checked) first."""
+  return f"{Method.parse(method).value}_{Phase.parse(phase).value}"
+
+
+CONFIG_NAMES = tuple(config_name(m, p) for m in Method for p in Phase)
+
+
+def check_config_name(name: str, *, or_all: bool = False) -> str:
+  """`name` if it is a config's; else ValueError listing the valid names."""
+  if name not in CONFIG_NAMES:
+    raise ValueError(f"Unknown CASME II config {name!r}; valid: {', '.join(CONFIG_NAMES)}"
+                     + (", all" if or_all else ""))
+  return name
+
+
+def parse_config_name(name: str) -> tuple[Method, Phase]:
+  """(method, phase) of a config name."""
+  method, _, phase = check_config_name(name).partition("_")
+  return Method(method), Phase(phase)
+
+
+def parse_configs(spec: str) -> list[str]:
+  """'all' (or '') or a comma list of config names -> the names, checked."""
+  if spec in ("all", ""):
+    return list(CONFIG_NAMES)
+  return [check_config_name(s.strip(), or_all=True) for s in spec.split(",")]
+
+
+def description(name: str) -> str:
+  """What a config holds, e.g. 'dlib face box +20 px, ...; apex frame'."""
+  method, phase = parse_config_name(name)
+  return f"{method.description}; {phase.description}"

@@ -1,0 +1,202 @@
+"""A split's frame probabilities -> video votes -> metrics, CIs and the run's report.
+
+`summarise` turns one split's predictions into video- and frame-level metrics;
+`write_report` writes a workdir's metrics.json, predictions_<split>.csv,
+report.md and confusion_test.png; `finish_run` does that for a trained run
+and prints its summary. Used by train, evaluate and tune.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mer_jax import metrics
+from mer_jax.data.casme2 import EMOTIONS
+
+NUM_CLASSES = len(EMOTIONS)
+
+
+def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[str], *,
+              n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+  """Video- and frame-level metrics of one split.
+
+  A video's label is its frames' label; its prediction is the frames' majority
+  vote (ties by summed probability). The CI resamples videos.
+  """
+  frame_probs = np.asarray(frame_probs, np.float64)
+  labels = np.asarray(labels, np.int64)
+  video_ids = np.asarray(video_ids)
+  vids, vpred = metrics.video_vote(frame_probs, video_ids)
+  first = {v: i for i, v in reversed(list(enumerate(video_ids)))}
+  vtrue = np.array([labels[first[v]] for v in vids], np.int64)
+  video = metrics.classification_report(vtrue, vpred, NUM_CLASSES)
+  video["macro_f1_ci"] = list(metrics.bootstrap_ci(
+      vtrue, vpred, NUM_CLASSES, n_resamples=n_resamples, level=level, seed=seed))
+  frame = metrics.classification_report(labels, frame_probs.argmax(-1), NUM_CLASSES)
+  return {
+      "video": _jsonable(video),
+      "frame": _jsonable(frame),
+      "num_videos": int(len(vids)),
+      "num_frames": int(len(labels)),
+      "predictions": [{"video_id": str(v), "label": EMOTIONS[t], "pred": EMOTIONS[p]}
+                      for v, t, p in zip(vids, vtrue, vpred)],
+  }
+
+
+def _jsonable(x):
+  if isinstance(x, Mapping):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple, np.ndarray)):
+    return [_jsonable(v) for v in np.asarray(x, dtype=object).tolist()] if isinstance(
+        x, np.ndarray) else [_jsonable(v) for v in x]
+  if isinstance(x, (np.floating, float)):
+    return None if math.isnan(float(x)) else float(x)
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  return x
+
+
+def metrics_json(results: Mapping[str, dict], *, best_epoch: int | None,
+                 config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
+  """The workdir's metrics.json: per split the video-level headline figures."""
+  out = {"best_epoch": best_epoch, "config": config}
+  for split, r in results.items():
+    v = r["video"]
+    out[split] = {
+        "macro_f1": v["macro_f1"], "macro_f1_ci": v["macro_f1_ci"], "uar": v["uar"],
+        "uf1": v.get("uf1", v["macro_f1"]), "accuracy": v["accuracy"],
+        "per_class_f1": v["per_class_f1"], "confusion": v["confusion"],
+        "num_videos": r["num_videos"], "num_frames": r["num_frames"],
+        "frame": {k: r["frame"][k] for k in ("macro_f1", "uar", "accuracy")},
+    }
+  out.update(extra or {})
+  return out
+
+
+def _fmt(x, digits=4):
+  return "—" if x is None else f"{x:.{digits}f}"
+
+
+def report_markdown(results: Mapping[str, dict], *, title: str, best_epoch: int | None,
+                    config: Mapping[str, Any], history: Sequence[Mapping] = ()) -> str:
+  """The paper-style tables of one run."""
+  lines = [f"# {title}", ""]
+  m = config.get("model", {}) if isinstance(config, Mapping) else {}
+  d = config.get("data", {}) if isinstance(config, Mapping) else {}
+  lines += [f"Model `{m.get('name')}`, method {str(d.get('method', '')).upper()}, phase "
+            f"{str(d.get('phase', '')).upper()}, protocol {d.get('protocol', 'paper')}; "
+            f"best epoch {best_epoch}.", ""]
+  lines += ["## Video-level results (the paper's unit)", "",
+            "| split | videos | macro-F1 | 95% CI | UAR | accuracy |",
+            "|---|---:|---:|---|---:|---:|"]
+  for split, r in results.items():
+    v = r["video"]
+    lo, hi = v["macro_f1_ci"]
+    lines.append(f"| {split} | {r['num_videos']} | {_fmt(v['macro_f1'])} | "
+                 f"[{_fmt(lo)}, {_fmt(hi)}] | {_fmt(v['uar'])} | {_fmt(v['accuracy'])} |")
+  lines += ["", "## Frame-level results", "",
+            "| split | frames | macro-F1 | UAR | accuracy |", "|---|---:|---:|---:|---:|"]
+  for split, r in results.items():
+    f = r["frame"]
+    lines.append(f"| {split} | {r['num_frames']} | {_fmt(f['macro_f1'])} | {_fmt(f['uar'])} | "
+                 f"{_fmt(f['accuracy'])} |")
+  lines += ["", "## Per-class F1 (video level; — = class absent from the split)", "",
+            "| split | " + " | ".join(EMOTIONS) + " |", "|---|" + "---:|" * NUM_CLASSES]
+  for split, r in results.items():
+    lines.append(f"| {split} | " + " | ".join(_fmt(x, 3) for x in r["video"]["per_class_f1"])
+                 + " |")
+  if "test" in results:
+    conf = results["test"]["video"]["confusion"]
+    lines += ["", "## Test confusion matrix (rows: truth, columns: prediction)", "",
+              "| | " + " | ".join(e[:4] for e in EMOTIONS) + " |",
+              "|---|" + "---:|" * NUM_CLASSES]
+    for name, row in zip(EMOTIONS, conf):
+      lines.append(f"| {name} | " + " | ".join(str(int(c)) for c in row) + " |")
+  if history:
+    lines += ["", "## Training history", "",
+              "| epoch | train loss | val macro-F1 | val UAR | seconds |",
+              "|---:|---:|---:|---:|---:|"]
+    for h in history:
+      lines.append(f"| {h['epoch']} | {_fmt(h.get('train_loss'))} | "
+                   f"{_fmt(h.get('val_macro_f1'))} | {_fmt(h.get('val_uar'))} | "
+                   f"{h.get('seconds', 0):.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_confusion(confusion, path: str | pathlib.Path, title: str = "Confusion (test videos)"):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  conf = np.asarray(confusion, np.int64)
+  fig, ax = plt.subplots(figsize=(5.5, 4.8), dpi=120)
+  ax.imshow(conf, cmap="Blues")
+  ax.set_xticks(range(NUM_CLASSES), EMOTIONS, rotation=45, ha="right")
+  ax.set_yticks(range(NUM_CLASSES), EMOTIONS)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  vmax = conf.max() if conf.size else 0
+  for i in range(NUM_CLASSES):
+    for j in range(NUM_CLASSES):
+      if conf[i, j]:
+        ax.text(j, i, int(conf[i, j]), ha="center", va="center",
+                color="white" if conf[i, j] > vmax / 2 else "black")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
+                 best_epoch: int | None, config: Mapping[str, Any],
+                 history: Sequence[Mapping] = (), title: str | None = None,
+                 extra: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """metrics.json, predictions_<split>.csv, report.md and confusion_test.png; returns report.md."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with open(workdir / "metrics.json", "w") as f:
+    json.dump(metrics_json(results, best_epoch=best_epoch, config=config, extra=extra), f,
+              indent=2)
+  for split, r in results.items():
+    with open(workdir / f"predictions_{split}.csv", "w", newline="") as f:
+      w = csv.DictWriter(f, fieldnames=["video_id", "label", "pred"])
+      w.writeheader()
+      w.writerows(r["predictions"])
+  if "test" in results:
+    plot_confusion(results["test"]["video"]["confusion"], workdir / "confusion_test.png")
+  report = workdir / "report.md"
+  report.write_text(report_markdown(results, title=title or workdir.name,
+                                    best_epoch=best_epoch, config=config, history=history))
+  return report
+
+
+def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict, say=print) -> dict:
+  """Writes a trained run's report (main process) and prints its summary;
+  returns the metrics.json dict."""
+  from mer_jax import runtime
+  stop = meta["early_stopping"]
+  best_epoch = stop["best_epoch"] + 1 if stop["best_epoch"] >= 0 else None
+  extra = {"epochs_run": meta["epoch"], "history": meta["history"]}
+  if runtime.is_main_process():
+    write_report(workdir, results, best_epoch=best_epoch, config=c.to_dict(),
+                 history=meta["history"], extra=extra,
+                 title=f"{c.model.name} {c.data.method.upper()} "
+                       f"{c.data.phase.upper()} ({workdir.name})")
+    t = results["test"]["video"]
+    lo, hi = t["macro_f1_ci"]
+    say("\n".join([
+        "",
+        f"== {c.model.name} {c.data.method.upper()} {c.data.phase.upper()} ==",
+        f"best epoch {best_epoch} of {meta['epoch']} "
+        f"(validation macro-F1 {stop['best']:.4f})",
+        f"test (video level, {results['test']['num_videos']} videos): macro-F1 "
+        f"{t['macro_f1']:.4f} [{lo:.4f}, {hi:.4f}], UAR {t['uar']:.4f}, "
+        f"accuracy {t['accuracy']:.4f}",
+        f"report: {workdir / 'report.md'}",
+    ]))
+  path = workdir / "metrics.json"
+  return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,37 @@
+"""Helpers of the end-to-end tests: the reference run's command and environment."""
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+def subprocess_env(devices: int = 1) -> dict:
+  """The environment of a command a test starts: CPU, N devices, this checkout."""
+  e = dict(os.environ, JAX_PLATFORMS="cpu",
+           PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return e
+
+
+def train_overrides(data, **extra) -> list[str]:
+  """`--config.X=Y` flags of the reference run (poolformer_s12, M2 KFS, 32 px,
+  3 epochs, checkpoints every 2 steps) over configs/quickstart.py."""
+  manual, tfds_dir = data
+  opts = {"data.manual_dir": manual, "data.data_dir": tfds_dir, "data.phase": "kfs",
+          "data.synthetic": False, "model.img_size": 32, "batch_size": 8,
+          "eval_batch_size": 16, "num_epochs": 3, "patience": 10, "log_every_steps": 2,
+          "checkpoint_every_steps": 2, "bootstrap_resamples": 100, "optim.warmup_epochs": 0,
+          "aug.enabled": True, "seed": 1}
+  opts.update(extra)
+  return [f"--config.{k}={v}" for k, v in opts.items()]
+
+
+def train_cmd(workdir, data, **extra) -> list[str]:
+  return [sys.executable, "-m", "mer_jax.train", "--config", str(ROOT / "configs/quickstart.py"),
+          "--workdir", str(workdir)] + train_overrides(data, **extra)
+
+
+def run_cmd(cmd, devices: int = 1, timeout: int = 600):
+  return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(devices),
+                        timeout=timeout, cwd=ROOT)
