@@ -30,7 +30,7 @@ import optax
 import timm
 import torch
 
-from mer_jax.models import convert, create_model
+from mer_jax.models import create_model, from_timm
 
 TIMM = {("vit_b32", 224): "vit_base_patch32_224", ("vit_b32", 384): "vit_base_patch32_384",
         ("swin_b", 224): "swin_base_patch4_window7_224",
@@ -75,7 +75,7 @@ def bench(name, size, chans, batch, repeats):
   tm = timm.create_model(TIMM[(name, size)], num_classes=7, img_size=size) \
       if name.startswith(("vit", "swin")) else timm.create_model(TIMM[(name, size)], num_classes=7)
   sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
-  variables = convert.from_timm(name, sd, img_size=size, in_chans=chans)
+  variables = from_timm(name, sd, img_size=size, in_chans=chans)
   del sd
   model = create_model(name, img_size=size, in_chans=chans)
   x = np.random.RandomState(0).uniform(-2, 2, (batch, size, size, chans)).astype(np.float32)

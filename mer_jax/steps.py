@@ -68,9 +68,9 @@ def dummy_images(config, in_chans: int):
 def init_params(config, model, in_chans: int, log=print):
   """ImageNet weights through the converter (cached), or random init."""
   if config.init.weights:
-    from mer_jax.models import convert
+    from mer_jax.models import weights
     log(f"Initialising from {config.init.weights}")
-    variables = convert.load_pretrained(
+    variables = weights.load_pretrained(
         config.model.name, config.init.weights, img_size=config.model.img_size,
         in_chans=in_chans, num_classes=len(EMOTIONS), seed=config.seed,
         cache_dir=config.init.cache_dir or None)

@@ -1,16 +1,18 @@
-"""Shared layers against torch: the exact GELU every family's MLP uses."""
+"""Shared layers against torch and timm: the exact GELU every family's MLP
+uses, stochastic depth (rates and per-sample dropping), the head dropout,
+the remat policies (what remat keeps of each family: test_models)."""
 from __future__ import annotations
 
-import functools
-
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
+from timm.layers import calculate_drop_path_rates
 
-from mer_jax.models.layers import gelu
+from mer_jax.models import create_model
+from mer_jax.models.layers import DropPath, classifier, drop_path_rates, gelu
 
 
 def _grid():
@@ -27,9 +29,6 @@ def test_gelu_matches_torch_exact_gelu():
   # float32 rounding of torch's own formula: absolute error at the float32 level.
   assert np.abs(got - ref64).max() < 3e-6
   assert np.abs(got - ref32).max() < 3e-6
-  # And the erfc-based jax.nn.gelu, the same function.
-  other = np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=False), np.float64)
-  assert np.abs(got - other).max() < 3e-6
 
 
 def test_gelu_gradient_matches_torch():
@@ -48,71 +47,46 @@ def test_gelu_keeps_bfloat16():
                              np.asarray(gelu(x.astype(jnp.float32))), atol=0.05, rtol=0.02)
 
 
-# --- remat: same parameters, same numbers, less kept for the backward pass ---
-
-def _remat_cases():
-  from mer_jax.models import poolformer, swin, vit
-  return {
-      "vit": (lambda r: vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
-                                              num_heads=2, num_classes=7, init_values=0.5,
-                                              drop_path_rate=0.3, remat=r), 32),
-      # Two stages: shifted windows in the first, a patch merging before the second.
-      "swin": (lambda r: swin.SwinTransformer(img_size=32, embed_dim=16, depths=(2, 2),
-                                              num_heads=(1, 2), window_size=4, num_classes=7,
-                                              drop_path_rate=0.3, remat=r), 32),
-      "poolformer": (lambda r: poolformer.PoolFormer(depths=(1, 1, 1, 1), dims=(8, 16, 16, 24),
-                                                     layer_scale_init=0.5, num_classes=7,
-                                                     drop_path_rate=0.3, remat=r), 32),
-  }
+@pytest.mark.parametrize("depth", [12, 24, 36, 48])
+def test_drop_path_rates_are_timms(depth):
+  want = calculate_drop_path_rates(0.1, depth)
+  got = drop_path_rates(0.1, depth)
+  if depth == 12:  # ViT-B's blocks: bit-exact
+    assert got == want
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+  assert drop_path_rates(0.3, 1) == [0.0]
 
 
-def _residual_bytes(loss, params):
-  # What the backward pass keeps from the forward one (device-independent: the jaxpr).
-  from jax._src.ad_checkpoint import saved_residuals
-  return sum(np.prod(a.shape) * a.dtype.itemsize for a, why in saved_residuals(loss, params)
-             if "from the argument" not in why)
+def test_drop_path_drops_whole_samples():
+  """Each sample's branch is kept, scaled by 1/(1-rate), or dropped as a
+  whole; off outside training."""
+  x = jnp.ones((256, 5, 3))
+  layer = DropPath(0.25)
+  out = np.asarray(layer.apply({}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)}))
+  per_sample = np.unique(out.reshape(256, -1), axis=1)
+  assert per_sample.shape == (256, 1)  # one value per sample
+  dropped = per_sample == 0
+  np.testing.assert_allclose(per_sample[~dropped], 1 / 0.75, rtol=1e-6)
+  assert 0.15 < dropped.mean() < 0.35
+  np.testing.assert_array_equal(layer.apply({}, x, train=False), x)
 
 
-@functools.lru_cache(maxsize=None)
-def _remat_reference(family):
-  make, size = _remat_cases()[family]
-  x = jnp.asarray(np.random.RandomState(1).randn(2, size, size, 3).astype(np.float32))
-  params = jax.jit(make("").init)(jax.random.PRNGKey(0), x)["params"]
-  loss = _train_loss(make(""), x)
-  return x, params, jax.jit(jax.value_and_grad(loss))(params), _residual_bytes(loss, params)
-
-
-def _train_loss(model, x):
-  y = jnp.arange(x.shape[0]) % 7
-  def loss(p):
-    # train=True with drop path: the recomputed blocks must draw the same masks.
-    logits = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss
-
-
-# Both policies on one family (the policy lives in layers.remat_block); one per
-# other family checks that the family passes `remat` to its blocks.
-@pytest.mark.parametrize("family, remat", [("vit", "block"), ("vit", "dots"),
-                                           ("swin", "block"), ("poolformer", "dots")])
-def test_remat_keeps_params_and_gradients_and_saves_less(family, remat):
-  x, params, (ref_loss, ref_grads), ref_bytes = _remat_reference(family)
-  model = _remat_cases()[family][0](remat)
-  # Same tree, names and shapes: checkpoints and converted weights work either way.
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x)["params"])
-  assert jax.tree.structure(shapes) == jax.tree.structure(params)
-  assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(lambda a: a.shape, params)
-  loss = _train_loss(model, x)
-  assert _residual_bytes(loss, params) < 0.8 * ref_bytes
-  got_loss, got_grads = jax.jit(jax.value_and_grad(loss))(params)
-  np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
-  for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(got_grads),
-                          jax.tree.leaves(ref_grads)):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+def test_head_dropout_acts_on_the_pooled_features_only():
+  """timm's drop_rate: dropout on the pooled features before the head (each
+  feature 0 or 1/(1-rate) times itself), nothing in eval mode."""
+  class Head(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      return classifier(x, 0, 0.5, train, jnp.float32)
+  x = jnp.asarray(np.random.RandomState(0).rand(64, 16).astype(np.float32) + 0.5)
+  out = np.asarray(Head().apply({}, x, True, rngs={"dropout": jax.random.PRNGKey(0)}))
+  kept = out != 0
+  assert 0.35 < kept.mean() < 0.65
+  np.testing.assert_allclose(out[kept], 2 * np.asarray(x)[kept], rtol=1e-6)
+  np.testing.assert_array_equal(Head().apply({}, x, False), x)
 
 
 def test_remat_rejects_unknown_policy():
-  from mer_jax.models import create_model
   with pytest.raises(ValueError, match="remat must be one of"):
-    create_model("poolformer_s12", remat="full").init(jax.random.PRNGKey(0),
-                                                      jnp.zeros((1, 32, 32, 3)))
+    model = create_model("poolformer_s12", remat="full")
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))

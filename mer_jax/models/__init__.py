@@ -1,15 +1,21 @@
 """Flax ports of the paper's token mixers: ViT-B/32, Swin-B, PoolFormer.
 
-`create_model(name, ...)` is the one entry point; `mer_jax.models.convert`
-turns timm checkpoints into the parameters these modules expect.
+The one model registry: each name maps to its family module (one family per
+file, as timm), and every family module offers the same functions:
+`create(name, ...)` builds the Flax module, `convert_timm(name, state_dict,
+...)` turns a timm checkpoint into its parameters (the family's timm key
+rules sit beside the model, as timm's `checkpoint_filter_fn` does).
+`create_model` and `from_timm` dispatch through it; `mer_jax.models.weights`
+reads weight files and caches conversions.
 """
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 import jax.numpy as jnp
 
-# name -> module in this package that defines it (one family per file, as timm).
+# name -> module in this package that defines it.
 _FAMILY = {
     "vit_b32": "vit",
     "swin_b": "swin",
@@ -30,6 +36,12 @@ def family(name: str) -> str:
         f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
 
 
+def family_module(name: str) -> ModuleType:
+  """The family module of `name` (imported on first use: a run that trains
+  PoolFormer never builds ViT or Swin code)."""
+  return importlib.import_module(f"{__name__}.{family(name)}")
+
+
 def create_model(name: str, num_classes: int = 7, img_size: int = 224,
                  in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, dtype=jnp.float32, remat: str = ""):
@@ -40,7 +52,20 @@ def create_model(name: str, num_classes: int = 7, img_size: int = 224,
   block's activations in the backward pass, "dots" keeps its weight-matmul
   outputs and recomputes the rest ('' = off; see `layers.remat_block`).
   """
-  module = importlib.import_module(f"mer_jax.models.{family(name)}")
-  return module.create(name, num_classes=num_classes, img_size=img_size,
-                       in_chans=in_chans, drop_rate=drop_rate,
-                       drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)
+  return family_module(name).create(
+      name, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
+      drop_rate=drop_rate, drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)
+
+
+def from_timm(name: str, state_dict, img_size: int = 224, in_chans: int = 3,
+              num_classes: int = 7, seed: int = 0) -> dict:
+  """Flax variables ({'params': ...}) for `create_model(name, ...)` from timm weights.
+
+  state_dict: {timm key: array}. Every tensor is used or the call fails
+  (`ConversionError` naming the keys), except a classifier head of another
+  size, which is re-initialised from `seed`.
+  """
+  params = family_module(name).convert_timm(
+      name, state_dict, img_size=img_size, in_chans=in_chans,
+      num_classes=num_classes, seed=seed)
+  return {"params": params}

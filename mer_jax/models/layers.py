@@ -1,7 +1,13 @@
-"""Layers shared by the model families, with timm's semantics."""
+"""Layers shared by the model families, with timm's semantics.
+
+timm keeps these in `timm.layers`; the family files build their blocks from
+them: exact GELU, stochastic depth (`DropPath`, `drop_path_rates`), `Mlp`,
+`LayerScale`, the conv `PatchEmbed`, torch-style `layer_norm`, the
+classifier head, and the remat wrapper for blocks.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -19,12 +25,10 @@ _SQRT_HALF = np.float32(1.0 / np.sqrt(2.0))
 def gelu(x):
   """Exact (erf) GELU in torch's form, 0.5 * x * (1 + erf(x / sqrt(2))).
 
-  Same function as `jax.nn.gelu(x, approximate=False)`, which XLA lowers via
-  erfc: a two-branch polynomial plus an exp evaluated for every element, and
-  for the backward pass again. lax.erf is a single clamped rational
-  polynomial: a training step of the three families is 6-33 % faster
-  on CPU (BENCHMARKS.md) and the values stay within float32 rounding of
-  torch's (this is torch's own formula).
+  The same function as `jax.nn.gelu(x, approximate=False)`, whose erfc
+  lowering evaluates a two-branch polynomial and an exp per element in both
+  passes; lax.erf is one rational polynomial, so training steps are faster on
+  CPU (BENCHMARKS.md), and the values stay within float32 rounding of torch's.
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF.astype(x.dtype)))
 
@@ -41,10 +45,8 @@ def remat_block(block_cls, remat: str):
   GELU and attention. Parameter names and values are unchanged. The block is
   called as `block(x, train)` (train positional: it is static for remat).
 
-  What the backward pass keeps (Swin-B, 384, batch 8, jaxpr residuals): 11.3 GB
-  off, 3.1 GB "dots", 0.7 GB "block". This is for accelerators: XLA's CPU
-  compiler undoes it (peak RSS of a Swin-B 384 training step 14.2 GB either
-  way, measured), so on CPU leave it off.
+  Meant for accelerators: XLA's CPU compiler undoes it, so on CPU leave it
+  off (BENCHMARKS.md has the memory it saves).
   """
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {REMAT_POLICIES} ('' = off), got {remat!r}")
@@ -52,6 +54,23 @@ def remat_block(block_cls, remat: str):
     return block_cls
   policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if remat == "dots" else None
   return nn.remat(block_cls, static_argnums=(2,), policy=policy)
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+  """timm's stochastic-depth rule: 0 at the first block, `drop_path_rate` at
+  the last, linear in between (`calculate_drop_path_rates`).
+
+  Computed as torch.linspace does in float32 (each half stepped from its own
+  end), so that the rates equal timm's bit for bit for ViT-B's 12 blocks; for
+  depths above 16 torch's vectorised loop can differ in the last bit.
+  """
+  if depth == 1:
+    return [0.0]
+  f32 = np.float32
+  end = f32(drop_path_rate)
+  step = end / f32(depth - 1)
+  return [float(step * f32(i) if i < depth // 2 else end - step * f32(depth - 1 - i))
+          for i in range(depth)]
 
 
 class DropPath(nn.Module):
@@ -89,6 +108,50 @@ class Mlp(nn.Module):
     x = nn.Dropout(self.drop, deterministic=not train)(x)
     x = nn.Dense(out, dtype=self.dtype, kernel_init=trunc_normal, name="fc2")(x)
     return nn.Dropout(self.drop, deterministic=not train)(x)
+
+
+def layer_norm(epsilon: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  """torch's LayerNorm: two-pass variance, as torch computes it (the one-pass
+  E[x^2]-E[x]^2 form loses digits on pretrained ViTs' large activations).
+  Flax keeps the statistics in float32 under a bf16 dtype. timm's ViT uses
+  eps 1e-6, torch's default (Swin) is 1e-5."""
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False, name=name)
+
+
+class LayerScale(nn.Module):
+  """A learned per-channel gain on a residual branch: timm's `LayerScale`
+  (ViT, weight `gamma`) and MetaFormer's `Scale` (PoolFormer, weight `scale`).
+  `weight_name` keeps each family's timm name, so the converters stay renamings."""
+  init_value: float = 1e-5
+  weight_name: str = "gamma"
+
+  @nn.compact
+  def __call__(self, x):
+    gain = self.param(self.weight_name, nn.initializers.constant(self.init_value),
+                      (x.shape[-1],), jnp.float32)
+    return x * gain.astype(x.dtype)
+
+
+class PatchEmbed(nn.Module):
+  """timm's `PatchEmbed`: a patch_size x patch_size conv with stride
+  patch_size (`proj`), then tokens [B, patches, dim] (`flatten`, ViT) or the
+  NHWC map (Swin), then an optional LayerNorm (`norm`, Swin: eps 1e-5)."""
+  patch_size: int
+  embed_dim: int
+  flatten: bool = True
+  norm_eps: Optional[float] = None  # None: no norm (timm's norm_layer=None)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    p = self.patch_size
+    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
+                dtype=self.dtype, name="proj")(x)
+    if self.flatten:
+      x = x.reshape(x.shape[0], -1, x.shape[-1])  # row-major = torch flatten(2)
+    if self.norm_eps is not None:
+      x = layer_norm(self.norm_eps, self.dtype, "norm")(x)
+    return x
 
 
 def check_nhwc(family: str, x, img_size: int, in_chans: int, why: str) -> None:

@@ -7,7 +7,7 @@ Mirrors timm 1.0.31 `poolformer_{s12,s24,m36,m48}`
   4 stages: [3x3 conv stride 2 pad 1 downsampling before stages 1-3]
     blocks: x + ls1 * pool(gn1(x))  with pool(x) = avgpool3x3(x) - x
             x + ls2 * mlp(gn2(x))   with 1x1-conv Mlp (exact GELU)
-    (GroupNorm with one group, eps 1e-5; LayerScale per channel)
+    (GroupNorm with one group, eps 1e-5; LayerScale per channel, timm's `Scale`)
   head: global average pool -> LayerNorm (eps 1e-6) -> dropout -> Linear.
 
 The average pool excludes padding from the count (count_include_pad=False), as
@@ -15,18 +15,24 @@ timm's. The model is fully convolutional: any input size works, so the same
 parameters serve M1 (384) and M2 (224). NHWC throughout; 1x1 convs are Dense
 layers on the channel axis (same matmul, no conv dispatch). Parameters are
 float32; `dtype` sets the compute dtype while norms run in float32.
+
+`convert_timm` reads timm's checkpoints (and the original sail-sg ones, as
+timm's metaformer `checkpoint_filter_fn` does) into these parameters.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.models.layers import DropPath, Dtype, Mlp, classifier, remat_block, trunc_normal
-from mer_jax.models.vit import drop_path_rates
+from mer_jax.models import state_dict as sdict
+from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, classifier, drop_path_rates,
+                                   remat_block, trunc_normal)
+from mer_jax.models.state_dict import ConversionError, StateDict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +50,6 @@ ARCHS = {
     "poolformer_s24": PoolFormerArch((4, 4, 12, 4), (64, 128, 320, 512), 1e-5),
     "poolformer_m36": PoolFormerArch((6, 6, 18, 6), (96, 192, 384, 768), 1e-6),
     "poolformer_m48": PoolFormerArch((8, 8, 24, 8), (96, 192, 384, 768), 1e-6),
-    # Not registered in mer_jax.models: a 4-block model for fast mechanics tests.
-    "poolformer_test": PoolFormerArch((1, 1, 1, 1), (16, 24, 32, 40), 1e-5),
 }
 
 
@@ -73,17 +77,6 @@ def pool_mixer(x, pool_size: int = 3):
   return summed * jnp.asarray(1.0 / counts, x.dtype) - x
 
 
-class LayerScale(nn.Module):
-  """timm's `Scale`: a learned per-channel gain (`scale`)."""
-  init_value: float
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param("scale", nn.initializers.constant(self.init_value),
-                       (x.shape[-1],), jnp.float32)
-    return x * scale.astype(x.dtype)
-
-
 class PoolFormerBlock(nn.Module):
   mlp_ratio: float = 4.0
   pool_size: int = 3
@@ -95,11 +88,11 @@ class PoolFormerBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     dim = x.shape[-1]
     y = pool_mixer(_group_norm(self.dtype, "norm1")(x), self.pool_size)
-    y = LayerScale(self.layer_scale_init, name="layer_scale1")(y)
+    y = LayerScale(self.layer_scale_init, "scale", name="layer_scale1")(y)
     x = x + DropPath(self.drop_path, name="drop_path1")(y, train=train)
     y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(
         _group_norm(self.dtype, "norm2")(x), train=train)
-    y = LayerScale(self.layer_scale_init, name="layer_scale2")(y)
+    y = LayerScale(self.layer_scale_init, "scale", name="layer_scale2")(y)
     return x + DropPath(self.drop_path, name="drop_path2")(y, train=train)
 
 
@@ -143,6 +136,12 @@ class PoolFormer(nn.Module):
     return classifier(x, self.num_classes, self.drop_rate, train, self.dtype)
 
 
+def _arch(name: str) -> PoolFormerArch:
+  if name not in ARCHS:
+    raise ValueError(f"Unknown PoolFormer {name!r}; valid names: {', '.join(ARCHS)}")
+  return ARCHS[name]
+
+
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
            drop_rate: float = 0.0, drop_path_rate: float = 0.0,
            dtype=jnp.float32, remat: str = "") -> PoolFormer:
@@ -151,10 +150,89 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
   `img_size` is accepted for a uniform interface; PoolFormer is size-agnostic.
   """
   del img_size
-  if name not in ARCHS:
-    raise ValueError(f"Unknown PoolFormer {name!r}; valid names: {', '.join(ARCHS)}")
-  a = ARCHS[name]
+  a = _arch(name)
   return PoolFormer(depths=a.depths, dims=a.dims, layer_scale_init=a.layer_scale_init,
                     mlp_ratio=a.mlp_ratio, pool_size=a.pool_size, in_chans=in_chans,
                     num_classes=num_classes, drop_rate=drop_rate,
                     drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)
+
+
+# --- timm checkpoint -> params ------------------------------------------------
+
+
+def original_to_timm(state_dict) -> dict:
+  """The original sail-sg PoolFormer checkpoint names (`network.0.0.mlp.fc1`,
+  `patch_embed`, `layer_scale_1`, `norm`, `head`) -> timm's MetaFormer names,
+  by the renaming of timm 1.0.31's `metaformer.checkpoint_filter_fn`. A timm
+  state dict (has `stem.conv.weight`) is returned as is."""
+  if "stem.conv.weight" in state_dict:
+    return dict(state_dict)
+  out = {}
+  v1 = "network.0.0.mlp.fc1.weight" in state_dict
+  for k, v in state_dict.items():
+    if v1:
+      k = re.sub(r"layer_scale_([0-9]+)", r"layer_scale\1.scale", k)
+      for a, b in (("network.1", "downsample_layers.1"), ("network.3", "downsample_layers.2"),
+                   ("network.5", "downsample_layers.3"), ("network.2", "network.1"),
+                   ("network.4", "network.2"), ("network.6", "network.3"),
+                   ("network", "stages")):
+        k = k.replace(a, b)
+    k = re.sub(r"downsample_layers.([0-9]+)", r"stages.\1.downsample", k)
+    k = k.replace("downsample.proj", "downsample.conv")
+    k = k.replace("patch_embed.proj", "patch_embed.conv")
+    k = re.sub(r"([0-9]+).([0-9]+)", r"\1.blocks.\2", k)
+    k = k.replace("stages.0.downsample", "patch_embed").replace("patch_embed", "stem")
+    k = k.replace("post_norm", "norm").replace("pre_norm", "norm")
+    k = re.sub(r"^head", "head.fc", k)
+    k = re.sub(r"^norm", "head.norm", k)
+    out[k] = np.asarray(v)
+  return out
+
+
+def _conv(sd: StateDict, prefix: str, c_in: int, c_out: int, k: int) -> dict:
+  w = sdict.take_shaped(sd, f"{prefix}.weight", (c_out, c_in, k, k))
+  return {"kernel": sdict.conv_kernel(w), "bias": sdict.take_shaped(sd, f"{prefix}.bias", (c_out,))}
+
+
+def _pointwise(sd: StateDict, prefix: str, c_in: int, c_out: int) -> dict:
+  """A 1x1 conv [O, I, 1, 1] (or a Linear [O, I]) -> Dense on the channel axis."""
+  w = np.asarray(sd.take(f"{prefix}.weight"), np.float32)
+  if w.shape not in ((c_out, c_in, 1, 1), (c_out, c_in)):
+    raise ConversionError(f"checkpoint tensor '{prefix}.weight' has shape {w.shape}, "
+                          f"the model needs ({c_out}, {c_in}, 1, 1)")
+  return {"kernel": sdict.dense_kernel(w.reshape(c_out, c_in)),
+          "bias": sdict.take_shaped(sd, f"{prefix}.bias", (c_out,))}
+
+
+def convert_timm(name: str, state_dict, *, img_size: int = 224, in_chans: int = 3,
+                 num_classes: int = 7, seed: int = 0) -> dict:
+  """timm `poolformer_*` (MetaFormer) state dict -> params of `create(name, ...)`.
+
+  Original sail-sg names are accepted too (see `original_to_timm`). The stem
+  kernel is adapted to `in_chans`; `img_size` plays no role (the model is
+  fully convolutional). Every tensor is used or the call fails, except a
+  classifier head of another size, which is re-initialised from `seed`.
+  """
+  del img_size
+  arch = _arch(name)
+  sd = StateDict(original_to_timm(state_dict))
+  dims = arch.dims
+  params = {"stem": sdict.stem_conv(sd, "stem.conv", dims[0], 7, in_chans,
+                                    f"a {name} checkpoint")}
+  for i, (depth, d) in enumerate(zip(arch.depths, dims)):
+    if i > 0:
+      params[f"stages_{i}_downsample"] = _conv(
+          sd, f"stages.{i}.downsample.conv", dims[i - 1], d, 3)
+    hidden = int(d * arch.mlp_ratio)
+    for j in range(depth):
+      b = f"stages.{i}.blocks.{j}"
+      params[f"stages_{i}_blocks_{j}"] = {
+          "norm1": sdict.norm(sd, f"{b}.norm1", d),
+          "layer_scale1": {"scale": sdict.take_shaped(sd, f"{b}.layer_scale1.scale", (d,))},
+          "norm2": sdict.norm(sd, f"{b}.norm2", d),
+          "mlp": {"fc1": _pointwise(sd, f"{b}.mlp.fc1", d, hidden),
+                  "fc2": _pointwise(sd, f"{b}.mlp.fc2", hidden, d)},
+          "layer_scale2": {"scale": sdict.take_shaped(sd, f"{b}.layer_scale2.scale", (d,))},
+      }
+  params["head_norm"] = sdict.norm(sd, "head.norm", dims[-1])
+  return sdict.finish_with_head(sd, params, "head.fc", dims[-1], num_classes, seed)

@@ -2,7 +2,7 @@
 
 Mirrors timm 1.0.31 `swin_base_patch4_window7_224` / `swin_base_patch4_window12_384`
 (`timm.models.swin_transformer.SwinTransformer`) so that timm's ImageNet
-weights, converted by `mer_jax.models.convert.from_timm`, give the same logits:
+weights, converted by `convert_timm` below, give the same logits:
 
   patch_embed (4x4 conv, stride 4, then LayerNorm; NHWC) -> 4 stages, each
   `layers_i`: [PatchMerging for i > 0: 2x2 neighbours concatenated, LayerNorm,
@@ -18,25 +18,29 @@ of it is zero-padded at the bottom/right before windowing (the padded tokens
 are attended to, as in timm); odd maps are zero-padded before PatchMerging.
 
 Module and parameter names follow timm's (`layers_2/blocks_5/attn/qkv`,
-`layers_1/downsample/reduction`), so the converter is a renaming; timm's
-`head.fc` is `head`, as in the other families. The relative position index and
-the attention masks are numpy constants computed here (timm's buffers are not
-loaded). Parameters are float32; `dtype` sets the compute dtype (e.g.
-bfloat16) while layer norms and the attention softmax stay float32.
+`layers_1/downsample/reduction`), so the converter (`convert_timm`, timm's
+swin `checkpoint_filter_fn`) is a renaming; timm's `head.fc` is `head`, as in
+the other families. The relative position index and the attention masks are
+numpy constants computed here (timm's buffers are not loaded). Parameters are
+float32; `dtype` sets the compute dtype (e.g. bfloat16) while layer norms and
+the attention softmax stay float32.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.models.layers import (DropPath, Dtype, Mlp, check_nhwc, classifier,
-                                   remat_block, trunc_normal)
-from mer_jax.models.vit import drop_path_rates
+from mer_jax.models import state_dict as sdict
+from mer_jax.models.layers import (DropPath, Dtype, Mlp, PatchEmbed, check_nhwc, classifier,
+                                   drop_path_rates, layer_norm, remat_block, trunc_normal)
+from mer_jax.models.resample import resize_rel_pos_bias_table
+from mer_jax.models.state_dict import ConversionError, StateDict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +58,6 @@ ARCHS = {
     # model_args dict(patch_size=4, window_size=7|12, embed_dim=128,
     # depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)).
     "swin_b": SwinArch(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    # A tiny Swin for tests (not in the model registry): same code paths, with
-    # shifted blocks in every stage.
-    "swin_test": SwinArch(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)),
 }
 
 # timm's pretrained Swin-B configurations: window 7 at 224, window 12 at 384.
@@ -134,9 +135,8 @@ def attention_mask(resolution: int, window: int, shift: int) -> np.ndarray:
 
 
 def _layer_norm(dtype, name):
-  """timm's nn.LayerNorm (eps 1e-5), two-pass variance as torch computes it;
-  Flax keeps the statistics in float32 under a bf16 dtype."""
-  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_fast_variance=False, name=name)
+  """timm's Swin uses torch's nn.LayerNorm: eps 1e-5."""
+  return layer_norm(1e-5, dtype, name)
 
 
 class WindowAttention(nn.Module):
@@ -228,20 +228,6 @@ class PatchMerging(nn.Module):
                     kernel_init=trunc_normal, name="reduction")(x)
 
 
-class PatchEmbed(nn.Module):
-  """patch_size x patch_size conv, stride patch_size, then LayerNorm; NHWC out."""
-  patch_size: int
-  embed_dim: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.dtype, name="proj")(x)
-    return _layer_norm(self.dtype, "norm")(x)
-
-
 class SwinStage(nn.Module):
   """timm's SwinTransformerStage: optional PatchMerging, then blocks whose odd
   members shift their windows."""
@@ -302,8 +288,8 @@ class SwinTransformer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     self._check_input(x)
-    x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype,
-                   name="patch_embed")(jnp.asarray(x, self.dtype))
+    x = PatchEmbed(self.patch_size, self.embed_dim, flatten=False, norm_eps=1e-5,
+                   dtype=self.dtype, name="patch_embed")(jnp.asarray(x, self.dtype))
     rates = drop_path_rates(self.drop_path_rate, sum(self.depths))
     start = 0
     for i, (depth, heads, layout) in enumerate(zip(self.depths, self.num_heads,
@@ -319,6 +305,12 @@ class SwinTransformer(nn.Module):
     return classifier(x, self.num_classes, self.drop_rate, train, self.dtype)
 
 
+def _arch(name: str) -> SwinArch:
+  if name not in ARCHS:
+    raise ValueError(f"Unknown Swin {name!r}; valid names: {', '.join(ARCHS)}")
+  return ARCHS[name]
+
+
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
            drop_rate: float = 0.0, drop_path_rate: float = 0.0, dtype=jnp.float32,
            window_size: Optional[int] = None, remat: str = "") -> SwinTransformer:
@@ -326,9 +318,7 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
 
   `window_size` defaults to timm's choice for `img_size` (7 at 224, 12 at 384).
   """
-  if name not in ARCHS:
-    raise ValueError(f"Unknown Swin {name!r}; valid names: {', '.join(ARCHS)}")
-  arch = ARCHS[name]
+  arch = _arch(name)
   if img_size % arch.patch_size or img_size < arch.patch_size:
     raise ValueError(
         f"img_size {img_size} is not a positive multiple of the patch size "
@@ -342,3 +332,80 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
       num_classes=num_classes, embed_dim=arch.embed_dim, depths=arch.depths,
       num_heads=arch.num_heads, window_size=window_size, mlp_ratio=arch.mlp_ratio,
       drop_rate=drop_rate, drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)
+
+
+# --- timm checkpoint -> params ------------------------------------------------
+
+
+def _original_to_timm(sd: StateDict) -> StateDict:
+  """timm's swin `checkpoint_filter_fn` renaming: buffers (relative_position_index,
+  attn_mask) dropped; original Microsoft checkpoints, which downsample at the
+  end of a stage, get `layers.N.downsample` -> `layers.N+1.downsample` and
+  `head.` -> `head.fc.`."""
+  old = "layers.0.downsample.reduction.weight" in sd
+  out = {}
+  for k in list(sd.keys()):
+    if "relative_position_index" in k or "attn_mask" in k:
+      sd.skip(k)
+      continue
+    v = sd.take(k)
+    if old:
+      k = re.sub(r"layers.(\d+).downsample",
+                 lambda m: f"layers.{int(m.group(1)) + 1}.downsample", k)
+      k = k.replace("head.", "head.fc.")
+    out[k] = v
+  return StateDict(out)
+
+
+def convert_timm(name: str, state_dict, *, img_size: int = 224, in_chans: int = 3,
+                 num_classes: int = 7, seed: int = 0, window_size: int | None = None) -> dict:
+  """timm `swin_base_patch4_window7_224` / `_window12_384` state dict -> params
+  of `create(name, ...)` (same `window_size`: default timm's for `img_size`).
+
+  Does what timm's swin `checkpoint_filter_fn` + `load_state_dict` do: the
+  recomputed buffers (relative_position_index, attn_mask) are skipped,
+  original Microsoft names are renamed, bias tables of another window (a 224
+  checkpoint in a 384 model) are resized (BEiT's geometric grid), and the
+  patch kernel is adapted to `in_chans`. Every tensor is used or the call
+  fails, except a classifier head of another size, re-initialised from `seed`.
+  """
+  arch = _arch(name)
+  if window_size is None:
+    window_size = default_window_size(img_size)
+  sd = _original_to_timm(StateDict(state_dict))
+  d0, p = arch.embed_dim, arch.patch_size
+  params = {"patch_embed": {
+      "proj": sdict.stem_conv(sd, "patch_embed.proj", d0, p, in_chans,
+                              f"a patch-{p} Swin with width {d0}"),
+      "norm": sdict.norm(sd, "patch_embed.norm", d0)}}
+  layouts = stage_layouts(img_size, p, len(arch.depths), window_size)
+  for i, (depth, heads, layout) in enumerate(zip(arch.depths, arch.num_heads, layouts)):
+    d = d0 * 2 ** i
+    hidden = int(d * arch.mlp_ratio)
+    stage = {}
+    if i > 0:
+      stage["downsample"] = {
+          "norm": sdict.norm(sd, f"layers.{i}.downsample.norm", 2 * d),
+          "reduction": sdict.dense(sd, f"layers.{i}.downsample.reduction", 2 * d, d,
+                                   bias=False)}
+    for j in range(depth):
+      b = f"layers.{i}.blocks.{j}"
+      key = f"{b}.attn.relative_position_bias_table"
+      table = np.asarray(sd.take(key), np.float32)
+      if table.ndim != 2 or table.shape[1] != heads:
+        raise ConversionError(f"checkpoint tensor {key!r} has shape {table.shape}, the "
+                              f"model needs [{(2 * layout.window - 1) ** 2}, {heads}]")
+      stage[f"blocks_{j}"] = {
+          "norm1": sdict.norm(sd, f"{b}.norm1", d),
+          "attn": {"qkv": sdict.dense(sd, f"{b}.attn.qkv", d, 3 * d),
+                   "proj": sdict.dense(sd, f"{b}.attn.proj", d, d),
+                   "relative_position_bias_table":
+                       resize_rel_pos_bias_table(table, layout.window, key)},
+          "norm2": sdict.norm(sd, f"{b}.norm2", d),
+          "mlp": {"fc1": sdict.dense(sd, f"{b}.mlp.fc1", d, hidden),
+                  "fc2": sdict.dense(sd, f"{b}.mlp.fc2", hidden, d)},
+      }
+    params[f"layers_{i}"] = stage
+  d_last = d0 * 2 ** (len(arch.depths) - 1)
+  params["norm"] = sdict.norm(sd, "norm", d_last)
+  return sdict.finish_with_head(sd, params, "head.fc", d_last, num_classes, seed)

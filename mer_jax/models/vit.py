@@ -2,7 +2,7 @@
 
 Mirrors timm 1.0.31 `vit_base_patch32_224` / `vit_base_patch32_384`
 (`timm.models.vision_transformer.VisionTransformer`) so that timm's ImageNet
-weights, converted by `mer_jax.models.convert.from_timm`, give the same logits:
+weights, converted by `convert_timm` below, give the same logits:
 
   patch_embed (32x32 conv, stride 32) -> [cls] + patches -> + pos_embed
   (pos_embed has a slot for the cls token) -> 12 pre-norm Blocks
@@ -10,21 +10,28 @@ weights, converted by `mer_jax.models.convert.from_timm`, give the same logits:
   -> cls token -> head dropout -> head.
 
 Module and parameter names follow timm's (`blocks_3/attn/qkv`), so the
-converter is a plain renaming. Parameters are float32; `dtype` sets the
-compute dtype (e.g. bfloat16) while layer norms and the attention softmax stay
-float32, because bf16 softmax over 145 tokens loses the small weights.
+converter (`convert_timm`, timm's `checkpoint_filter_fn`; `npz_to_timm` for
+Google's .npz files) is a plain renaming. Parameters are float32; `dtype`
+sets the compute dtype (e.g. bfloat16) while layer norms and the attention
+softmax stay float32, because a bf16 softmax over the tokens loses the small
+weights.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.models.layers import (DropPath, Dtype, Mlp, check_nhwc, classifier,
-                                   remat_block, trunc_normal)
+from mer_jax.models import state_dict as sdict
+from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, PatchEmbed, check_nhwc,
+                                   classifier, drop_path_rates, layer_norm, remat_block,
+                                   trunc_normal)
+from mer_jax.models.resample import resample_abs_pos_embed
+from mer_jax.models.state_dict import ConversionError, StateDict
 
 # timm initialises the class token with normal(std=1e-6): it starts as ~zero
 # so the first updates come from the position embedding's cls slot.
@@ -49,53 +56,9 @@ ARCHS = {
 }
 
 
-def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
-  """timm's stochastic-depth rule: 0 at the first block, `drop_path_rate` at
-  the last, linear in between (`calculate_drop_path_rates`).
-
-  Computed as torch.linspace does in float32 (each half stepped from its own
-  end): bit-exact for ViT-B's 12 blocks (tested); for depths above 16 torch's
-  vectorised loop can differ in the last bit.
-  """
-  if depth == 1:
-    return [0.0]
-  f32 = np.float32
-  end = f32(drop_path_rate)
-  step = end / f32(depth - 1)
-  return [float(step * f32(i) if i < depth // 2 else end - step * f32(depth - 1 - i))
-          for i in range(depth)]
-
-
 def _layer_norm(dtype, name):
-  """timm's LayerNorm(eps=1e-6). Two-pass variance as torch computes it: the
-  one-pass E[x^2]-E[x]^2 form loses digits on pretrained ViTs' large
-  activations. Flax keeps the statistics in float32 under a bf16 dtype."""
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, use_fast_variance=False, name=name)
-
-
-class LayerScale(nn.Module):
-  """timm's LayerScale: a learned per-channel gain on a residual branch."""
-  init_values: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x):
-    gamma = self.param("gamma", nn.initializers.constant(self.init_values),
-                       (x.shape[-1],), jnp.float32)
-    return x * gamma.astype(x.dtype)
-
-
-class PatchEmbed(nn.Module):
-  """Non-overlapping patch_size x patch_size conv -> [B, patches, dim]."""
-  patch_size: int
-  embed_dim: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.dtype, name="proj")(x)
-    return x.reshape(x.shape[0], -1, x.shape[-1])  # row-major = torch flatten(2)
+  """timm's ViT LayerNorm: eps 1e-6."""
+  return layer_norm(1e-6, dtype, name)
 
 
 class Attention(nn.Module):
@@ -134,12 +97,12 @@ class Block(nn.Module):
     y = Attention(self.num_heads, dtype=self.dtype, name="attn")(
         _layer_norm(self.dtype, "norm1")(x))
     if self.init_values is not None:
-      y = LayerScale(self.init_values, name="ls1")(y)
+      y = LayerScale(self.init_values, "gamma", name="ls1")(y)
     x = x + DropPath(self.drop_path, name="drop_path1")(y, train=train)
     y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(
         _layer_norm(self.dtype, "norm2")(x), train=train)
     if self.init_values is not None:
-      y = LayerScale(self.init_values, name="ls2")(y)
+      y = LayerScale(self.init_values, "gamma", name="ls2")(y)
     return x + DropPath(self.drop_path, name="drop_path2")(y, train=train)
 
 
@@ -196,13 +159,17 @@ class VisionTransformer(nn.Module):
     return classifier(x, self.num_classes, self.drop_rate, train, self.dtype)
 
 
+def _arch(name: str) -> ViTArch:
+  if name not in ARCHS:
+    raise ValueError(f"Unknown ViT {name!r}; valid names: {', '.join(ARCHS)}")
+  return ARCHS[name]
+
+
 def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
            drop_rate: float = 0.0, drop_path_rate: float = 0.0,
            dtype=jnp.float32, remat: str = "") -> VisionTransformer:
   """The Flax ViT for a registry name (see `mer_jax.models.create_model`)."""
-  if name not in ARCHS:
-    raise ValueError(f"Unknown ViT {name!r}; valid names: {', '.join(ARCHS)}")
-  arch = ARCHS[name]
+  arch = _arch(name)
   if img_size % arch.patch_size:
     raise ValueError(
         f"img_size {img_size} is not a multiple of the patch size {arch.patch_size} "
@@ -213,3 +180,131 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
       num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio,
       init_values=arch.init_values, drop_rate=drop_rate,
       drop_path_rate=drop_path_rate, dtype=dtype, remat=remat)
+
+
+# --- timm checkpoint -> params ------------------------------------------------
+
+
+def convert_timm(name: str, state_dict, *, img_size: int = 224, in_chans: int = 3,
+                 num_classes: int = 7, seed: int = 0) -> dict:
+  """timm `vit_base_patch32_*` state dict -> params of `create(name, ...)`.
+
+  Does what timm's `checkpoint_filter_fn` + `load_state_dict` do when a timm
+  checkpoint is loaded into a model of another size: the position embedding
+  is resampled to the model's grid (bicubic, antialias=True, cls slot kept),
+  the patch kernel is adapted to `in_chans`, and `pre_logits.*` is dropped.
+  Every tensor is used or the call fails (ConversionError naming it), except
+  a classifier head of another size, which is re-initialised from `seed`.
+  """
+  arch = _arch(name)
+  sd = StateDict(state_dict)
+  d, p = arch.embed_dim, arch.patch_size
+  hidden = int(d * arch.mlp_ratio)
+  params = {"patch_embed": {"proj": sdict.stem_conv(
+      sd, "patch_embed.proj", d, p, in_chans, f"a patch-{p} ViT with width {d}")}}
+  params["cls_token"] = sdict.take_shaped(sd, "cls_token", (1, 1, d))
+  pos = np.asarray(sd.take("pos_embed"), np.float32)
+  if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != d:
+    raise ConversionError(f"checkpoint tensor 'pos_embed' has shape {pos.shape}, "
+                          f"expected [1, N, {d}]")
+  params["pos_embed"] = resample_abs_pos_embed(pos, img_size // p)
+
+  for i in range(arch.depth):
+    b = f"blocks.{i}"
+    block = {
+        "norm1": sdict.norm(sd, f"{b}.norm1", d),
+        "attn": {"qkv": sdict.dense(sd, f"{b}.attn.qkv", d, 3 * d),
+                 "proj": sdict.dense(sd, f"{b}.attn.proj", d, d)},
+        "norm2": sdict.norm(sd, f"{b}.norm2", d),
+        "mlp": {"fc1": sdict.dense(sd, f"{b}.mlp.fc1", d, hidden),
+                "fc2": sdict.dense(sd, f"{b}.mlp.fc2", hidden, d)},
+    }
+    if arch.init_values is not None:  # LayerScale; absent (identity) in ViT-B/32
+      block["ls1"] = {"gamma": sdict.take_shaped(sd, f"{b}.ls1.gamma", (d,))}
+      block["ls2"] = {"gamma": sdict.take_shaped(sd, f"{b}.ls2.gamma", (d,))}
+    params[f"blocks_{i}"] = block
+  params["norm"] = sdict.norm(sd, "norm", d)
+
+  # timm's checkpoint_filter_fn drops the old representation layer (21k
+  # pre-training only); fine-tuning never used it.
+  for key in [k for k in sd.keys() if k.startswith("pre_logits.")]:
+    logging.warning("Dropping %s (pre-logits layer, unused by timm's ViT)", key)
+    sd.skip(key)
+  return sdict.finish_with_head(sd, params, "head", d, num_classes, seed)
+
+
+def is_google_npz(arrays) -> bool:
+  """Whether a .npz holds Google's vit_jax / augreg names (`npz_to_timm` reads it)."""
+  return "embedding/kernel" in arrays or "opt/target/embedding/kernel" in arrays
+
+
+def npz_to_timm(npz, img_size: int | None = None) -> dict[str, np.ndarray]:
+  """Google's ViT `.npz` (vit_jax / augreg names) -> a timm state dict.
+
+  The mapping of timm 1.0.31's `_load_weights`: query/key/value kernels
+  [D, heads, head_dim] fused into `attn.qkv`, `out` [heads, head_dim, D] into
+  `attn.proj`, HWIO -> OIHW patch kernel, LayerNorm_0/2 -> norm1/2,
+  MlpBlock_3 -> mlp; `pre_logits` dropped as timm drops it. Input channels
+  are adapted later, by `convert_timm`. With `img_size`, the position
+  embedding is resampled here with timm's `.npz` rule (bilinear, no
+  antialias), which differs from its rule for timm checkpoints (bicubic,
+  antialias), so that `convert_timm(...)` of the result equals what timm loads.
+  """
+  w = {k: np.asarray(v) for k, v in dict(npz).items()}
+  prefix = "opt/target/" if "opt/target/embedding/kernel" in w else ""
+  if any(k.startswith("params/") for k in w) or "pos_embedding" in w \
+      or "Transformer/encoderblock/LayerNorm_0/scale" in w:
+    raise ConversionError(
+        "This looks like a big_vision ViT checkpoint (params/, pos_embedding or "
+        "scanned encoderblock): its position embedding has no cls slot, so it is not "
+        "a vit_base_patch32 checkpoint. Use a vit_jax/augreg .npz "
+        "(e.g. B_32-i21k-300ep-...-res_224.npz) or timm's model.safetensors.")
+  if not is_google_npz(w):
+    raise ConversionError(
+        "Not a Google ViT .npz: no 'embedding/kernel'. Expected the vit_jax/augreg "
+        "names (embedding/kernel, cls, Transformer/encoderblock_0/...).")
+  if f"{prefix}conv_root/kernel" in w:
+    raise ConversionError("This is a hybrid (ResNet + ViT) checkpoint, not ViT-B/32.")
+
+  def get(key):
+    if prefix + key not in w:
+      raise ConversionError(f".npz checkpoint has no key {prefix + key!r}")
+    return np.asarray(w[prefix + key], np.float32)
+
+  sd = {
+      "patch_embed.proj.weight": get("embedding/kernel").transpose(3, 2, 0, 1),
+      "patch_embed.proj.bias": get("embedding/bias"),
+      "cls_token": get("cls"),
+      "pos_embed": get("Transformer/posembed_input/pos_embedding"),
+      "norm.weight": get("Transformer/encoder_norm/scale"),
+      "norm.bias": get("Transformer/encoder_norm/bias"),
+  }
+  i = 0
+  while f"{prefix}Transformer/encoderblock_{i}/LayerNorm_0/scale" in w:
+    src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+    mha = src + "MultiHeadDotProductAttention_1/"
+    sd[dst + "norm1.weight"] = get(src + "LayerNorm_0/scale")
+    sd[dst + "norm1.bias"] = get(src + "LayerNorm_0/bias")
+    qkv = [get(f"{mha}{n}/kernel") for n in ("query", "key", "value")]
+    sd[dst + "attn.qkv.weight"] = np.concatenate([k.reshape(k.shape[0], -1).T for k in qkv])
+    sd[dst + "attn.qkv.bias"] = np.concatenate(
+        [get(f"{mha}{n}/bias").reshape(-1) for n in ("query", "key", "value")])
+    out = get(mha + "out/kernel")
+    sd[dst + "attn.proj.weight"] = out.transpose(2, 0, 1).reshape(out.shape[-1], -1)
+    sd[dst + "attn.proj.bias"] = get(mha + "out/bias")
+    sd[dst + "norm2.weight"] = get(src + "LayerNorm_2/scale")
+    sd[dst + "norm2.bias"] = get(src + "LayerNorm_2/bias")
+    for r in range(2):
+      sd[dst + f"mlp.fc{r + 1}.weight"] = get(src + f"MlpBlock_3/Dense_{r}/kernel").T
+      sd[dst + f"mlp.fc{r + 1}.bias"] = get(src + f"MlpBlock_3/Dense_{r}/bias")
+    i += 1
+  if f"{prefix}head/kernel" in w:
+    sd["head.weight"] = get("head/kernel").T
+    sd["head.bias"] = get("head/bias")
+  if f"{prefix}pre_logits/kernel" in w:
+    logging.warning("Dropping pre_logits from the .npz, as timm does (unused by its ViT).")
+  if img_size is not None:
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], img_size // patch,
+                                             mode="bilinear", antialias=False)
+  return sd
