@@ -1,18 +1,22 @@
 r"""Inference speed per model and method, on whatever device JAX sees.
 
   python -m mer_jax.bench [--models vit_b32,swin_b,poolformer_m36,poolformer_m48]
-                          [--methods m1,m2] [--batch 32] [--repeats 20] [--dtype float32]
+                          [--methods m1,m2[,m2a,m3]] [--batch 32] [--repeats 20]
+                          [--dtype float32]
                           [--preprocess] [--json out.json]
 
 As the paper's section D: for each model at each method's input (M1 384x384
-RGB, M2 224x224 gray) it reports the latency of one sample (batch 1, median
+RGB, M2 224x224 gray; beyond the paper M2A 224x224 gray, M3 224x224x3 flow)
+it reports the latency of one sample (batch 1, median
 and 90th percentile over --repeats calls, after compilation, the device
 synchronised), the throughput at --batch, the compile time, the parameter
 count and XLA's FLOP count per image. The network is the one training tests
 with (uint8 frames in, resize/normalise on device, softmax out); weights are
 random, which does not change the speed. `--preprocess` adds the host-side
 cost of getting a 640x480 frame to the network's input (M1 centre crop, M2
-dlib detection + crop) on a synthetic CASME II frame. The device name and
+dlib detection + crop, M2A detection + alignment warp, M3 M2A + DIS flow
+from the onset's face; M2A/M3's once-per-video landmarks on the onset are
+left out) on a synthetic CASME II frame. The device name and
 count head the table.
 """
 from __future__ import annotations
@@ -30,7 +34,8 @@ from mer_jax.data.preprocess import Method
 
 PAPER_MODELS = ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")
 # Each method's network input: (side, channels).
-METHODS = {m.value: (m.image_shape[0], m.image_shape[-1]) for m in (Method.M1, Method.M2)}
+METHODS = {m.value: (m.image_shape[0], m.image_shape[-1]) for m in Method}
+PAPER_METHODS = (Method.M1.value, Method.M2.value)
 
 
 def device_line() -> str:
@@ -90,11 +95,25 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
 
 
 def bench_preprocess(repeats: int = 10) -> dict:
-  """ms per 640x480 frame: M1 centre crop + resize; M2 dlib detection + crop."""
-  from mer_jax.data import faces, preprocess, synthetic
+  """ms per 640x480 frame: M1 centre crop + resize; M2 dlib detection + crop; M2A
+  detection + aligned warp; M3 that + DIS flow from the onset's aligned face."""
+  from mer_jax.data import align, faces, flow, preprocess, synthetic
   vids = synthetic.plan(videos=7, subjects=7, seed=0)
   frame = synthetic.render_frame(vids[0], vids[0].apex)
+  onset = synthetic.render_frame(vids[0], vids[0].onset)
   det = faces.FaceDetector()
+  box = max(det(onset), key=faces.box_score)
+  matrix = align.video_transform(preprocess.to_gray(onset)[..., 0], box,
+                                 faces.LandmarkDetector(), 224)
+  onset_face = preprocess.aligned_crop(onset, matrix)[..., 0]
+  dis = flow.make_flow()
+
+  def m2a():
+    det(frame)  # the frame's own detection (the quality figures; M2A crops by the onset's)
+    return preprocess.aligned_crop(frame, matrix)
+
+  def m3():
+    return flow.encode_flow(flow.optical_flow(onset_face, m2a()[..., 0], flow=dis))
 
   def m2():
     found = det(frame)
@@ -103,9 +122,10 @@ def bench_preprocess(repeats: int = 10) -> dict:
             else preprocess.fallback_crop(frame, 224))
 
   m1 = lambda: preprocess.centre_crop(frame, 384)  # noqa: E731
-  m1(), m2()
-  return {"m1": 1e3 * statistics.median(_timed(m1, repeats)),
-          "m2": 1e3 * statistics.median(_timed(m2, repeats))}
+  fns = {"m1": m1, "m2": m2, "m2a": m2a, "m3": m3}
+  for fn in fns.values():
+    fn()
+  return {k: 1e3 * statistics.median(_timed(fn, repeats)) for k, fn in fns.items()}
 
 
 def table(rows: Sequence[dict], preprocess_ms: dict | None = None) -> str:
@@ -128,14 +148,15 @@ def table(rows: Sequence[dict], preprocess_ms: dict | None = None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
   p = cli.parser("mer_jax.bench", __doc__)
   p.add_argument("--models", default=",".join(PAPER_MODELS))
-  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--methods", default=",".join(PAPER_METHODS),
+                 help=f"comma list of {', '.join(METHODS)} (default: the paper's two)")
   p.add_argument("--batch", type=int, default=32, help="batch of the throughput measurement")
   p.add_argument("--repeats", type=int, default=20)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--img_size", type=int, default=None,
                  help="override both methods' input size (smoke tests)")
   p.add_argument("--preprocess", action="store_true",
-                 help="also time the host-side M1/M2 preprocessing of a frame")
+                 help="also time the host-side preprocessing of a frame")
   p.add_argument("--json", help="also write the rows here")
   args = cli.parse(p, argv)
 

@@ -7,6 +7,8 @@ every field can be overridden on the command line, e.g.
 """
 import ml_collections
 
+from mer_jax.data.preprocess import Method
+
 # Paper-name shorthand used in config file names -> create_model() name.
 MODELS = {
     "vit_b32": "vit_b32",
@@ -28,10 +30,10 @@ WEIGHTS = {
     ("poolformer_m48", 224): "timm/poolformer_m48.sail_in1k",
     ("poolformer_m48", 384): "timm/poolformer_m48.sail_in1k",
 }
-# Image size of each preprocessing method (M1 384 RGB, M2 224 gray).
-IMG_SIZE = {"m1": 384, "m2": 224}
-# Paper: batch 16-32 for M1 and 4-16 for M2.
-BATCH_SIZE = {"m1": 16, "m2": 8}
+# Image size of each preprocessing method (M1 384 RGB, M2/M2A 224 gray, M3 224 flow).
+IMG_SIZE = {m.value: m.image_shape[0] for m in Method}
+# Paper: batch 16-32 for M1 and 4-16 for M2; M2A and M3 (224 px, beyond the paper) as M2.
+BATCH_SIZE = {"m1": 16, "m2": 8, "m2a": 8, "m3": 8}
 
 
 def get_config(model: str = "poolformer_m36", method: str = "m1",
@@ -73,6 +75,14 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.aug.flip = True
   c.aug.brightness = 0.2
   c.aug.contrast = 0.2
+  if Method.parse(method).is_flow:
+    # An M3 image is a flow field at a fixed scale: brightness and contrast would
+    # change the motion it encodes, and a flip or rotation would move the pixels
+    # without turning the vectors. Only the random resized crop stays.
+    c.aug.flip = False
+    c.aug.rotate_deg = 0.0
+    c.aug.brightness = 0.0
+    c.aug.contrast = 0.0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = LOSS.get(model, "focal")  # "focal" | "weighted_ce" | "ce"

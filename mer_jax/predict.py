@@ -4,11 +4,14 @@ r"""A trained run's emotion probabilities for a new clip.
       [--onset I --apex J --offset K] [--json out.json]
 
 The clip goes through what training saw: the run's preprocessing method (M1
-centre crop 384 RGB / M2 dlib face crop 224 gray, faces chosen over the MFS
-frames), its phase's frames (AF / KFS / MFS from onset, apex, offset), the
-network on every frame, and the video decision (majority vote of the frames,
-ties broken by summed probability; AF is one frame). It prints the per-frame
-and clip-level probabilities of the seven emotions.
+centre crop 384 RGB / M2 dlib face crop 224 gray / M2A face aligned by the
+onset frame's landmarks / M3 optical flow from the onset frame's aligned face;
+faces chosen over the MFS frames), its phase's frames (AF / KFS / MFS from
+onset, apex, offset; for M3 AF is the flow onset -> apex and KFS/MFS leave
+out the onset frame, whose flow is zero), the network on every frame, and the
+video decision (majority vote of the frames, ties broken by summed
+probability; AF is one frame). It prints the per-frame and clip-level
+probabilities of the seven emotions.
 
 CLIP is a folder of frames (jpg/png/bmp; a frame's number is the last integer
 in its file name, as CASME II's `img46.jpg`, else its rank in name order from
@@ -16,10 +19,10 @@ in its file name, as CASME II's `img46.jpg`, else its rank in name order from
 --apex and --offset are frame numbers. Without them: onset is the first frame,
 offset the last, and apex the frame that differs most from the onset frame
 (mean absolute grey-level difference inside the region the network sees: the
-face box for M2, the centre square for M1, after a light blur against sensor
-noise and a subpixel registration to the onset frame against head drift). The
-output says which were picked that way. (A clip whose onset is its apex has
-no motion to find: pass --apex.)
+face box for M2, M2A and M3, the centre square for M1, after a light blur
+against sensor noise and a subpixel registration to the onset frame against
+head drift). The output says which were picked that way. (A clip whose onset
+is its apex has no motion to find: pass --apex.)
 """
 from __future__ import annotations
 
@@ -93,7 +96,7 @@ def frames_of_video(path: pathlib.Path, out_dir: pathlib.Path) -> dict[int, path
 
 def _region(rgb: np.ndarray, method: preprocess.Method, detector) -> tuple[int, int, int, int]:
   h, w = rgb.shape[:2]
-  if method is preprocess.Method.M2:
+  if method.crops_face:
     found = detector(rgb)
     if found:
       return preprocess.expand_box(max(found, key=faces.box_area), h, w)
@@ -111,15 +114,15 @@ def motion_curve(frames: dict[int, pathlib.Path], onset: int, offset: int,
                  method: "preprocess.Method | str", detector=None) -> dict[int, float]:
   """{frame: mean |grey difference| from the onset frame} over onset..offset.
 
-  Measured inside the region the network sees (M2: the onset frame's largest
-  face box + margin; M1: the centre square) at 112 px after a 1-px Gaussian
+  Measured inside the region the network sees (M2, M2A, M3: the onset frame's
+  largest face box + margin; M1: the centre square) at 112 px after a 1-px Gaussian
   blur, with each frame first registered to the onset frame (subpixel phase
   correlation), so head drift and camera jitter do not count as motion.
   """
   from scipy import ndimage
   from skimage.registration import phase_cross_correlation
   method = preprocess.Method.parse(method)
-  if method is preprocess.Method.M2 and detector is None:
+  if method.crops_face and detector is None:
     detector = faces.FaceDetector()
   first = preprocess.read_frame(frames[onset])
   box = _region(first, method, detector)
@@ -195,7 +198,7 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
   state, meta, which = experiment.restore_state(workdir, config, model, in_chans, mesh,
                                                 checkpoint=checkpoint)
   detector = detector if detector is not None else (
-      faces.FaceDetector() if method is preprocess.Method.M2 else None)
+      faces.FaceDetector() if method.crops_face else None)
 
   with tempfile.TemporaryDirectory(prefix="mer_jax_predict_") as tmp:
     if clip.is_dir():
@@ -207,7 +210,7 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
                          f"({', '.join(VIDEO_SUFFIXES)}).")
     onset, apex, offset, notes = key_frames(frames, method, onset, apex, offset, detector)
     video = clip_video(frames, onset, apex, offset, clip.stem)
-    selected = phases.select_frames(video, phase)
+    selected = preprocess.phase_frames(video, phase, method)  # M3: not the onset
     context = [f.frame_index for f in phases.select_frames(video, "mfs")]
     images, report = preprocess.preprocess_video(video, selected, method,
                                                  context_frames=context, detector=detector)
@@ -217,12 +220,17 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
                           for i in range(0, len(batch), 32)])
   _, video_pred = metrics.video_vote(probs, [video.video_id] * len(probs))
   pred = int(video_pred[0])
-  if method is preprocess.Method.M2 and report.fallback:
-    notes.append("no face was found in the clip: the images are centre crops (the M2 "
-                 "fallback), so the prediction is unreliable")
+  if method.crops_face and report.fallback:
+    notes.append(f"no face was found in the clip: the images are centre crops (the "
+                 f"{method.value.upper()} fallback), so the prediction is unreliable")
+  elif report.landmark_fallback:
+    notes.append("no plausible landmarks on the onset frame's face: the faces are M2's "
+                 "unaligned crops (the landmark fallback)")
   elif report.borrowed:
     notes.append(f"{len(report.borrowed)} frame(s) without a face detection borrowed the "
                  "nearest frame's box")
+  if method.is_flow:
+    notes.append(f"each frame's image is the optical flow from the onset frame {onset} to it")
   return {
       "clip": str(clip), "workdir": str(pathlib.Path(workdir).absolute()),
       "checkpoint": which, "step": int(state["step"]),

@@ -4,6 +4,7 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --models poolformer_s12 --phases af,mfs --workdir runs/small \
       --set model.img_size=64 --set num_epochs=5
   python -m mer_jax.study --grid paper --protocol loso --workdir runs/loso
+  python -m mer_jax.study --grid paper --methods m1,m2,m2a,m3 --workdir runs/study4
   python -m mer_jax.study --workdir runs/study --report_only
 
 A cell is (model, method, phase, seed[, LOSO fold]); its run directory is
@@ -15,13 +16,18 @@ so rerunning the command continues an interrupted study. Under a SLURM array
 another process is training (its workdir lock is held) is left to it: the
 other cells still run, and the command then exits 2 naming it.
 
+Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
+the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess.
+
 WORKDIR/report.md holds Table I (dataset and methodology), Table III (best
-model per phase, M1 vs M2 with 95 % bootstrap CIs), Table IV (temporal
-evolution per model), Table V (per-class F1 of the best models), the M1-vs-M2
-difference per (model, phase) with a paired bootstrap CI and p-value on the
-same test videos, the mean and spread over seeds, and for LOSO the UF1/UAR of
-the predictions pooled over all folds (MEGC convention) with the per-fold
-spread. Figures: fig2_preprocessing.png, fig3_temporal.png, fig4_confusion.png.
+model per phase and method, M1 vs M2 with 95 % bootstrap CIs), Table IV
+(temporal evolution per model), Table V (per-class F1 of the best models),
+the difference of every pair of methods per (model, phase, seed) with a
+paired bootstrap CI and p-value on the same test videos, the mean and spread
+over seeds, and for LOSO the UF1/UAR of the predictions pooled over all folds
+(MEGC convention) with the per-fold spread. Figures: fig2_preprocessing.png
+(best model per phase and method, 95 % CI error bars), fig3_temporal.png,
+fig4_confusion.png.
 """
 from __future__ import annotations
 
@@ -44,7 +50,8 @@ from mer_jax.data.preprocess import Method
 from mer_jax.workdir import WorkdirBusy
 
 GRIDS = {"paper": ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")}
-METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
+METHODS = Method.names()                                   # m1, m2, m2a, m3
+PAPER_METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
 PHASES = tuple(p.value for p in Phase)
 K = len(EMOTIONS)
 
@@ -199,28 +206,47 @@ def summarise_cells(runs: list[dict], n_resamples: int = 1000) -> dict:
   return out
 
 
-def paired_m1_m2(cells: dict, n_resamples: int = 10000) -> list[dict]:
-  """M1 - M2 test macro-F1 per (model, phase, seed) on the same test videos."""
+def _on_same_videos(sa: dict, sb: dict):
+  """(labels, predictions a, predictions b) of two runs on the same test videos, or None."""
+  if "video_ids" in sa:  # align by video id (same split, so the same set)
+    order_a, order_b = np.argsort(sa["video_ids"]), np.argsort(sb["video_ids"])
+    if not np.array_equal(sa["video_ids"][order_a], sb["video_ids"][order_b]):
+      return None
+    return sa["y"][order_a], sa["pred"][order_a], sb["pred"][order_b]
+  if len(sa["y"]) != len(sb["y"]) or not np.array_equal(sa["y"], sb["y"]):
+    return None
+  return sa["y"], sa["pred"], sb["pred"]
+
+
+def paired_methods(cells: dict, n_resamples: int = 10000) -> list[dict]:
+  """Method a - method b test macro-F1 for every pair of methods present (a before b in
+  METHODS), per (model, phase, seed), on the same test videos (paired bootstrap)."""
   rows = []
   models = sorted({k[0] for k in cells})
+  methods = [m for m in METHODS if any(k[1] == m for k in cells)]
   for model, phase in itertools.product(models, PHASES):
-    a, b = cells.get((model, "m1", phase)), cells.get((model, "m2", phase))
-    if not a or not b:
-      continue
-    for seed in sorted(set(a["seeds"]) & set(b["seeds"])):
-      sa, sb = a["seeds"][seed], b["seeds"][seed]
-      if "video_ids" in sa:  # align by video id (same split, so the same set)
-        order_a, order_b = np.argsort(sa["video_ids"]), np.argsort(sb["video_ids"])
-        if not np.array_equal(sa["video_ids"][order_a], sb["video_ids"][order_b]):
+    for ma, mb in itertools.combinations(methods, 2):
+      a, b = cells.get((model, ma, phase)), cells.get((model, mb, phase))
+      if not a or not b:
+        continue
+      for seed in sorted(set(a["seeds"]) & set(b["seeds"])):
+        sa, sb = a["seeds"][seed], b["seeds"][seed]
+        same = _on_same_videos(sa, sb)
+        if same is None:
           continue
-        y, pa, pb = sa["y"][order_a], sa["pred"][order_a], sb["pred"][order_b]
-      else:
-        y, pa, pb = sa["y"], sa["pred"], sb["pred"]
-      r = metrics.paired_bootstrap(y, pa, pb, K, n_resamples=n_resamples, seed=seed)
-      rows.append({"model": model, "phase": phase, "seed": seed, "m1": sa["macro_f1"],
-                   "m2": sb["macro_f1"], "diff": r["diff"], "ci": r["ci"],
-                   "p_value": r["p_value"]})
+        r = metrics.paired_bootstrap(*same, K, n_resamples=n_resamples, seed=seed)
+        rows.append({"model": model, "phase": phase, "seed": seed, "a": ma, "b": mb,
+                     "f1_a": sa["macro_f1"], "f1_b": sb["macro_f1"], "diff": r["diff"],
+                     "ci": r["ci"], "p_value": r["p_value"]})
   return rows
+
+
+def paired_m1_m2(cells: dict, n_resamples: int = 10000, pairs: list | None = None) -> list[dict]:
+  """The paper's pair of `paired_methods`: M1 - M2 per (model, phase, seed)."""
+  pairs = paired_methods(cells, n_resamples) if pairs is None else pairs
+  return [{"model": r["model"], "phase": r["phase"], "seed": r["seed"], "m1": r["f1_a"],
+           "m2": r["f1_b"], "diff": r["diff"], "ci": r["ci"], "p_value": r["p_value"]}
+          for r in pairs if (r["a"], r["b"]) == ("m1", "m2")]
 
 
 # --- Table I -------------------------------------------------------------------
@@ -242,7 +268,8 @@ def table_one(data_dir: str | None) -> list[str]:
     h, w, c = q["image_shape"]
     samples = " / ".join(str(qs[p]["splits"]["train"]["frames"]) if p in qs else "—"
                          for p in PHASES)
-    lines.append(f"| {method.upper()} | {h}x{w} | {'RGB' if c == 3 else 'grayscale'} | "
+    colour = {"m3": "flow (u, v, magnitude)"}.get(method, "RGB" if c == 3 else "grayscale")
+    lines.append(f"| {method.upper()} | {h}x{w} | {colour} | "
                  f"{q['face_centring_rate']:.3f} | {q['information_density']:,} | {samples} |")
   return lines
 
@@ -275,14 +302,21 @@ def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1
            "95 % bootstrap CI of the first seed.", ""]
   lines += ["## Table I: dataset and methodology", ""] + table_one(data_dir) + [""]
 
-  lines += ["## Table III: best model per phase, M1 vs M2", "",
-            "| phase | M1 best model | M1 macro-F1 | M2 best model | M2 macro-F1 | M1 − M2 |",
-            "|---|---|---|---|---|---:|"]
+  methods = [me for me in METHODS if any(k[1] == me for k in cells)]
+  paper_pair = all(me in methods for me in PAPER_METHODS)
+  lines += ["## Table III: best model per phase, M1 vs M2" + (
+      "" if methods == list(PAPER_METHODS) else " (and every method run)"), "",
+            "| phase | " + " | ".join(f"{me.upper()} best model | {me.upper()} macro-F1"
+                                     for me in methods)
+            + (" | M1 − M2 |" if paper_pair else " |"),
+            "|---|" + "---|---|" * len(methods) + ("---:|" if paper_pair else "")]
   best = {}
   for phase in PHASES:
+    if not any(k[2] == phase for k in cells):
+      continue
     row = [phase.upper()]
     vals = {}
-    for method in METHODS:
+    for method in methods:
       cand = [(cells[(m, method, phase)]["macro_f1"], m) for m in models
               if (m, method, phase) in cells]
       if not cand:
@@ -292,7 +326,8 @@ def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1
       best[(method, phase)] = m
       vals[method] = f1
       row += [m, _f1_cell(cells[(m, method, phase)])]
-    row.append(_fmt(vals["m1"] - vals["m2"]) if len(vals) == 2 else "—")
+    if paper_pair:
+      row.append(_fmt(vals["m1"] - vals["m2"]) if "m1" in vals and "m2" in vals else "—")
     lines.append("| " + " | ".join(row) + " |")
   lines += [""]
 
@@ -319,17 +354,21 @@ def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1
                  " | ".join(_fmt(x, 3) for x in v["per_class_f1"]) + " |")
   lines += [""]
 
-  paired = paired_m1_m2(cells)
-  if paired:
-    lines += ["## M1 vs M2 on the same test videos (paired bootstrap)", "",
-              "The paper reports the paradox without a test; here each difference has a paired "
-              "bootstrap 95 % CI and two-sided p-value (10,000 resamples of test videos).", "",
-              "| model | phase | seed | M1 | M2 | M1 − M2 | 95 % CI | p |",
-              "|---|---|---:|---:|---:|---:|---|---:|"]
-    for r in paired:
-      lines.append(f"| {r['model']} | {r['phase'].upper()} | {r['seed']} | {_fmt(r['m1'])} | "
-                   f"{_fmt(r['m2'])} | {_fmt(r['diff'])} | [{_fmt(r['ci'][0])}, "
-                   f"{_fmt(r['ci'][1])}] | {_fmt(r['p_value'], 3)} |")
+  pairs = paired_methods(cells)
+  paired = paired_m1_m2(cells, pairs=pairs)
+  if pairs:
+    lines += ["## Method pairs on the same test videos (paired bootstrap)", "",
+              "The paper reports the paradox (M1 vs M2) without a test; here every pair of "
+              "methods run has, per model, phase and seed, the difference A − B of test "
+              "macro-F1 with a paired bootstrap 95 % CI and two-sided p-value (10,000 "
+              "resamples of the same test videos).", "",
+              "| model | phase | seed | A | B | A macro-F1 | B macro-F1 | A − B | 95 % CI | p |",
+              "|---|---|---:|---|---|---:|---:|---:|---|---:|"]
+    for r in pairs:
+      lines.append(f"| {r['model']} | {r['phase'].upper()} | {r['seed']} | {r['a'].upper()} | "
+                   f"{r['b'].upper()} | {_fmt(r['f1_a'])} | {_fmt(r['f1_b'])} | "
+                   f"{_fmt(r['diff'])} | [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}] | "
+                   f"{_fmt(r['p_value'], 3)} |")
     lines += [""]
 
   if loso:
@@ -354,7 +393,8 @@ def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1
                                        "n_seeds": v["n_seeds"]}
              for k, v in cells.items()}
   (root / "study.json").write_text(json.dumps(
-      {"cells": summary, "paired_m1_m2": paired}, indent=1, default=float))
+      {"cells": summary, "paired_methods": pairs, "paired_m1_m2": paired}, indent=1,
+      default=float))
   return text
 
 
@@ -364,30 +404,46 @@ def figures(root: pathlib.Path, cells: dict, models: list[str], overall: dict):
   import matplotlib.pyplot as plt
 
   from mer_jax import evaluate
-  # Fig. 2: best macro-F1 per phase, M1 vs M2.
-  fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-  x = np.arange(len(PHASES))
-  for i, method in enumerate(METHODS):
-    ys = [max([cells[(m, method, p)]["macro_f1"] for m in models if (m, method, p) in cells],
-              default=np.nan) for p in PHASES]
-    ax.bar(x + (i - 0.5) * 0.38, ys, 0.38, label=method.upper())
-  ax.set_xticks(x, [p.upper() for p in PHASES])
-  ax.set_ylabel("test macro-F1 (best model)")
+  # Fig. 2: best macro-F1 per phase and method, with its 95 % bootstrap CI;
+  # only the phases and methods run (no empty slots).
+  phases = [p for p in PHASES if any(k[2] == p for k in cells)]
+  methods = [me for me in METHODS if any(k[1] == me for k in cells)]
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.45 * len(phases) * len(methods)), 3.6),
+                         dpi=120)
+  x = np.arange(len(phases))
+  width = 0.8 / len(methods)
+  for i, method in enumerate(methods):
+    xs, ys, err = [], [], [[], []]
+    for j, p in enumerate(phases):
+      cand = [(cells[(m, method, p)]["macro_f1"], m) for m in models if (m, method, p) in cells]
+      if not cand:
+        continue
+      f1, m = max(cand)
+      lo, hi = cells[(m, method, p)]["ci"]
+      xs.append(x[j] + (i - (len(methods) - 1) / 2) * width)
+      ys.append(f1)
+      err[0].append(max(0.0, f1 - lo) if lo == lo else 0.0)  # lo == lo: not NaN
+      err[1].append(max(0.0, hi - f1) if hi == hi else 0.0)
+    ax.bar(xs, ys, width, yerr=err, capsize=3, label=method.upper(),
+           error_kw={"elinewidth": 1})
+  ax.set_xticks(x, [p.upper() for p in phases])
+  ax.set_ylabel("test macro-F1, best model (95 % CI)")
   ax.set_title("Preprocessing comparison")
-  ax.legend()
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(root / "fig2_preprocessing.png")
   plt.close(fig)
-  # Fig. 3: temporal trajectories per architecture.
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, sharey=True)
-  for ax, method in zip(axes, METHODS):
+  # Fig. 3: temporal trajectories per architecture, one panel per method.
+  fig, axes = plt.subplots(1, len(methods), figsize=(1 + 4 * len(methods), 3.6), dpi=120,
+                           sharey=True, squeeze=False)
+  for ax, method in zip(axes[0], methods):
     for m in models:
       ys = [cells[(m, method, p)]["macro_f1"] if (m, method, p) in cells else np.nan
-            for p in PHASES]
-      ax.plot([p.upper() for p in PHASES], ys, marker="o", label=m)
+            for p in phases]
+      ax.plot([p.upper() for p in phases], ys, marker="o", label=m)
     ax.set_title(method.upper())
     ax.set_ylabel("test macro-F1")
-  axes[0].legend(fontsize=7)
+  axes[0][0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(root / "fig3_temporal.png")
   plt.close(fig)
@@ -407,7 +463,8 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--grid", default="", help="'paper': the paper's four models")
   p.add_argument("--models", default="", help="comma list (overrides --grid's models)")
-  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--methods", default=",".join(PAPER_METHODS),
+                 help=f"comma list of {', '.join(METHODS)} (default: the paper's two)")
   p.add_argument("--phases", default=",".join(PHASES))
   p.add_argument("--seeds", default="0")
   p.add_argument("--protocol", choices=("paper", "loso"), default="paper")

@@ -87,9 +87,13 @@ def apply_overrides(config, overrides: dict):
 
 def trial_dir(workdir: pathlib.Path, trial) -> pathlib.Path:
   """A retried trial (killed before) reuses its original's directory and checkpoint."""
+  import warnings
+
   import optuna
   frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-  original = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+  with warnings.catch_warnings():  # "experimental": see open_study
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    original = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
   return workdir / f"trial_{(trial.number if original is None else original):03d}"
 
 

@@ -1,13 +1,12 @@
-"""M2A alignment: template geometry by hand, dlib's landmarks on a rotated real face."""
+"""M2A alignment: template geometry by hand, dlib's landmarks (faces.py) on a rotated real face."""
 from __future__ import annotations
 
 import cv2
-import dlib
 import numpy as np
 import pytest
 import skimage.data
 
-from mer_jax.data import align
+from mer_jax.data import align, faces
 
 SIZE = align.SIZE
 LEFT_EYE = np.array([SIZE / 2 - align.EYE_DISTANCE * SIZE / 2, align.EYE_Y * SIZE])
@@ -21,15 +20,19 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def detector():
-  return dlib.get_frontal_face_detector()
+  return faces.FaceDetector(scales=(1.0,))
+
+
+@pytest.fixture(scope="module")
+def landmarker():
+  return faces.LandmarkDetector()
 
 
 def _face_box(detector, gray):
-  rects, scores, _ = detector.run(gray, 0)
-  if not len(rects):
+  found = detector(np.dstack([gray] * 3))
+  if not found:
     return None
-  r = rects[int(np.argmax(scores))]  # the astronaut's suit also scores, lower than her face
-  return r.left(), r.top(), r.right(), r.bottom()
+  return max(found, key=faces.box_score)[:4]  # the astronaut's suit also scores, lower
 
 
 def _rotated(gray, degrees):
@@ -94,40 +97,55 @@ def test_eye_centres_5_and_68_points():
     align.eye_centres(np.zeros((7, 2)))
 
 
-def test_models_ship_in_the_package():
-  for points in (5, 68):
-    path = align.model_path(points)
-    assert path.is_file() and path.stat().st_size > 1_000_000
-  with pytest.raises(ValueError):
-    align.model_path(12)
+def test_warp_shrinks_without_aliasing():
+  """A 1-px checkerboard shrunk 4x is flat grey, not a moire (area averaging first)."""
+  board = (np.indices((400, 400)).sum(0) % 2 * 255).astype(np.uint8)
+  m = np.array([[1 / 4, 0, 0], [0, 1 / 4, 0]])
+  out = align.warp(board, m, 100)
+  assert abs(out[5:-5, 5:-5].mean() - 127.5) < 1 and out[5:-5, 5:-5].std() < 1
+  assert align.scale_of(m) == pytest.approx(1 / 4)
+  np.testing.assert_allclose(align.apply(m, [(40, 80), (4, 8)]), [(10, 20), (1, 2)])
+
+
+def test_implausible_landmarks_are_refused():
+  box = (100, 100, 200, 200)
+  eyes_level = np.array([[170, 140], [160, 140], [120, 140], [130, 140], [150, 180]], float)
+  assert align.landmarks(np.zeros((300, 300), np.uint8), box,
+                         lambda g, b: eyes_level) is not None
+  for bad in (eyes_level[[2, 3, 0, 1, 4]],                     # eyes swapped (mirror)
+              eyes_level + [[0, 60], [0, 60], [0, 0], [0, 0], [0, 0]],  # tilt > 45 deg
+              eyes_level + [150, 0]):                         # eyes outside the box
+    assert align.landmarks(np.zeros((300, 300), np.uint8), box, lambda g, b: bad) is None
+  assert align.landmarks(np.zeros((300, 300), np.uint8), box, lambda g, b: None) is None
 
 
 # --- dlib on a real face -------------------------------------------------------
 
 
 @pytest.mark.parametrize("degrees", [12.0, -12.0])
-def test_aligned_rotated_face_has_level_eyes_at_the_template(astronaut, detector, degrees):
+def test_aligned_rotated_face_has_level_eyes_at_the_template(astronaut, detector, landmarker,
+                                                             degrees):
   gray, _ = _rotated(astronaut, degrees)
   box = _face_box(detector, gray)
   assert box is not None
-  m = align.video_transform(gray, box)
+  m = align.video_transform(gray, box, landmarker)
   assert m is not None
   assert abs(abs(_angle(m)) - 12) < 6  # it did rotate the face back
   out = align.warp(gray, m)
   assert out.shape == (SIZE, SIZE) and out.dtype == np.uint8
   again = _face_box(detector, out)  # landmarks found anew on the aligned face
   assert again is not None
-  left, right = align.eye_centres(align.landmarks(out, again))
+  left, right = align.eye_centres(align.landmarks(out, again, landmarker))
   assert abs(left[1] - right[1]) <= 1.0
   assert np.hypot(*(left - LEFT_EYE)) <= 3.0
   assert np.hypot(*(right - RIGHT_EYE)) <= 3.0
 
 
-def test_alignment_undoes_a_known_rotation(astronaut, detector):
-  upright = align.video_transform(astronaut, _face_box(detector, astronaut))
+def test_alignment_undoes_a_known_rotation(astronaut, detector, landmarker):
+  upright = align.video_transform(astronaut, _face_box(detector, astronaut), landmarker)
   for degrees in (12.0, -12.0):
     gray, rotation = _rotated(astronaut, degrees)
-    m = align.video_transform(gray, _face_box(detector, gray))
+    m = align.video_transform(gray, _face_box(detector, gray), landmarker)
     total = m @ np.vstack([rotation, [0, 0, 1]])
     # The same face, wherever it was turned, comes out the same: angle, scale, place.
     assert abs(_angle(total) - _angle(upright)) < 1.0
@@ -136,23 +154,23 @@ def test_alignment_undoes_a_known_rotation(astronaut, detector):
       assert np.hypot(*(_apply(total, corner) - _apply(upright, corner))) < 2.0
 
 
-def test_no_face_no_transform(astronaut, detector):
+def test_no_face_no_transform(astronaut, detector, landmarker):
   background = np.ascontiguousarray(astronaut[300:500, 300:500])  # suit and flag only
   assert _face_box(detector, background) is None
-  assert align.video_transform(background, None) is None
-  assert align.landmarks(background, None) is None
-  assert align.landmarks(astronaut, (600, 600, 700, 700)) is None  # box outside the image
-  assert align.landmarks(astronaut, (100, 100, 103, 103)) is None  # degenerate box
+  assert align.video_transform(background, None, landmarker) is None
+  assert align.landmarks(background, None, landmarker) is None
+  assert align.landmarks(astronaut, (600, 600, 700, 700), landmarker) is None  # outside
+  assert align.landmarks(astronaut, (100, 100, 103, 103), landmarker) is None  # degenerate
 
 
-def test_per_video_transform_is_the_onsets(astronaut, detector):
+def test_per_video_transform_is_the_onsets(astronaut, detector, landmarker):
   frames = [_rotated(astronaut, d)[0] for d in (0.0, 6.0, 12.0)]
   boxes = [_face_box(detector, f) for f in frames]
-  per_video = align.frame_transforms(frames, boxes, onset=0)
+  per_video = align.frame_transforms(frames, boxes, landmarker, onset=0)
   assert all(m is per_video[0] for m in per_video)
-  np.testing.assert_allclose(per_video[0], align.video_transform(frames[0], boxes[0]))
-  per_frame = align.frame_transforms(frames, boxes, per_frame=True)
+  np.testing.assert_allclose(per_video[0], align.video_transform(frames[0], boxes[0], landmarker))
+  per_frame = align.frame_transforms(frames, boxes, landmarker, per_frame=True)
   angles = [_angle(m) for m in per_frame]
   assert angles[0] - angles[2] == pytest.approx(-12.0, abs=1.5)
-  no_onset_face = align.frame_transforms(frames, [None] + boxes[1:], onset=0)
+  no_onset_face = align.frame_transforms(frames, [None] + boxes[1:], landmarker, onset=0)
   assert no_onset_face == [None] * 3

@@ -51,6 +51,34 @@ def test_half_size_detection_maps_back_to_full_size_boxes():
   assert abs(cx - (150 + 85 * 2)) < 25 and abs(cy - (60 + 100 * 2)) < 35
 
 
+def test_landmark_models_ship_in_the_package():
+  for points in (5, 68):
+    path = faces.landmark_model_path(points)
+    assert path.is_file() and path.stat().st_size > 1_000_000
+  with pytest.raises(ValueError):
+    faces.landmark_model_path(12)
+
+
+def test_landmarks_of_the_astronaut_are_her_eye_corners_and_nose():
+  rgb = skimage.data.astronaut()
+  gray = np.asarray(Image.fromarray(rgb).convert("L"))
+  box = max(faces.FaceDetector(scales=(1.0,))(rgb), key=faces.box_score)
+  points = faces.LandmarkDetector()(gray, box)
+  assert points.shape == (5, 2) and points.dtype == np.float64
+  # Hand-located in the 512x512 image (mer_jax.data.synthetic's landmarks + its patch
+  # offset): eyes about (203, 102) and (247, 103), nose tip (225, 124), upper lip (225, 139).
+  image_left_eye, image_right_eye = points[2:4].mean(0), points[0:2].mean(0)
+  assert np.hypot(*(image_left_eye - (203, 102))) < 6
+  assert np.hypot(*(image_right_eye - (247, 103))) < 6
+  assert abs(points[4][0] - 225) < 6 and 124 < points[4][1] < 139  # the nose's base
+  assert faces.LandmarkDetector(68)(gray, box).shape == (68, 2)
+  lm = faces.LandmarkDetector()
+  assert lm(gray, None) is None and lm(gray, (10, 10, 14, 14)) is None  # no box, too small
+  assert lm(gray, (600, 600, 700, 700)) is None                       # outside the image
+  with pytest.raises(ValueError, match="gray uint8"):
+    lm(rgb, box)
+
+
 # --- the video's face ------------------------------------------------------------------
 
 

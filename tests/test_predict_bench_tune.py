@@ -80,6 +80,24 @@ def test_predict_equals_the_pipeline_on_a_dataset_clip(run, data):
   assert "prediction:" in text and "apex" in text
 
 
+def test_predict_on_an_m3_run_equals_its_flow_dataset(data, tmp_path):
+  """M3 (flow from the onset): predict computes the onset -> apex and onset -> offset flow
+  images the TFDS build holds, and the run's probabilities on them."""
+  from mer_jax import train
+  w = tmp_path / "m3"
+  train.train_and_evaluate(small_config(data, **{"data.method": "m3"}), str(w))
+  manual, _ = data
+  v = next(v for v in casme2.load_casme2(manual).videos
+           if not v.apex_estimated and v.onset < v.apex < v.offset)
+  folder = next(iter(v.frames.values())).parent
+  r = predict.predict_clip(w, folder, onset=v.onset, apex=v.apex, offset=v.offset)
+  frames, probs = _dataset_probs(w, v.video_id)
+  assert [f["frame"] for f in r["frames"]] == list(frames) == [v.apex, v.offset]  # no onset
+  np.testing.assert_allclose([f["probs"] for f in r["frames"]], probs, atol=1e-5)
+  assert r["method"] == "m3" and any("optical flow from the onset frame" in n
+                                     for n in r["notes"])
+
+
 def test_predict_picks_key_frames_and_says_how(data):
   manual, _ = data
   index = casme2.load_casme2(manual)

@@ -1,4 +1,5 @@
-"""M1/M2 preprocessing: geometry by hand, per-video steps, quality figures, errors, workers."""
+"""M1/M2/M2A/M3 preprocessing: geometry by hand, per-video steps, quality figures, errors,
+workers, and the synthetic set's class-specific motion in M3's flow."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from frames_helpers import H, W, StubDetector, face_patch, make_video, marked, three_videos
+from frames_helpers import (H, W, StubDetector, face_patch, make_frame, make_video, marked,
+                            three_videos)
 from mer_jax.data.phases import Phase, select_frames
 from mer_jax.data import preprocess as pp
-from mer_jax.data import casme2, runner, synthetic
+from mer_jax.data import align, casme2, faces, flow, runner, synthetic
 from mer_jax.data.casme2 import Casme2Error
 
 
@@ -25,11 +27,15 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 def test_method_parse_and_information_density():
   assert pp.Method.parse(" M2") is pp.Method.M2
   assert pp.Method.parse(pp.Method.M1) is pp.Method.M1
-  with pytest.raises(ValueError, match="m1, m2"):
-    pp.Method.parse("m3")
-  # The paper's Table I.
+  assert pp.Method.parse("M2A") is pp.Method.M2A
+  with pytest.raises(ValueError, match="m1, m2, m2a, m3"):
+    pp.Method.parse("m4")
+  # The paper's Table I, and beyond it M2A (gray) and M3 (u, v, magnitude).
   assert pp.information_density("m1") == 442_368
   assert pp.information_density(pp.Method.M2) == 50_176
+  assert pp.information_density("m2a") == 50_176
+  assert pp.information_density("m3") == 150_528
+  assert [m for m in pp.Method if m.aligns] == [pp.Method.M2A, pp.Method.M3]
 
 
 def test_read_frame_converts_and_names_bad_files(tmp_path):
@@ -170,7 +176,7 @@ def test_face_centring_rate_on_constructed_videos(tmp_path):
            (make_video(tmp_path, {3: marked(3)}, "C"), [3]),
            (make_video(tmp_path, {4: marked(4), 5: marked(5)}, "D"), [4, 5])]
   rates = {}
-  for method in pp.Method:
+  for method in (pp.Method.M1, pp.Method.M2):
     report = pp.PreprocessReport(method.value)
     for video, frames in items:
       report.add(pp.preprocess_video(video, frames, method, detector=detector)[1])
@@ -230,6 +236,29 @@ def test_two_workers_give_the_same_output_as_one(tmp_path):
   assert runs[2][1].videos == 3
 
 
+def test_shared_workers_reuse_one_pool_and_encode_png_in_the_workers(tmp_path):
+  import io
+  items = three_videos(tmp_path)
+  want = [im for _, _, im in runner.preprocess_videos(items, pp.Method.M2, workers=1,
+                                                      cache_dir=tmp_path / "cache")]
+  main_spec = __import__("__main__").__spec__
+  pools = []
+  with runner.shared_workers():
+    got = []
+    for part in (items[:2], items[1:]):   # two calls of 2 videos, as a build's splits
+      run = runner.preprocess_videos(part, pp.Method.M2, workers=2, encode=True,
+                                     cache_dir=tmp_path / "cache")
+      got += [png for _, _, png in run]
+      pools += list(runner._SHARED_POOLS.values())
+  assert len(pools) == 2 and pools[0] is pools[1]   # started once, used twice
+  assert runner._SHARED_POOLS is None and pools[0]._shutdown_thread
+  assert __import__("__main__").__spec__ is main_spec   # restored after the workers started
+  want = want[:4] + want[2:]
+  assert len(got) == len(want) and all(isinstance(b, bytes) for b in got)
+  for png, image in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)))[..., None], image)
+
+
 def test_synthetic_casme2_end_to_end(tmp_path):
   """Through casme2 + phases as the builder calls it: faceless frames and videos reported."""
   root = synthetic.write_synthetic_casme2(tmp_path / "casme2", videos=2, subjects=1, quirks=False,
@@ -254,3 +283,143 @@ def test_synthetic_casme2_end_to_end(tmp_path):
     np.testing.assert_array_equal(image, mfs_images[key])
   own = mfs_report.frames - len(mfs(faceless_video)) - 1
   assert mfs_report.face_centring_rate == pytest.approx(own / mfs_report.frames)
+
+
+# --- M2A (aligned) and M3 (flow) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dlib_models():
+  return faces.FaceDetector(), faces.LandmarkDetector()
+
+
+def _tilted_face_video(tmp_path, shift: int = 2):
+  """Frames 1-3 of a real face tilted 8 degrees; frames 2 and 3 moved `shift` px right."""
+  patch = np.asarray(Image.fromarray(face_patch(1.3)).rotate(
+      8, resample=Image.BICUBIC, fillcolor=(128, 128, 128)))
+  frames = {n: make_frame([(patch, 180 + (shift if n > 1 else 0), 100)]) for n in (1, 2, 3)}
+  return make_video(tmp_path, frames, "EP05_01")
+
+
+def _onset_matrix(video, detector, landmarker):
+  found = {n: detector(pp.read_frame(video.frames[n])) for n in sorted(video.frames)}
+  box = faces.video_faces(found).boxes[video.onset][0]
+  return align.video_transform(pp.to_gray(pp.read_frame(video.frames[video.onset]))[..., 0],
+                               box, landmarker)
+
+
+def test_m2a_warps_every_frame_by_the_onset_faces_transform(tmp_path, dlib_models):
+  det, lm = dlib_models
+  video = _tilted_face_video(tmp_path)
+  images, report = pp.preprocess_video(video, [2, 3], "m2a", detector=det, landmarker=lm)
+  m = _onset_matrix(video, det, lm)
+  assert abs(abs(np.degrees(np.arctan2(m[1, 0], m[0, 0]))) - 8) < 3  # the tilt is undone
+  for n, image in zip((2, 3), images):
+    assert image.shape == (224, 224, 1) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, pp.aligned_crop(pp.read_frame(video.frames[n]), m))
+  assert report.frames == 2 and report.centred == 2  # the box centre lands near the middle
+  assert not report.landmark_fallback and not report.fallback
+
+
+def test_m3_is_the_flow_from_the_onsets_aligned_face(tmp_path, dlib_models):
+  det, lm = dlib_models
+  video = _tilted_face_video(tmp_path, shift=2)
+  frames = pp.phase_frames(video, Phase.KFS, "m3")
+  assert [f.frame_index for f in frames] == [2, 3]  # the onset's own flow is zero: left out
+  images, report = pp.preprocess_video(video, frames, "m3", detector=det, landmarker=lm)
+  aligned, _ = pp.preprocess_video(video, [1, 2, 3], "m2a", detector=det, landmarker=lm)
+  for image, face in zip(images, aligned[1:]):
+    assert image.shape == (224, 224, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, flow.flow_image(aligned[0][..., 0], face[..., 0]))
+  # The face moved 2 px right in the frame: that displacement through the transform.
+  want = _onset_matrix(video, det, lm)[:, :2] @ [2.0, 0.0]
+  u, v = flow.decode_flow(images[0])
+  assert np.median(u[60:170, 60:170]) == pytest.approx(want[0], abs=0.3)
+  assert np.median(v[60:170, 60:170]) == pytest.approx(want[1], abs=0.3)
+  assert report.frames == 2 and report.centred == 2
+
+
+def test_a_face_without_landmarks_falls_back_to_m2_and_is_counted(tmp_path, dlib_models):
+  det, _ = dlib_models
+  video = _tilted_face_video(tmp_path)
+  no_landmarks = lambda gray, box: None  # noqa: E731
+  m2, _ = pp.preprocess_video(video, [1, 2], "m2", detector=det)
+  m2a, report = pp.preprocess_video(video, [1, 2], "m2a", detector=det, landmarker=no_landmarks)
+  assert report.landmark_fallback and not report.fallback
+  for a, b in zip(m2, m2a):
+    np.testing.assert_array_equal(a, b)
+  total = pp.PreprocessReport("m2a")
+  total.add(report)
+  assert total.as_dict()["landmark_fallback_videos"] == [video.video_id]
+  (m3,), r3 = pp.preprocess_video(video, [2], "m3", detector=det, landmarker=no_landmarks)
+  assert r3.landmark_fallback  # and the flow is between M2's crops
+  np.testing.assert_array_equal(m3, flow.flow_image(m2[0][..., 0], m2[1][..., 0]))
+
+
+def test_m3_needs_its_onset_frame(tmp_path, dlib_models):
+  det, lm = dlib_models
+  video = _tilted_face_video(tmp_path)
+  video.frames[1].write_bytes(b"\xff\xd8 broken")
+  with pytest.raises(Casme2Error, match=r"sub01/EP05_01.*img1\.png"):
+    pp.preprocess_video(video, [2, 3], "m3", detector=det, landmarker=lm)
+  images, report = pp.preprocess_video(video, [2, 3], "m3", detector=det, landmarker=lm,
+                                       skip_unreadable=True)
+  assert images == [None, None] and report.frames == 0
+  assert len(report.skipped) == 3 and "img1.png" in report.skipped[0]
+  # M2A uses the onset only for its transform: without it, M2's crops (a landmark fallback).
+  images, report = pp.preprocess_video(video, [2, 3], "m2a", detector=det, landmarker=lm)
+  assert report.landmark_fallback and report.context_unreadable
+  assert all(i is not None and i.shape == (224, 224, 1) for i in images)
+
+
+def test_flow_phases_leave_out_the_onset():
+  files = {n: f"img{n}.jpg" for n in range(10, 31)}
+  v = casme2.Video("sub01", "EP01_01", 10, 20, 30, "others", files)
+  for phase in Phase:
+    for method in ("m1", "m2", "m2a"):
+      assert pp.phase_frames(v, phase, method) == select_frames(v, phase)
+  assert [f.frame_index for f in pp.phase_frames(v, "af", "m3")] == [20]
+  assert [f.frame_index for f in pp.phase_frames(v, "kfs", "m3")] == [20, 30]
+  mfs = [f.frame_index for f in pp.phase_frames(v, "mfs", "m3")]
+  assert len(mfs) == 12 and mfs[:3] == [11, 12, 13]  # onset+[0..3] gives 3 flow frames
+  still = casme2.Video("sub01", "EP01_02", 10, 10, 10, "others", files)
+  assert [f.frame_index for f in pp.phase_frames(still, "kfs", "m3")] == [10]  # all it has
+
+
+def test_centring_through_a_transform_equals_the_crop_box_rule():
+  s = 224 / 140
+  crop = np.array([[s, 0, -80 * s], [0, s, -80 * s]])  # the crop (80, 80, 220, 220) as a matrix
+  centred, cover = pp.centring([100, 100, 200, 200], crop, 224)
+  assert centred and cover == pytest.approx(10000 / 19600)
+  assert pp.centring([109, 100, 209, 200], np.array([[2.24, 0, -224], [0, 2.24, -224]]), 224)[0]
+  assert not pp.centring([111, 100, 211, 200],
+                         np.array([[2.24, 0, -224], [0, 2.24, -224]]), 224)[0]
+  c, sn = np.cos(np.radians(30)), np.sin(np.radians(30))
+  turn = np.array([[c, -sn, 112 - 112 * c + 112 * sn], [sn, c, 112 - 112 * sn - 112 * c]])
+  turned = turn @ np.vstack([crop, [0, 0, 1]])  # turned about the output centre
+  centred, cover = pp.centring([100, 100, 200, 200], turned, 224)
+  assert centred and 0.45 < cover <= 10000 / 19600 + 1e-6
+  assert pp.centring(None, turned, 224) == (False, 0.0)
+
+
+@pytest.mark.parametrize("emotion,upper,lower", [("surprise", -1, 1), ("happiness", 0, -1),
+                                                 ("sadness", -1, 1)])
+def test_synthetic_class_motion_shows_in_m3_flow(tmp_path, dlib_models, emotion, upper, lower):
+  """Brows up and jaw down (surprise), mouth corners up (happiness), inner brows up and
+  corners down (sadness): the sign of the vertical flow where the face moves, in the
+  upper (brows) and lower (mouth, chin) thirds of the aligned face; 0 = nothing moves."""
+  det, lm = dlib_models
+  v = next(p for p in synthetic.plan(videos=7, subjects=7, seed=0, quirks=False)
+           if p.emotion == emotion)
+  video = make_video(tmp_path, {n: synthetic.render_frame(v, n) for n in (v.onset, v.apex)})
+  (image,), report = pp.preprocess_video(video, pp.phase_frames(video, "af", "m3"), "m3",
+                                         detector=det, landmarker=lm)
+  assert not report.landmark_fallback
+  u, vv = flow.decode_flow(image)
+  moving = np.hypot(u, vv) > 2.0
+  for band, sign in ((slice(0, 75), upper), (slice(140, 224), lower)):
+    strong = vv[band][moving[band]]
+    if sign == 0:
+      assert strong.size < 0.01 * moving[band].size
+    else:
+      assert strong.size > 100 and np.sign(np.mean(strong)) == sign and abs(np.mean(strong)) > 1

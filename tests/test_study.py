@@ -80,6 +80,40 @@ def test_report_numbers_match_the_runs(paper_study):
         - f1_score(y1, p2, labels=np.unique(y1), average="macro", zero_division=0))
 
 
+def test_every_method_pair_on_the_same_test_videos(paper_study, tiny, tmp_path):
+  """M2A and M3 beside the paper's M1 and M2 (their AF cells copied from paper_study): the
+  method-pair table holds all six pairs, each equal to metrics.paired_bootstrap on the
+  saved predictions; Table I gains rows for M2A and M3."""
+  src, _ = paper_study
+  w = tmp_path / "four"
+  for method in ("m1", "m2"):
+    cell = w / f"poolformer_s12_{method}_af" / "seed0"
+    cell.mkdir(parents=True)
+    for f in ("metrics.json", "predictions_test.csv"):
+      (cell / f).write_bytes((src / f"poolformer_s12_{method}_af" / "seed0" / f).read_bytes())
+  args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m1,m2,m2a,m3",
+          "--phases", "af", "--seeds", "0"] + common(tiny)
+  assert study.main(args) == 0
+  s = json.loads((w / "study.json").read_text())
+  pairs = {(r["a"], r["b"]): r for r in s["paired_methods"]}
+  assert sorted(pairs) == sorted([("m1", "m2"), ("m1", "m2a"), ("m1", "m3"), ("m2", "m2a"),
+                                  ("m2", "m3"), ("m2a", "m3")])
+  for (a, b), row in pairs.items():
+    ya, pa = _pred(w / f"poolformer_s12_{a}_af" / "seed0")
+    yb, pb = _pred(w / f"poolformer_s12_{b}_af" / "seed0")
+    assert np.array_equal(ya, yb)  # same test videos, same order
+    ref = metrics.paired_bootstrap(ya, pa, pb, 7, n_resamples=10000, seed=0)
+    assert row["diff"] == pytest.approx(ref["diff"]) and row["p_value"] == ref["p_value"]
+    assert row["ci"] == pytest.approx(ref["ci"])
+  assert s["paired_m1_m2"][0]["diff"] == pairs[("m1", "m2")]["diff"]
+  text = (w / "report.md").read_text()
+  assert "| poolformer_s12 | AF | 0 | M2A | M3 |" in text
+  assert "| M2A | 224x224 | grayscale |" in text
+  assert "| M3 | 224x224 | flow (u, v, magnitude) |" in text
+  assert "| phase | M1 best model | M1 macro-F1 | M2 best model" in text and "M3 macro-F1" in text
+  assert (w / "fig2_preprocessing.png").stat().st_size > 1000
+
+
 def test_rerun_skips_finished_cells(paper_study, capsys):
   w, args = paper_study
   before = {p: p.stat().st_mtime_ns for p in w.glob("*/seed0/metrics.json")}
@@ -114,6 +148,8 @@ def test_loso_pools_predictions_over_folds(tiny, tmp_path):
 def test_bad_arguments_are_reported(tmp_path, capsys):
   with pytest.raises(ValueError, match="poolformer_m36"):
     study.main(["--workdir", str(tmp_path), "--models", "resnet"])
+  with pytest.raises(ValueError, match="valid: m1, m2, m2a, m3"):
+    study.main(["--workdir", str(tmp_path), "--methods", "m4"])
   with pytest.raises(ValueError, match="valid: af, kfs, mfs"):
     study.main(["--workdir", str(tmp_path), "--phases", "apex"])
   with pytest.raises(FileNotFoundError):

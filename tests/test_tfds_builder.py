@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mer_jax.data import build, casme2, phases, preprocess, splits
+from mer_jax.data import build, casme2, phases, preprocess, runner, splits
 from mer_jax.data.phases import Phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -99,6 +99,21 @@ def test_m2_reuses_detections_across_configs(manual, data_dir, cache, m2_mfs):
       np.testing.assert_array_equal(e["image"], mfs[(e["video_id"], int(e["frame_index"]))])
 
 
+def test_m2_examples_decode_to_the_preprocessing_output(manual, cache, m2_mfs):
+  # The build PNG-encodes in its worker processes (preprocess.encode_png) and
+  # hands TFDS the bytes; what a reader decodes is what preprocess_videos made.
+  _, data = m2_mfs
+  index = {v.video_id: v for v in casme2.load_casme2(manual).videos}
+  ids = sorted({e["video_id"].decode() for e in data["test"]})
+  items = [(index[i], phases.select_frames(index[i], Phase.MFS)) for i in ids]
+  want = {(v.video_id, n): im for v, n, im in
+          runner.preprocess_videos(items, "m2", cache_dir=cache, workers=1)}
+  assert len(want) == len(data["test"])
+  for e in data["test"]:
+    np.testing.assert_array_equal(e["image"], want[(e["video_id"].decode(),
+                                                    int(e["frame_index"]))])
+
+
 def test_m1_af_is_the_centre_crop_of_the_apex_frame(manual, data_dir, cache):
   d = build.ensure_built("m1_af", str(manual), data_dir, detection_cache=cache, workers=2,
                          log=lambda *a: None)
@@ -110,6 +125,35 @@ def test_m1_af_is_the_centre_crop_of_the_apex_frame(manual, data_dir, cache):
     want = preprocess.centre_crop(preprocess.read_frame(v.frames[v.apex]), 384)
     np.testing.assert_array_equal(e["image"], want)  # PNG is lossless
   assert build.read_quality(d)["information_density"] == 384 * 384 * 3
+
+
+def test_m3_kfs_holds_the_flow_from_each_onset(manual, data_dir, cache, m2_mfs):
+  """M3 (flow) through the TFDS build: onset -> apex and onset -> offset per video,
+  224x224x3, its Table I figures, and the motion of the synthetic clips in the flow."""
+  d = build.ensure_built("m3_kfs", str(manual), data_dir, detection_cache=cache, workers=1,
+                         log=lambda *a: None)
+  index = {v.video_id: v for v in casme2.load_casme2(manual).videos}
+  data = read_all(d)
+  seen = collections.defaultdict(list)
+  for examples in data.values():
+    for e in examples:
+      assert e["image"].shape == (224, 224, 3) and e["image"].dtype == np.uint8
+      seen[e["video_id"].decode()].append((int(e["frame_index"]), e["role"].decode()))
+  assert sorted(seen) == sorted(index)
+  for vid, got in seen.items():
+    v = index[vid]
+    assert sorted(got) == [(f.frame_index, f.role) for f in phases.select_frames(v, Phase.KFS)
+                           if f.frame_index != v.onset or v.apex == v.onset == v.offset]
+  q = build.read_quality(d)
+  assert q["config"] == "m3_kfs" and q["information_density"] == 224 * 224 * 3
+  assert q["detected"] == 0  # m2_mfs detected every frame (the onset is an MFS frame)
+  assert q["landmark_fallback_videos"] == [] and q["flow"]["scale_px"] == 10.0
+  assert 0.8 <= q["face_centring_rate"] <= 1.0
+  assert "| m3_kfs | 224x224 | flow (u, v, magnitude) |" in build.quality_table([q])
+  # The apex's flow is motion (the synthetic clips move up to ~9 px at the apex).
+  apex = [e["image"] for v in data.values() for e in v
+          if e["role"] == b"apex" and e["apex"] != e["onset"]]
+  assert apex and np.median([np.percentile(im[..., 2], 99) for im in apex]) > 255 * 2 / 10
 
 
 def test_missing_manual_dir_gives_instructions_and_no_dataset(tmp_path):
@@ -158,5 +202,5 @@ def test_tfds_cli_builds_from_the_datasets_folder(manual, cache, m2_mfs, tmp_pat
 def test_build_cli_quality_table(m2_mfs, data_dir, capsys):
   assert build.main(["--quality", "--configs", "m2_mfs", "--data_dir", data_dir]) == 0
   assert "| m2_mfs | 224x224 | gray |" in capsys.readouterr().out
-  with pytest.raises(ValueError, match="m3_af"):
-    build.main(["--configs", "m3_af"])
+  with pytest.raises(ValueError, match="m4_af"):
+    build.main(["--configs", "m4_af"])

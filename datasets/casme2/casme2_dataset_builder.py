@@ -9,4 +9,4 @@ from mer_jax.data import tfds_casme2
 
 
 class Builder(tfds_casme2.Casme2Builder):
-  """CASME II micro-expression frames, preprocessed by M1/M2, per AF/KFS/MFS phase."""
+  """CASME II micro-expression frames, preprocessed by M1/M2/M2A/M3, per AF/KFS/MFS phase."""

@@ -1,76 +1,56 @@
-"""M2A: the face aligned by its eyes -- landmarks, a similarity transform, the warp.
+"""M2A: the face aligned by its eyes -- landmarks' geometry, a similarity transform, the warp.
 
-Landmarks. dlib's 5-point shape predictor (the model dlib trained for face
-alignment; it runs on the boxes of dlib's HOG detector) from the
-`face_recognition_models` package, which ships the .dat files, so nothing is
-downloaded at run time. The 68-point model of the same package is an option
-(`points=68`). An eye's centre is the mean of its points (5-point: its two
-corners; 68-point: its six). The predictor always answers, even on a box with
-no face in it, so whether there is a face is the detector's call (faces.py):
-`landmarks` takes the box the detector found and returns None only for no box
-or landmarks that cannot be a face (eyes outside the box, a tilt over 45
-degrees, eyes closer than 0.2 or farther than 0.8 box widths apart).
+Pure geometry and an OpenCV warp: the landmarks come from a `landmarker`
+argument, a callable (gray, box) -> (points, 2) or None --
+`mer_jax.data.faces.LandmarkDetector` (dlib's 5-point shape predictor;
+nothing but faces.py knows dlib). An eye's centre is the mean of its points
+(5-point: its two corners; 68-point: its six). The predictor answers on any
+box, so `landmarks` keeps only points that can be a face: eyes inside the
+box, a tilt under 45 degrees, eyes 0.2 to 0.8 box widths apart; else None.
 
 Template. A similarity transform (rotation, one scale, translation) puts the
 eye centres level at y = EYE_Y * size, EYE_DISTANCE * size apart, centred
 left-right, in a size x size gray image. These values make the aligned face
 fill the image as M2's crop (dlib's box grown by 20 px per side) fills it for
 a face box of ~220 px (the synthetic CASME II's): dlib's boxes put the eyes
-~0.42 box widths apart and ~0.27 box heights below the top.
+~0.42 box widths apart and ~0.27 box heights below the top, so the box's
+centre lands near the image's centre.
 
 Per video. One transform, from the onset frame, serves every frame of a video
 (`video_transform`), so alignment does not jitter from frame to frame and add
 motion to M3's flow; the per-frame option computes one for each frame
-(`frame_transforms(..., per_frame=True)`). The transform is refined once: the
+(`frame_transforms(..., per_frame=True)`). Measured on the synthetic CASME II
+(60 videos, onset -> apex and onset -> offset), per-frame alignment nearly
+doubles the flow on the still parts of the face (median |flow| over the face
+1.06 px against 0.56 px per video): the landmarks' own frame-to-frame noise is
+larger than the head jitter it removes, so the builder aligns per video only. The transform is refined once: the
 predictor runs again on the aligned face and the remaining correction is
 composed in, so the final landmarks come from an upright face at the
 template's scale, the pose the predictor sees best. Without a transform (no
 box, implausible landmarks) the caller falls back to M2's box and counts the
-fallback.
+fallback (mer_jax.data.preprocess).
 
-The warp is OpenCV's `warpAffine`, bilinear, border replicated.
+The warp is OpenCV's `warpAffine`, bilinear, border replicated. Where the
+transform shrinks (scale < 1: a face larger than the template's, as CASME
+II's ~280 px faces), the frame is first shrunk by that scale with area
+averaging (`cv2.INTER_AREA`), so fine texture does not alias (M2's resize is
+antialiased for the same reason); the warp then only rotates and shifts.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
-import pathlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-Box = tuple[int, int, int, int]  # left, top, right, bottom (dlib's rectangle, pixels)
+Box = Sequence[float]  # left, top, right, bottom[, score] (dlib's box, pixels)
+Landmarker = Callable[[np.ndarray, Box], "np.ndarray | None"]
 
 EYE_Y = 0.30         # eye line, as a fraction of the output side from the top
 EYE_DISTANCE = 0.37  # between the eye centres, as a fraction of the output side
 SIZE = 224
 
-MODEL_FILES = {5: "shape_predictor_5_face_landmarks.dat",
-               68: "shape_predictor_68_face_landmarks.dat"}
 # Each eye's points, image-left eye first (the subject's right eye when unmirrored).
 _EYES = {5: ((2, 3), (0, 1)), 68: (tuple(range(36, 42)), tuple(range(42, 48)))}
-
-
-def model_path(points: int = 5) -> pathlib.Path:
-  """The shape predictor's .dat file inside the installed `face_recognition_models`."""
-  if points not in MODEL_FILES:
-    raise ValueError(f"points must be one of {sorted(MODEL_FILES)}, got {points}")
-  # find_spec, not import: the package's __init__ needs pkg_resources, which
-  # recent setuptools no longer ships.
-  spec = importlib.util.find_spec("face_recognition_models")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("dlib's landmark models come from the face_recognition_models "
-                            "package: pip install face-recognition-models==0.3.0")
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "models" / MODEL_FILES[points]
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing; reinstall face-recognition-models==0.3.0")
-  return path
-
-
-@functools.lru_cache(maxsize=None)
-def _predictor(points: int):
-  import dlib
-  return dlib.shape_predictor(str(model_path(points)))
 
 
 def _as_gray(image: np.ndarray) -> np.ndarray:
@@ -99,19 +79,17 @@ def _plausible(points: np.ndarray, box: Box) -> bool:
               and box[0] <= mid[0] <= box[2] and box[1] <= mid[1] <= box[3])
 
 
-def landmarks(gray: np.ndarray, box: Box | None, points: int = 5) -> np.ndarray | None:
-  """dlib's landmarks, (points, 2) float64 (x, y), of the face in `box`; None without one."""
+def landmarks(gray: np.ndarray, box: Box | None,
+              landmarker: Landmarker) -> np.ndarray | None:
+  """The landmarks `landmarker` finds for the face in `box`, if they can be a face; else None."""
   gray = _as_gray(gray)
   if box is None:
     return None
-  l, t, r, b = (int(round(c)) for c in box)
-  h, w = gray.shape
-  if r - l < 8 or b - t < 8 or r <= 0 or b <= 0 or l >= w or t >= h:
+  found = landmarker(gray, box)
+  if found is None:
     return None
-  import dlib
-  shape = _predictor(points)(gray, dlib.rectangle(l, t, r, b))
-  found = np.array([(p.x, p.y) for p in shape.parts()], np.float64)
-  return found if _plausible(found, (l, t, r, b)) else None
+  found = np.asarray(found, np.float64)
+  return found if _plausible(found, box) else None
 
 
 def similarity_to_template(left_eye, right_eye, size: int = SIZE, eye_y: float = EYE_Y,
@@ -130,11 +108,32 @@ def similarity_to_template(left_eye, right_eye, size: int = SIZE, eye_y: float =
   return np.hstack([rotation, (target - rotation @ mid)[:, None]])
 
 
+def scale_of(matrix: np.ndarray) -> float:
+  """The scale of a similarity transform (output px per source px)."""
+  matrix = np.asarray(matrix, np.float64)
+  return float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+
+
+def apply(matrix: np.ndarray, points) -> np.ndarray:
+  """(x, y) points, (N, 2) or (2,), through a 2x3 matrix."""
+  matrix = np.asarray(matrix, np.float64)
+  return np.asarray(points, np.float64) @ matrix[:, :2].T + matrix[:, 2]
+
+
 def warp(gray: np.ndarray, matrix: np.ndarray, size: int = SIZE) -> np.ndarray:
-  """`gray` through the 2x3 `matrix` into a size x size uint8 image."""
+  """`gray` through the 2x3 `matrix` into a size x size uint8 image (area-shrunk first
+  where the matrix shrinks; see the module's docstring)."""
   import cv2
-  return cv2.warpAffine(_as_gray(gray), np.asarray(matrix, np.float64), (size, size),
-                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+  gray = _as_gray(gray)
+  matrix = np.asarray(matrix, np.float64)
+  scale = scale_of(matrix)
+  if scale < 0.95:
+    h, w = gray.shape
+    sw, sh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    gray = cv2.resize(gray, (sw, sh), interpolation=cv2.INTER_AREA)
+    matrix = matrix @ np.diag([w / sw, h / sh, 1.0])  # small-image px -> source px -> output
+  return cv2.warpAffine(gray, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
 
 
 def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
@@ -144,34 +143,34 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 
 def _box_through(matrix: np.ndarray, box: Box) -> Box:
   """The box's centre and width mapped by `matrix`, as an upright square box."""
-  l, t, r, b = box
-  centre = matrix[:, :2] @ np.array([(l + r) / 2, (t + b) / 2]) + matrix[:, 2]
-  half = np.hypot(*matrix[:, 0]) * (r - l) / 2
+  l, t, r, b = box[:4]
+  centre = apply(matrix, ((l + r) / 2, (t + b) / 2))
+  half = scale_of(matrix) * (r - l) / 2
   return (int(round(centre[0] - half)), int(round(centre[1] - half)),
           int(round(centre[0] + half)), int(round(centre[1] + half)))
 
 
-def video_transform(onset_gray: np.ndarray, box: Box | None, size: int = SIZE, points: int = 5,
-                    refine: bool = True) -> np.ndarray | None:
+def video_transform(onset_gray: np.ndarray, box: Box | None, landmarker: Landmarker,
+                    size: int = SIZE, refine: bool = True) -> np.ndarray | None:
   """The 2x3 matrix that aligns the face in `box` of `onset_gray`; None without landmarks."""
-  found = landmarks(onset_gray, box, points)
+  found = landmarks(onset_gray, box, landmarker)
   if found is None:
     return None
   matrix = similarity_to_template(*eye_centres(found), size=size)
   if refine:
     upright = warp(onset_gray, matrix, size)
-    again = landmarks(upright, _box_through(matrix, box), points)
+    again = landmarks(upright, _box_through(matrix, box), landmarker)
     if again is not None:
       matrix = _compose(similarity_to_template(*eye_centres(again), size=size), matrix)
   return matrix
 
 
-def frame_transforms(frames: Sequence[np.ndarray], boxes: Sequence[Box | None], onset: int = 0,
-                     per_frame: bool = False, size: int = SIZE,
-                     points: int = 5) -> list[np.ndarray | None]:
+def frame_transforms(frames: Sequence[np.ndarray], boxes: Sequence[Box | None],
+                     landmarker: Landmarker, onset: int = 0, per_frame: bool = False,
+                     size: int = SIZE) -> list[np.ndarray | None]:
   """Each frame's matrix: the onset frame's for all (default) or each frame's own."""
   if len(frames) != len(boxes):
     raise ValueError(f"{len(frames)} frames but {len(boxes)} boxes")
   if not per_frame:
-    return [video_transform(frames[onset], boxes[onset], size, points)] * len(frames)
-  return [video_transform(f, b, size, points) for f, b in zip(frames, boxes)]
+    return [video_transform(frames[onset], boxes[onset], landmarker, size)] * len(frames)
+  return [video_transform(f, b, landmarker, size) for f, b in zip(frames, boxes)]

@@ -2,6 +2,7 @@ r"""Build the CASME II TFDS configs from Python, on first use, and report their 
 
   python -m mer_jax.data.build --configs all --manual_dir ~/casme2
   python -m mer_jax.data.build --configs m2_mfs --manual_dir data/synthetic_casme2 --synthetic
+  python -m mer_jax.data.build --configs m2a_af,m3_mfs --manual_dir ~/casme2   # beyond the paper
   python -m mer_jax.data.build --quality --configs all        # Table I of built configs
 
 This is the documented way to build the dataset (mer_jax.data.tfds_cli is
@@ -123,22 +124,34 @@ def quality_line(q: dict) -> str:
           f"{'x'.join(map(str, q['image_shape']))}, face-centring rate "
           f"{q['face_centring_rate']:.3f}, information density {q['information_density']:,}, "
           f"borrowed detections {len(q['borrowed'])}, fallback videos "
-          f"{len(q['fallback_videos'])}, skipped frames {len(q['skipped'])}")
+          f"{len(q['fallback_videos'])}"
+          + (f", landmark fallback videos {len(q['landmark_fallback_videos'])}"
+             if q.get("method") in ("m2a", "m3") else "")
+          + f", skipped frames {len(q['skipped'])}")
+
+
+def colour(q: dict) -> str:
+  """What a built config's images hold: 'RGB', 'gray' or M3's 'flow (u, v, magnitude)'."""
+  if q.get("method") == "m3":
+    return "flow (u, v, magnitude)"
+  return "RGB" if q["image_shape"][-1] == 3 else "gray"
 
 
 def quality_table(qs: list[dict]) -> str:
   """The paper's Table I (dataset and methodology) for built configs, in markdown."""
   rows = ["| config | resolution | colour | face-centring rate | information density "
-          "| train / val / test images | borrowed | fallback videos |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| train / val / test images | borrowed | fallback videos | landmark fallbacks |",
+          "|---|---|---|---|---|---|---|---|---|"]
   for q in qs:
     h, w, c = q["image_shape"]
     sp = q["splits"]
+    landmark = (str(len(q.get("landmark_fallback_videos", [])))
+                if q.get("method") in ("m2a", "m3") else "—")
     rows.append(
-        f"| {q['config']} | {h}x{w} | {'RGB' if c == 3 else 'gray'} | "
+        f"| {q['config']} | {h}x{w} | {colour(q)} | "
         f"{q['face_centring_rate']:.3f} | {q['information_density']:,} | "
         f"{' / '.join(str(sp.get(s, {}).get('frames', 0)) for s in ('train', 'validation', 'test'))}"
-        f" | {len(q['borrowed'])} | {len(q['fallback_videos'])} |")
+        f" | {len(q['borrowed'])} | {len(q['fallback_videos'])} | {landmark} |")
   return "\n".join(rows)
 
 

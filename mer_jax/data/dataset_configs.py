@@ -1,6 +1,6 @@
 """The CASME II dataset's configs: one per preprocessing method x temporal phase.
 
-A config's name is `{method}_{phase}` ("m2_mfs"), the name of its TFDS config
+A config's name is `{method}_{phase}` ("m2_mfs", "m3_af"), the name of its TFDS config
 and of its folder under the TFDS data dir. Defined here, apart from the TFDS
 builder, so that naming a config needs neither TensorFlow nor TFDS.
 """
@@ -42,4 +42,8 @@ def parse_configs(spec: str) -> list[str]:
 def description(name: str) -> str:
   """What a config holds, e.g. 'dlib face box +20 px, ...; apex frame'."""
   method, phase = parse_config_name(name)
+  if method.is_flow:  # mer_jax.data.preprocess.phase_frames
+    return (f"{method.description}; flow from the onset to the "
+            + ("apex frame" if phase is Phase.AF else
+               f"phase's frames other than the onset ({phase.description})"))
   return f"{method.description}; {phase.description}"

@@ -34,11 +34,21 @@ With `steady_box=True` (not the paper's method) every frame of a video takes
 the reference box instead: dlib's boxes come from a 6/5-step image pyramid, so
 a still face's box can jump in size between frames, which rescales the crop
 between onset and apex; `VideoFaces.box_size_ratio` measures it.
+
+Landmarks (for M2A/M3's alignment, mer_jax.data.align): dlib's 5-point shape
+predictor (the model dlib trained for face alignment, on the boxes of its HOG
+detector) from the `face_recognition_models` package, which ships the .dat
+files, so nothing is downloaded at run time; the package's 68-point model is an
+option (`LandmarkDetector(points=68)`). The predictor always answers, even on a
+box with no face in it: whether there is a face is the detector's call, and
+whether the points can be a face is align's.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -109,6 +119,67 @@ class FaceDetector:
       if faces:
         break
     return faces
+
+
+# --- landmarks ------------------------------------------------------------------
+
+LANDMARK_MODELS = {5: "shape_predictor_5_face_landmarks.dat",
+                   68: "shape_predictor_68_face_landmarks.dat"}
+
+
+def landmark_model_path(points: int = 5) -> pathlib.Path:
+  """The shape predictor's .dat file inside the installed `face_recognition_models`."""
+  if points not in LANDMARK_MODELS:
+    raise ValueError(f"points must be one of {sorted(LANDMARK_MODELS)}, got {points}")
+  # find_spec, not import: the package's __init__ needs pkg_resources, which
+  # recent setuptools no longer ships.
+  spec = importlib.util.find_spec("face_recognition_models")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("dlib's landmark models come from the face_recognition_models "
+                            "package: pip install face-recognition-models==0.3.0")
+  path = (pathlib.Path(list(spec.submodule_search_locations)[0]) / "models"
+          / LANDMARK_MODELS[points])
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing; reinstall face-recognition-models==0.3.0")
+  return path
+
+
+@functools.lru_cache(maxsize=None)
+def _shape_predictor(points: int):
+  import dlib
+  return dlib.shape_predictor(str(landmark_model_path(points)))
+
+
+class LandmarkDetector:
+  """dlib's shape predictor: (gray uint8 (H, W), box) -> (points, 2) float64 (x, y), or None.
+
+  None only for a box too small (< 8 px) or outside the image; otherwise the
+  predictor's points, face or not (see the module's docstring). The model is
+  loaded once per process and points count.
+  """
+
+  def __init__(self, points: int = 5):
+    import dlib
+    self.points = points
+    self._predictor = _shape_predictor(points)
+    self._rectangle = dlib.rectangle
+    self.key = f"dlib{dlib.__version__}-shape{points}"
+
+  def __call__(self, gray: np.ndarray, box: Box | None) -> np.ndarray | None:
+    gray = np.asarray(gray)
+    if gray.dtype != np.uint8 or gray.ndim != 2:
+      raise ValueError(f"expected a gray uint8 image (H, W), got {gray.dtype} {gray.shape}")
+    if box is None:
+      return None
+    l, t, r, b = (int(round(c)) for c in box[:4])
+    h, w = gray.shape
+    if r - l < 8 or b - t < 8 or r <= 0 or b <= 0 or l >= w or t >= h:
+      return None
+    shape = self._predictor(np.ascontiguousarray(gray), self._rectangle(l, t, r, b))
+    return np.array([(p.x, p.y) for p in shape.parts()], np.float64)
+
+
+# --- the detection cache --------------------------------------------------------
 
 
 def default_cache_dir() -> pathlib.Path:

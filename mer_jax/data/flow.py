@@ -14,7 +14,7 @@ DIS follows the larger local motions of small features (a brow, a lip moving
 ~10 px) where TV-L1's coarse-to-fine pyramid loses some; and DIS costs a small
 fraction of TV-L1's time per frame. TV-L1 (OpenCV's defaults) stays available
 as `algorithm="tvl1"`. Both run in OpenCV's thread pool: a build with one
-process per core should call `cv2.setNumThreads(1)` in each.
+process per core calls `cv2.setNumThreads(1)` in each (mer_jax.data.runner does).
 
 Image. Channel 0 is the horizontal flow u (+ right), 1 the vertical flow v
 (+ down), 2 the magnitude, in pixels of the input images. One fixed scale for

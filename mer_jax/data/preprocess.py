@@ -7,15 +7,40 @@ M2  the video's face (mer_jax.data.faces: dlib's frontal face detector); the
     (ITU-R 601 luma, as PIL's "L": Y = 0.299 R + 0.587 G + 0.114 B); resized to
     224x224. A video with no face in any frame is centre-cropped like M1 but
     to M2's 224x224 gray -- counted as a *fallback* video.
+M2A (beyond the paper) M2's face aligned: dlib's 5-point landmarks on the
+    onset frame's face box (faces.LandmarkDetector) give one similarity
+    transform per video that puts the eyes level at fixed places
+    (mer_jax.data.align), applied to every frame of the video; 224x224 gray
+    (same luma). One transform per video, not per frame, so that alignment
+    adds no frame-to-frame jitter -- jitter is motion, and motion is what
+    micro-expressions are (and what M3 measures). A video whose onset face has
+    no plausible landmarks (or whose onset frame is unreadable) takes M2's
+    crops -- counted as a *landmark fallback* video; one with no face at all
+    takes M2's fallback (a fallback video, as M2).
+M3  (beyond the paper) optical flow from the onset frame's M2A face to each
+    output frame's M2A face (mer_jax.data.flow: OpenCV's DIS), as a 224x224x3
+    uint8 image: u, v and magnitude at one fixed scale (flow.SCALE px), so
+    values compare across frames and videos, and an ImageNet RGB stem loads
+    unchanged. Phases for flow (`phase_frames`): AF = onset -> apex; KFS and
+    MFS = onset -> each of the phase's frames other than the onset itself
+    (its flow is zero by definition): KFS gives apex and offset, MFS's onset
+    window onset+[0..3] gives 3 flow frames, 12 in all. Landmark fallbacks
+    and fallback videos compute flow between the M2 crops they take.
 
-Resizing is PIL's bicubic, which PIL antialiases when it shrinks (its kernel
-widens with the scale factor). Bicubic because every backbone of the paper was
-pretrained on bicubic-resized ImageNet (timm's `pretrained_cfg.interpolation`
-is 'bicubic' for ViT-B/32, Swin-B and PoolFormer-m36/m48), and antialiased
-because both methods mostly shrink (480 -> 384; a face box of a few hundred px
--> 224): without it the fine texture that micro-expressions live in aliases.
-Gray is taken before the resize (3x less to resize; both steps are linear, so
-the order changes pixels by rounding only).
+Resizing is antialiased, because both methods mostly shrink (480 -> 384; a
+face box of a few hundred px -> 224): without it the fine texture that
+micro-expressions live in aliases. M2 resizes with PIL's bicubic, which PIL
+antialiases when it shrinks (its kernel widens with the scale factor); bicubic
+because every backbone of the paper was pretrained on bicubic-resized ImageNet
+(timm's `pretrained_cfg.interpolation` is 'bicubic' for ViT-B/32, Swin-B and
+PoolFormer-m36/m48). M1 resizes with OpenCV's area average (`INTER_AREA`,
+antialiased too; OpenCV has no antialiased bicubic): 3x faster on M1's
+480x480 RGB squares than PIL's bicubic, and within 0.3 grey levels of it on
+average (99 % of values within 2, the largest difference 14, at sharp edges;
+tests/test_opencv_paths.py holds it to its tolerance). Gray is taken before the
+resize (3x less to resize; both steps are linear, so the order changes pixels
+by rounding only). JPEG frames are decoded by OpenCV, the same pixels as PIL
+gives (both are libjpeg-turbo), 1.5-1.8x faster; see `read_frame`.
 
 One video, in named steps (`preprocess_video`): read its frames
 (`VideoFrames`) -> detect faces in them (`faces.detect_frames`, cached) ->
@@ -23,18 +48,21 @@ find the video's face (`faces.video_faces`) -> crop each output frame
 (`CROPS[method]`) -> record its quality (`centring`). A new method adds a
 `Method` member, its `IMAGE_SHAPE` and description, and a crop function in
 `CROPS` (and says in `Method.crops_face` whether it follows the face).
-Many videos on every core: mer_jax.data.runner.
+Aligning methods (`Method.aligns`) add two steps: the onset frame's transform
+(`onset_transform`) before the crops, and for M3 the flow from the onset's
+face (`flow_step`) after them. Many videos on every core: mer_jax.data.runner.
 
 Quality figures (the paper's Table I), reported by `PreprocessReport`:
 - information density = output pixels x channels (M1 384*384*3 = 442,368;
-  M2 224*224*1 = 50,176);
+  M2 and M2A 224*224*1 = 50,176; M3 224*224*3 = 150,528);
 - face-centring rate = the fraction of output images in which the centre of
   the frame's OWN chosen face box (step 2 of mer_jax.data.faces), mapped
   through the crop and resize into the output image, lies within 10 % of the
   output side (Euclidean distance) of the output image's centre. A frame
   without its own detection (borrowed or fallback) counts as not centred. For
-  M1 the box is mapped through the centre crop; M1 and M2 use the same
-  detections;
+  M1 the box is mapped through the centre crop, for M2A and M3 through the
+  video's similarity transform (M3: the flow image's pixel grid is the
+  frame's M2A face's); all methods use the same detections;
 - face coverage = the mean, over output images, of the fraction of the output
   area covered by that box (clipped to the crop); 0 without own detection.
 """
@@ -48,7 +76,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mer_jax.choices import Choice
-from mer_jax.data import faces
+from mer_jax.data import align, faces, flow, phases
 from mer_jax.data.casme2 import Casme2Error, Video
 from mer_jax.data.faces import Box, box_area
 
@@ -58,9 +86,14 @@ CENTRED_WITHIN = 0.10          # of the output side, for the face-centring rate
 
 
 class Method(Choice):
-  """A preprocessing method of the paper; `Method.parse("m2")`, `Method.names()`."""
+  """A preprocessing method: the paper's M1, M2, and beyond it M2A (aligned) and M3 (flow).
+
+  `Method.parse("m2")`, `Method.names()`.
+  """
   M1 = "m1"
   M2 = "m2"
+  M2A = "m2a"
+  M3 = "m3"
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -72,13 +105,28 @@ class Method(Choice):
     return self is not Method.M1
 
   @property
+  def aligns(self) -> bool:
+    """Whether faces are aligned by the onset frame's landmarks (M2A, and M3's input)."""
+    return self in (Method.M2A, Method.M3)
+
+  @property
+  def is_flow(self) -> bool:
+    """Whether an image is the optical flow from the onset frame (M3)."""
+    return self is Method.M3
+
+  @property
   def description(self) -> str:
     return _DESCRIPTION[self]
 
 
-IMAGE_SHAPE = {Method.M1: (384, 384, 3), Method.M2: (224, 224, 1)}
-_DESCRIPTION = {Method.M1: "raw frame centre-cropped to 384x384 RGB",
-                Method.M2: "dlib face box +20 px, cropped, 224x224 grayscale"}
+IMAGE_SHAPE = {Method.M1: (384, 384, 3), Method.M2: (224, 224, 1),
+               Method.M2A: (224, 224, 1), Method.M3: (224, 224, 3)}
+_DESCRIPTION = {
+    Method.M1: "raw frame centre-cropped to 384x384 RGB",
+    Method.M2: "dlib face box +20 px, cropped, 224x224 grayscale",
+    Method.M2A: "face aligned by the onset frame's eyes (dlib landmarks), 224x224 grayscale",
+    Method.M3: ("optical flow (DIS) from the onset frame on M2A faces, 224x224x3 "
+                f"(u, v, magnitude at a fixed {flow.SCALE:g} px scale)")}
 
 
 def information_density(method: "Method | str") -> int:
@@ -93,16 +141,59 @@ def information_density(method: "Method | str") -> int:
 def read_frame(path: str | os.PathLike) -> np.ndarray:
   """HxWx3 uint8 RGB (gray, palette and RGBA files converted).
 
-  A missing or unreadable file raises Casme2Error naming it; the caller adds
-  the video.
+  A complete JPEG (CASME II's frames) is decoded by OpenCV: the same pixels as
+  PIL's decoder (both libjpeg-turbo, EXIF orientation ignored as PIL does),
+  1.5-1.8x faster. Other formats, and a JPEG without its end marker, go through
+  PIL: OpenCV would fill a truncated JPEG's missing rows in silently, PIL
+  raises. A missing or unreadable file raises Casme2Error naming it; the
+  caller adds the video.
   """
-  from PIL import Image
   try:
-    with Image.open(path) as img:
-      return np.asarray(img.convert("RGB"))
+    data = pathlib.Path(path).read_bytes()
+    if data[:2] == b"\xff\xd8" and data.endswith(b"\xff\xd9"):
+      import cv2
+      bgr = cv2.imdecode(np.frombuffer(data, np.uint8),
+                         cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+      if bgr is not None:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return _read_with_pil(data)
   except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
     raise Casme2Error(f"cannot read frame {path} ({type(e).__name__}: {e}); "
                       "restore the file from your CASME II copy") from e
+
+
+def _read_with_pil(data: bytes) -> np.ndarray:
+  import io
+  from PIL import Image
+  with Image.open(io.BytesIO(data)) as img:
+    return np.asarray(img.convert("RGB"))
+
+
+# PNG is lossless whatever the settings. Paeth-filtered rows and zlib's
+# run-length strategy write 8-9x faster than TensorFlow's encoder (adaptive
+# filters, zlib level 6) that TFDS used, files 8 % larger for M1's RGB crops and
+# 3 % smaller for M2's gray faces, decoded as fast (BENCHMARKS.md).
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """Lossless PNG bytes of an HxW, HxWx1 or HxWx3 uint8 image, channels in the array's order.
+
+  What the dataset stores: the build encodes in its worker processes (OpenCV)
+  and hands TFDS's `Image` feature these bytes, instead of TFDS encoding every
+  image in its one writing process (TensorFlow).
+  """
+  import cv2
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
+    raise ValueError(f"expected an HxWx1 or HxWx3 uint8 image, got {image.dtype} {image.shape}")
+  img = image[..., 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+  ok, buf = cv2.imencode(".png", img, [
+      cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH,
+      cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+  if not ok:
+    raise ValueError(f"OpenCV could not encode a {image.shape} image as PNG")
+  return buf.tobytes()
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -132,8 +223,10 @@ def _cut(rgb: np.ndarray, box: Sequence[int]) -> np.ndarray:
 
 
 def centre_crop(rgb: np.ndarray, size: int = 384) -> np.ndarray:
-  """M1: the largest centred square, resized to size x size, RGB."""
-  return _resize(_cut(rgb, centre_square(*rgb.shape[:2])), size)
+  """M1: the largest centred square, resized to size x size (OpenCV's area average), RGB."""
+  import cv2
+  return cv2.resize(_cut(rgb, centre_square(*rgb.shape[:2])), (size, size),
+                    interpolation=cv2.INTER_AREA)
 
 
 def expand_box(box: Box, h: int, w: int, margin: int = MARGIN) -> tuple[int, int, int, int]:
@@ -172,19 +265,57 @@ def crop_m2(rgb: np.ndarray, box: Box | None, size: int):
   return face_crop(rgb, box, size), expand_box(box, *rgb.shape[:2])
 
 
-CROPS: dict[Method, Crop] = {Method.M1: crop_m1, Method.M2: crop_m2}
+# M2A and M3 crop with the video's transform (`aligned_crop`); these are their
+# fallbacks when the onset face has no landmarks (M2's crop, or M2's fallback).
+CROPS: dict[Method, Crop] = {Method.M1: crop_m1, Method.M2: crop_m2, Method.M2A: crop_m2,
+                             Method.M3: crop_m2}
 
 
-def centring(face: Box | None, crop_box: Box, out_size: int) -> tuple[bool, float]:
-  """(face centre within CENTRED_WITHIN of the output centre, face share of the output area)."""
+def aligned_crop(rgb: np.ndarray, matrix: np.ndarray, size: int = 224) -> np.ndarray:
+  """M2A: the frame in gray through the video's similarity transform: size x size x 1."""
+  return align.warp(to_gray(rgb)[..., 0], matrix, size)[..., None]
+
+
+def phase_frames(video: Video, phase: "phases.Phase | str",
+                 method: "Method | str") -> tuple[phases.PhaseFrame, ...]:
+  """The frames whose images `method` makes for `phase`: the phase's frames
+  (mer_jax.data.phases), for flow (M3) without the onset frame, whose flow from
+  itself is zero -- unless it is all the phase has (AF, or apex == onset == offset)."""
+  selected = phases.select_frames(video, phase)
+  if Method.parse(method).is_flow:
+    moving = tuple(f for f in selected if f.frame_index != video.onset)
+    return moving or selected
+  return selected
+
+
+def centring(face: Box | None, crop_box: "Box | np.ndarray",
+             out_size: int) -> tuple[bool, float]:
+  """(face centre within CENTRED_WITHIN of the output centre, face share of the output area).
+
+  `crop_box` is the frame region the output shows (resized to out_size), or a
+  2x3 matrix from frame to output pixels (M2A, M3).
+  """
   if face is None:
     return False, 0.0
+  if np.ndim(crop_box) == 2:
+    return _centring_through(face, np.asarray(crop_box, np.float64), out_size)
   left, top, right, bottom = crop_box[:4]
   cx = ((face[0] + face[2]) / 2 - left) * out_size / (right - left)
   cy = ((face[1] + face[3]) / 2 - top) * out_size / (bottom - top)
   off = np.hypot(cx - out_size / 2, cy - out_size / 2) / out_size
   inside = (max(face[0], left), max(face[1], top), min(face[2], right), min(face[3], bottom))
   return bool(off <= CENTRED_WITHIN), box_area(inside) / box_area(crop_box)
+
+
+def _centring_through(face: Box, matrix: np.ndarray, out_size: int) -> tuple[bool, float]:
+  import cv2
+  l, t, r, b = face[:4]
+  centre = align.apply(matrix, ((l + r) / 2, (t + b) / 2))
+  off = np.hypot(*(centre - out_size / 2)) / out_size
+  corners = align.apply(matrix, [(l, t), (r, t), (r, b), (l, b)]).astype(np.float32)
+  square = np.array([(0, 0), (out_size, 0), (out_size, out_size), (0, out_size)], np.float32)
+  area, _ = cv2.intersectConvexConvex(corners, square)
+  return bool(off <= CENTRED_WITHIN), max(0.0, float(area)) / out_size ** 2
 
 
 # --- one video --------------------------------------------------------------------
@@ -200,6 +331,7 @@ class VideoReport:
   detect_seconds: float = 0.0
   borrowed: list = dataclasses.field(default_factory=list)  # (frame, frame its box is from)
   fallback: bool = False        # M2 found no face in any frame: centre crop
+  landmark_fallback: bool = False  # M2A/M3: no landmarks on the onset face: M2's crops
   skipped: list = dataclasses.field(default_factory=list)   # unreadable output frames (files)
   context_unreadable: list = dataclasses.field(default_factory=list)  # context-only, dropped
   centred: int = 0              # output images whose own face is centred
@@ -257,26 +389,54 @@ class VideoFrames:
       return None
 
 
+def onset_transform(video: Video, read: Callable[[int], np.ndarray | None],
+                    face: faces.VideoFaces, landmarker, size: int) -> np.ndarray | None:
+  """M2A's per-video step: the similarity transform of the onset frame's face
+  (mer_jax.data.align), or None (no readable onset frame, no box, no plausible
+  landmarks)."""
+  rgb = read(video.onset)
+  box = face.boxes.get(video.onset, (None, None))[0]
+  if rgb is None or box is None:
+    return None
+  return align.video_transform(to_gray(rgb)[..., 0], box, landmarker, size)
+
+
+def flow_step(faces_by_frame: dict[int, np.ndarray | None],
+              onset_face: np.ndarray) -> dict[int, np.ndarray | None]:
+  """M3's last step: each frame's face (HxWx1) -> its flow image from `onset_face`."""
+  numbers = [n for n, im in faces_by_frame.items() if im is not None]
+  images = flow.flow_images(onset_face[..., 0], [faces_by_frame[n][..., 0] for n in numbers])
+  out = dict.fromkeys(faces_by_frame)
+  out.update(zip(numbers, images))
+  return out
+
+
 def preprocess_video(video: Video, frames: Sequence[int], method: "Method | str", *,
                      context_frames: Sequence[int] | None = None,
                      cache: faces.DetectionCache | None = None,
                      detector: Callable[[np.ndarray], list] | None = None,
+                     landmarker: Callable | None = None,
                      skip_unreadable: bool = False,
                      steady_box: bool = False) -> tuple[list[np.ndarray | None], VideoReport]:
   """Preprocessed images of `frames` (ints or PhaseFrames) of one video.
 
   Returns (images aligned with `frames`, report); a repeated frame is
   computed once and repeated. Faces are detected and chosen over frames +
-  context_frames. Unreadable frames: see `VideoFrames`. `detector` is any
-  callable rgb -> faces with a `key` attribute (default:
-  `faces.FaceDetector()`); `steady_box`: see mer_jax.data.faces.
+  context_frames (+ the onset frame for M2A/M3). Unreadable frames: see
+  `VideoFrames`; M3 needs the onset frame as it needs its own. `detector` is
+  any callable rgb -> faces with a `key` attribute (default:
+  `faces.FaceDetector()`); `landmarker` (M2A, M3) a callable (gray, box) ->
+  points (default: `faces.LandmarkDetector()`); `steady_box`: see
+  mer_jax.data.faces.
   """
   method = Method.parse(method)
   detector = detector if detector is not None else faces.FaceDetector()
   report = VideoReport(video.video_id)
   numbers = [frame_number(f) for f in frames]
-  read = VideoFrames(video, set(numbers), skip_unreadable, report)
-  context = {frame_number(f) for f in context_frames or ()}
+  onset = {video.onset} if method.aligns else set()
+  read = VideoFrames(video, set(numbers) | (onset if method.is_flow else set()),
+                     skip_unreadable, report)
+  context = {frame_number(f) for f in context_frames or ()} | onset
   found = faces.detect_frames(sorted(set(numbers) | context), video.frames, read, detector,
                               cache)
   report.detected, report.cached, report.detect_seconds = (found.detected, found.cached,
@@ -285,6 +445,25 @@ def preprocess_video(video: Video, frames: Sequence[int], method: "Method | str"
   report.fallback = method.crops_face and not face.found
   report.box_size_ratio = face.box_size_ratio
   size = IMAGE_SHAPE[method][0]
+  matrix = None
+  if method.aligns and face.found:
+    landmarker = landmarker if landmarker is not None else faces.LandmarkDetector()
+    matrix = onset_transform(video, read, face, landmarker, size)
+    report.landmark_fallback = matrix is None
+
+  def crop(n: int, rgb: np.ndarray):
+    if matrix is not None:
+      return aligned_crop(rgb, matrix, size), matrix
+    return CROPS[method](rgb, face.boxes.get(n, (None, None))[0], size)
+
+  onset_face = None
+  if method.is_flow:
+    rgb = read(video.onset)
+    if rgb is None:  # skipped (skip_unreadable): no flow for any frame of the video
+      report.skipped += [f"{frame_file(video, n)} (its flow needs the onset frame)"
+                         for n in dict.fromkeys(numbers) if n != video.onset]
+      return [None] * len(numbers), report
+    onset_face = crop(video.onset, rgb)[0]
   images: dict[int, np.ndarray | None] = {}
   for n in dict.fromkeys(numbers):
     rgb = read(n)
@@ -292,13 +471,15 @@ def preprocess_video(video: Video, frames: Sequence[int], method: "Method | str"
       images[n] = None
       continue
     box, src = face.boxes.get(n, (None, None))
-    images[n], crop_box = CROPS[method](rgb, box, size)
+    images[n], region = crop(n, rgb)
     if method.crops_face and box is not None and src != n:
       report.borrowed.append((n, src))
-    centred, cover = centring(face.own.get(n), crop_box, size)
+    centred, cover = centring(face.own.get(n), region, size)
     report.centred += centred
     report.coverage += cover
     report.frames += 1
+  if method.is_flow:
+    images = flow_step(images, onset_face)
   return [images[n] for n in numbers], report
 
 
@@ -316,6 +497,7 @@ class PreprocessReport:
   detect_seconds: float = 0.0   # summed over workers
   borrowed: list = dataclasses.field(default_factory=list)   # "video_id: frame N <- frame M"
   fallback_videos: list = dataclasses.field(default_factory=list)
+  landmark_fallback_videos: list = dataclasses.field(default_factory=list)  # M2A, M3
   skipped: list = dataclasses.field(default_factory=list)    # "video_id: file"
   context_unreadable: list = dataclasses.field(default_factory=list)
   centred: int = 0
@@ -332,6 +514,8 @@ class PreprocessReport:
                       f"{'video box' if m is None else f'frame {m}'}" for n, m in r.borrowed]
     if r.fallback:
       self.fallback_videos.append(r.video_id)
+    if r.landmark_fallback:
+      self.landmark_fallback_videos.append(r.video_id)
     self.skipped += [f"{r.video_id}: {f}" for f in r.skipped]
     self.context_unreadable += [f"{r.video_id}: {f}" for f in r.context_unreadable]
     self.centred += r.centred

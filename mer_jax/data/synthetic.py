@@ -22,13 +22,18 @@ to CASME II's (others 99, disgust 63, happiness 32, repression 27, surprise
 a stray `Desktop - Shortcut.lnk` in sub01, an ApexFrame of '/', a video with
 apex == onset, an emotion in odd case with a trailing space, a Filename with a
 trailing space, names without the trailing 'f', frames not starting at 1.
+
+Speed (the quickstart writes the whole set first): each frame is rendered with
+OpenCV -- the motion as one remap of the small face patch, scale and tilt as
+one affine warp, the noise looked up from random bytes -- and JPEG-encoded in
+the worker process that rendered it, one per core: about 6 ms of CPU a frame,
+5x less than the PIL and scipy version before it (BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import multiprocessing
-import os
 import pathlib
 
 import numpy as np
@@ -69,6 +74,8 @@ _OTHERS_POOL = [("eye_l", (0.0, 0.8)), ("eye_r", (0.0, 0.8)), ("corner_l", (-0.7
 _AUS = {"happiness": "6+12", "disgust": "9+10", "surprise": "1+2+26", "repression": "14+24",
         "sadness": "1+15", "fear": "1+2+4+20", "others": "4"}
 _SIGMA = 8.0  # spread of each local motion, in patch pixels
+NOISE_SD = 2.0  # sensor noise, grey levels
+JPEG_QUALITY = 90
 
 
 def class_counts(videos: int = 255) -> dict[str, int]:
@@ -191,8 +198,9 @@ def _face_patch() -> np.ndarray:
   return skimage.data.astronaut()[t:b, l:r].astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
 def _alpha(h: int, w: int) -> np.ndarray:
-  """Soft elliptical mask so the patch has no hard edges."""
+  """Soft elliptical mask so the patch has no hard edges (one per face size: cached)."""
   y, x = np.mgrid[0:h, 0:w]
   d = ((x - w / 2) / (w / 2)) ** 2 + ((y - h / 2) / (h / 2)) ** 2
   return np.clip((1.15 - d) / 0.3, 0, 1)[..., None].astype(np.float32)
@@ -207,39 +215,82 @@ def intensity_at(v: SyntheticVideo, n: int) -> float:
   return float(0.1 + 0.9 * np.cos(0.5 * np.pi * (n - v.apex) / max(1, v.offset - v.apex)))
 
 
-def _warp(patch: np.ndarray, motions, amount: float) -> np.ndarray:
-  from scipy import ndimage
-  h, w = patch.shape[:2]
+@functools.lru_cache(maxsize=1)
+def _patch_grid() -> tuple[np.ndarray, np.ndarray]:
+  h, w = _face_patch().shape[:2]
   y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-  dx = np.zeros((h, w), np.float32)
-  dy = np.zeros((h, w), np.float32)
+  return x, y
+
+
+@functools.lru_cache(maxsize=None)
+def _bump(landmark: str) -> np.ndarray:
+  """A landmark's Gaussian weight over the patch (the shape of its local motion)."""
+  x, y = _patch_grid()
+  cx, cy = LANDMARKS[landmark]
+  return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * _SIGMA ** 2)).astype(np.float32)
+
+
+def _warp(patch: np.ndarray, motions, amount: float) -> np.ndarray:
+  import cv2
+  if amount == 0:
+    return patch
+  x, y = _patch_grid()
+  dx = np.zeros_like(x)
+  dy = np.zeros_like(y)
   for name, (ux, uy) in motions:
-    cx, cy = LANDMARKS[name]
-    g = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * _SIGMA ** 2))
-    dx += amount * ux * g
-    dy += amount * uy * g
+    dx += amount * ux * _bump(name)
+    dy += amount * uy * _bump(name)
   # Backward map: the pixel at p shows what was at p - d (content moves by d).
-  coords = [y - dy, x - dx]
-  return np.stack([ndimage.map_coordinates(patch[..., c], coords, order=1, mode="nearest")
-                   for c in range(3)], axis=-1)
+  return cv2.remap(patch, x - dx, y - dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _place(patch: np.ndarray, size: tuple[int, int], angle: float, fill: float) -> np.ndarray:
+  """The patch scaled to `size` (w, h) and tilted by `angle` degrees (counter-clockwise)
+  about the centre, bilinear, corners filled with `fill`: one affine warp."""
+  import cv2
+  h, w = patch.shape[:2]
+  sx, sy = size[0] / w, size[1] / h
+  c, s = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
+  rot = np.array([[c, s], [-s, c]])
+  centre = np.array([(size[0] - 1) / 2, (size[1] - 1) / 2])
+  # pixel centres: patch q -> scaled (q + 0.5) * scale - 0.5 -> rotated about the centre
+  shift = rot @ (np.array([0.5 * (sx - 1), 0.5 * (sy - 1)]) - centre) + centre
+  matrix = np.hstack([rot @ np.diag([sx, sy]), shift[:, None]])
+  return cv2.warpAffine(patch, matrix, size, flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 3)
+
+
+@functools.lru_cache(maxsize=8)
+def _background(level: int) -> np.ndarray:
+  """A subject's plain background with a left-to-right lighting gradient, float32."""
+  frame = np.full((FRAME_H, FRAME_W, 3), level, np.float32)
+  frame += np.linspace(-12, 12, FRAME_W, dtype=np.float32)[None, :, None]
+  frame.setflags(write=False)
+  return frame
+
+
+@functools.lru_cache(maxsize=1)
+def _noise_table() -> np.ndarray:
+  """Gaussian quantiles (sd NOISE_SD) of 256 equiprobable levels: a uniform byte -> noise."""
+  import statistics
+  gauss = statistics.NormalDist(0.0, NOISE_SD)
+  return np.array([gauss.inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
 
 
 def render_frame(v: SyntheticVideo, n: int) -> np.ndarray:
-  """Frame n of video v, 480x640x3 uint8."""
-  from PIL import Image
+  """Frame n of video v, 480x640x3 uint8 RGB (deterministic for v and n)."""
+  import cv2
   rng = np.random.default_rng([v.seed, n])
   s = v.subject
-  frame = np.full((FRAME_H, FRAME_W, 3), s.background, np.float32)
-  frame += np.linspace(-12, 12, FRAME_W, dtype=np.float32)[None, :, None]  # lighting gradient
+  frame = _background(s.background).copy()
   if not v.faceless_all and n not in v.faceless:
     patch = _warp(_face_patch(), v.motions, v.amplitude * intensity_at(v, n))
     if s.flip:
-      patch = patch[:, ::-1]
+      patch = cv2.flip(patch, 1)
     h, w = patch.shape[:2]
     size = (int(round(w * s.scale)), int(round(h * s.scale)))
-    img = Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)).resize(size, Image.BILINEAR)
-    img = img.rotate(s.angle, resample=Image.BILINEAR, fillcolor=(s.background,) * 3)
-    face = np.asarray(img, np.float32) * s.brightness
+    face = _place(patch, size, s.angle, s.background)
+    face *= s.brightness
     alpha = _alpha(size[1], size[0])
     jx, jy = rng.normal(0, 0.3, 2)
     x0 = int(round(s.cx - size[0] / 2 + jx))
@@ -250,18 +301,34 @@ def render_frame(v: SyntheticVideo, n: int) -> np.ndarray:
     region = frame[y0c:y1c, x0c:x1c]
     a = alpha[fy0:fy0 + (y1c - y0c), fx0:fx0 + (x1c - x0c)]
     f = face[fy0:fy0 + (y1c - y0c), fx0:fx0 + (x1c - x0c)]
-    frame[y0c:y1c, x0c:x1c] = a * f + (1 - a) * region
-  frame += rng.normal(0, 2.0, frame.shape).astype(np.float32)
+    region += a * (f - region)
+  # Per-frame sensor noise: a Gaussian quantised to 256 levels, looked up from
+  # random bytes (5x cheaper than drawing 921,600 normals).
+  frame += cv2.LUT(rng.integers(0, 256, frame.shape, dtype=np.uint8), _noise_table())
   return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  """JPEG bytes of an RGB frame (OpenCV's libjpeg-turbo; baseline, 4:2:0, as PIL writes)."""
+  import cv2
+  ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                         [cv2.IMWRITE_JPEG_QUALITY, quality])
+  if not ok:
+    raise RuntimeError("OpenCV could not encode a JPEG")
+  return buf.tobytes()
+
+
+def _init_writer() -> None:
+  import cv2
+  cv2.setNumThreads(1)  # one process per core already
 
 
 def _write_video(args) -> int:
   v, root = args
-  from PIL import Image
   d = root / FRAMES_DIR / f"sub{v.subject.number:02d}" / v.episode
   d.mkdir(parents=True, exist_ok=True)
   for n in range(v.first, v.last + 1):
-    Image.fromarray(render_frame(v, n)).save(d / f"img{n}.jpg", quality=90)
+    (d / f"img{n}.jpg").write_bytes(encode_jpeg(render_frame(v, n)))
   return v.last - v.first + 1
 
 
@@ -303,13 +370,17 @@ def write_synthetic_casme2(out: str | pathlib.Path, videos: int = 255, subjects:
   vs = plan(videos, subjects, seed, intensity, quirks, faceless_frames, faceless_videos)
   (out / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
   jobs = [(v, out) for v in vs]
-  workers = workers or os.cpu_count() or 1
+  from mer_jax.data import runner
+  workers = min(workers or runner.available_cores(), len(jobs))
   bar = None
   if progress:
     from tqdm import tqdm
     bar = tqdm(total=len(jobs), unit="video", desc="synthetic CASME II")
   if workers > 1:
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # Frames are rendered and encoded in the workers; every core writes.
+    with runner.spawning_without_main():
+      pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_writer)
+    with pool:
       for _ in pool.imap_unordered(_write_video, jobs):
         bar and bar.update()
   else:

@@ -1,4 +1,4 @@
-"""The CASME II TFDS builder: one config per method x phase (m1_af ... m2_mfs), paper splits.
+"""The CASME II TFDS builder: one config per method x phase (m1_af ... m3_mfs), paper splits.
 
 `python -m mer_jax.data.build` (mer_jax.data.build) builds with this class
 directly, so Python code needs no path to the datasets/ folder. The
@@ -8,7 +8,9 @@ for TFDS's own tools (`tfds build datasets/casme2 --config m2_mfs
 CASME II, splits and preprocesses through mer_jax.data, and writes.
 
 Each example is one preprocessed frame:
-  image         M1 384x384x3 / M2 224x224x1 uint8 (PNG, lossless)
+  image         M1 384x384x3 / M2, M2A 224x224x1 / M3 224x224x3 (flow u, v,
+                magnitude) uint8 (PNG, lossless; encoded by the preprocessing
+                workers, preprocess.encode_png)
   label         ClassLabel over EMOTIONS
   video_id      "subNN/EPxx_yy[f]"; subject "subNN"
   frame_index   absolute frame number (the N of imgN.jpg)
@@ -67,11 +69,12 @@ def _env_flag(name: str) -> bool:
 
 
 class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """CASME II micro-expression frames, preprocessed by M1/M2, per AF/KFS/MFS phase."""
+  """CASME II micro-expression frames, preprocessed by M1/M2/M2A/M3, per AF/KFS/MFS phase."""
 
   name = "casme2"
   VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "Six configs m{1,2}_{af,kfs,mfs}; paper split 201/26/28."}
+  RELEASE_NOTES = {"1.0.0": "Configs m{1,2,2a,3}_{af,kfs,mfs} (M2A aligned faces and M3 "
+                            "optical flow beside the paper's M1, M2); paper split 201/26/28."}
   BUILDER_CONFIGS = _configs()
   DEFAULT_CONFIG_NAME = "m2_mfs"
   MANUAL_DOWNLOAD_INSTRUCTIONS = casme2.MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -132,19 +135,24 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split_name: str, videos: list):
     cfg = self.builder_config
-    items = [(v, phases.select_frames(v, cfg.phase)) for v in videos]
+    # M3 (flow from the onset) leaves out the onset frame itself (preprocess.phase_frames).
+    items = [(v, preprocess.phase_frames(v, cfg.phase, cfg.method)) for v in videos]
     roles = {v.video_id: {f.frame_index: f.role for f in frames} for v, frames in items}
     # Faces are chosen over the MFS frames for every phase, so a frame's crop
-    # is the same in all three phases (and the detection cache serves all six).
+    # is the same in all three phases (and the detection cache serves every config).
     run = runner.preprocess_videos(
         items, cfg.method,
         context=lambda v: [f.frame_index for f in phases.select_frames(v, Phase.MFS)],
         cache_dir=self._detection_cache, workers=self._workers,
-        skip_unreadable=self._skip_unreadable)
+        skip_unreadable=self._skip_unreadable,
+        # PNG-encoded in the worker processes: TFDS's one writing process
+        # would otherwise spend most of an M1 build encoding (it stores bytes
+        # as given; the `image` feature decodes them as before).
+        encode=True)
     start = time.perf_counter()
-    for video, n, image in run:
+    for video, n, png in run:
       yield f"{video.video_id}/{n:06d}", {
-          "image": image if image.ndim == 3 else image[..., None],
+          "image": png,
           "label": video.label,
           "video_id": video.video_id,
           "subject": video.subject,
@@ -160,8 +168,9 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
     start = time.perf_counter()
-    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config,
-                                  **kwargs)
+    with runner.shared_workers():  # one pool of worker processes for the three splits
+      super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config,
+                                    **kwargs)
     quality = quality_dict(self._reports, self.builder_config)
     quality.update(self._build_info, build_seconds=time.perf_counter() - start)
     # self.data_dir is TFDS's temporary directory here: quality.json lands
@@ -186,6 +195,15 @@ def quality_dict(reports: dict, cfg) -> dict:
                  "dlib face box, mapped into the output image, lies within "
                  f"{preprocess.CENTRED_WITHIN:.0%} of the output side of the image centre; "
                  "frames without their own detection count as not centred"),
-             "information_density": "output pixels x channels"},
+             "information_density": "output pixels x channels",
+             "fallback_videos": "videos without any face detection: centre crops",
+             "landmark_fallback_videos": (
+                 "M2A/M3 videos whose onset face has no plausible landmarks: M2's crops "
+                 "instead of aligned faces")},
          **total.as_dict(), "splits": per_split}
+  if Method.parse(cfg.method).is_flow:
+    from mer_jax.data import flow
+    out["flow"] = {"algorithm": "dis", "scale_px": flow.SCALE, "encoding": (
+        "u, v: 128 + 127 * clip(flow, -scale, scale) / scale; magnitude: 255 * "
+        "min(|flow|, scale) / scale (mer_jax.data.flow.decode_flow inverts u, v)")}
   return out

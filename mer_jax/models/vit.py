@@ -75,7 +75,11 @@ class Attention(nn.Module):
     b, n, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = nn.Dense(3 * dim, dtype=self.dtype, kernel_init=trunc_normal, name="qkv")(x)
-    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, head_dim), 2, 0)
+    # Slice q, k, v in place: moving the 3-axis to the front (moveaxis) makes
+    # XLA's CPU compiler copy the whole qkv tensor per block, and again in the
+    # backward pass (BENCHMARKS.md, "Models").
+    qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     attn = nn.softmax(logits * (head_dim ** -0.5), axis=-1)
     x = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(self.dtype), v)
