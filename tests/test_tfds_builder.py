@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mer_jax.data import build, casme2, phases, preprocess, runner, splits
+from mer_jax.data import build, casme2, phases, preprocess, runner, splits, tfds_casme2
 from mer_jax.data.phases import Phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ def test_tfds_cli_builds_from_the_datasets_folder(manual, cache, m2_mfs, tmp_pat
        str(ROOT / "datasets" / "casme2"), "--config", "m1_kfs", "--manual_dir", str(manual),
        "--data_dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  d = tmp_path / "casme2" / "m1_kfs" / "1.0.0"
+  d = tmp_path / "casme2" / "m1_kfs" / str(tfds_casme2.VERSION)
   assert json.loads((d / "quality.json").read_text())["detected"] == 0  # the env's cache
   assert list(d.glob("*.array_record*"))
   data = read_all(d)

@@ -46,7 +46,7 @@ from mer_jax.data import casme2, dataset_configs, phases, preprocess, runner, sp
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 
-VERSION = tfds.core.Version("1.0.0")
+VERSION = tfds.core.Version("1.1.0")
 
 
 @dataclasses.dataclass
@@ -73,8 +73,12 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   name = "casme2"
   VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "Configs m{1,2,2a,3}_{af,kfs,mfs} (M2A aligned faces and M3 "
-                            "optical flow beside the paper's M1, M2); paper split 201/26/28."}
+  RELEASE_NOTES = {
+      "1.0.0": "The paper's configs m{1,2}_{af,kfs,mfs}; paper split 201/26/28.",
+      "1.1.0": "Configs m2a_* (aligned faces) and m3_* (optical flow); M1 resized with "
+               "OpenCV's area filter (pixels within 1-2 grey levels of 1.0.0's bicubic); "
+               "M2 unchanged.",
+  }
   BUILDER_CONFIGS = _configs()
   DEFAULT_CONFIG_NAME = "m2_mfs"
   MANUAL_DOWNLOAD_INSTRUCTIONS = casme2.MANUAL_DOWNLOAD_INSTRUCTIONS
