@@ -24,12 +24,12 @@ from mer_jax import steps
 
 def dataset_dir(config, log=print) -> str:
   """The built TFDS config of `config.data`, built first if it is missing."""
-  from mer_jax.data import build
+  from mer_jax.data import build, dataset_configs
   manual = str(pathlib.Path(os.path.expanduser(config.data.manual_dir)).absolute())
   data_dir = (str(pathlib.Path(os.path.expanduser(config.data.data_dir)).absolute())
               if config.data.data_dir else None)
   return build.ensure_built(
-      build.config_name(config.data.method, config.data.phase), manual, data_dir,
+      dataset_configs.config_name(config.data.method, config.data.phase), manual, data_dir,
       synthetic=config.data.synthetic, synthetic_videos=config.data.synthetic_videos,
       synthetic_subjects=config.data.synthetic_subjects,
       synthetic_intensity=config.data.get("synthetic_intensity", 1.0),

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import sys
 import tempfile
 from typing import Sequence
 

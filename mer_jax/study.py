@@ -403,7 +403,6 @@ def figures(root: pathlib.Path, cells: dict, models: list[str], overall: dict):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from mer_jax import evaluate
   # Fig. 2: best macro-F1 per phase and method, with its 95 % bootstrap CI;
   # only the phases and methods run (no empty slots).
   phases = [p for p in PHASES if any(k[2] == p for k in cells)]
