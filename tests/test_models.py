@@ -37,6 +37,8 @@ from parity import (FAMILIES, TINY, TINY_SIZE, TOL, family_module, images, model
 from mer_jax import cli, models
 from mer_jax.models import convert, weights
 from mer_jax.models.state_dict import ConversionError
+from mer_jax.models.swin import SwinArch
+from mer_jax.models.vit import ViTArch
 
 assert tiny_archs  # a fixture, used by name
 
@@ -348,6 +350,49 @@ def test_remat_keeps_loss_and_gradients(tiny_archs, family, remat):
   for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads),
                           jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_input_gradient_equals_timms(tiny_archs, family):
+  """The whole backward pass against torch autograd: d(cross-entropy)/d(image)
+  runs back through every block, residual stream included."""
+  tm = tiny_timm(family).eval()
+  x, y = images(3, TINY_SIZE, 3, seed=12), np.array([0, 3, 6])
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+  torch.nn.functional.cross_entropy(tm(xt), torch.from_numpy(y)).backward()
+  want = xt.grad.permute(0, 2, 3, 1).numpy()
+  model, v = tiny_model(family), tiny_variables(family, tm)
+  got = jax.jit(jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply(v, x), y).mean()))(x)
+  assert rel_err(got, want) < TOL
+
+
+def fusion_spans(compiled_hlo: str) -> list[int]:
+  """For each fusion of a compiled XLA module: how many distinct blocks
+  (`blocks_N` in its ops' names) its computation reads from."""
+  comps = {m.group(1): m.group(2) for m in
+           re.finditer(r"^%?([\w.\-]+) \(.*?\{\n(.*?)^\}", compiled_hlo, re.S | re.M)}
+  return [len(set(re.findall(r"blocks_\d+", comps[m.group(1)])))
+          for m in re.finditer(r"= \S+ fusion\(.*?calls=%([\w.\-]+)", compiled_hlo)]
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_training_step_computes_each_blocks_gradient_once(monkeypatch, family):
+  """`layers.materialize` between blocks: no fusion of the compiled backward
+  pass reaches further than the next block. Without it, XLA on CPU fuses the
+  residual stream's gradient through every block of a stage into each
+  fusion that reads it (work quadratic in depth; BENCHMARKS.md)."""
+  module = family_module(family)
+  arch = ViTArch(patch_size=8, embed_dim=32, depth=6, num_heads=2) if family == "vit" else \
+      SwinArch(embed_dim=16, depths=(1, 6), num_heads=(1, 2))
+  monkeypatch.setitem(module.ARCHS, "deep_test", arch)
+  model = module.create("deep_test", img_size=TINY_SIZE, in_chans=1)
+  x, y = images(2, TINY_SIZE, 1, seed=3), np.array([1, 2])
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+  grad = jax.jit(jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({"params": p}, x), y).mean()))
+  spans = fusion_spans(grad.lower(params).compile().as_text())
+  assert spans and max(spans) <= 2, sorted(spans)[-5:]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

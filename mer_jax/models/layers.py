@@ -3,7 +3,8 @@
 timm keeps these in `timm.layers`; the family files build their blocks from
 them: exact GELU, stochastic depth (`DropPath`, `drop_path_rates`), `Mlp`,
 `LayerScale`, the conv `PatchEmbed`, torch-style `layer_norm`, the
-classifier head, and the remat wrapper for blocks.
+classifier head, the remat wrapper for blocks, and the fusion boundary
+between blocks (`materialize`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,25 @@ def gelu(x):
   CPU (BENCHMARKS.md), and the values stay within float32 rounding of torch's.
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF.astype(x.dtype)))
+
+
+def materialize(x):
+  """`x`, computed once and stored: a fusion boundary for XLA's CPU compiler.
+
+  Put between residual blocks. Without it, XLA on CPU fuses the residual
+  stream's backward pass (each block's add plus its LayerNorm gradient, all
+  elementwise) into every fusion that reads it, so each block's gradient
+  recomputes the chain from the top of its stage: work quadratic in depth
+  (BENCHMARKS.md has what it cost). `optimization_barrier` would say this,
+  but the CPU compiler removes it; a conditional is a boundary it keeps. Both
+  branches give `x`'s values (the second multiplies by 1: JAX drops a
+  conditional's output that every branch passes through untouched), so values
+  and gradients are unchanged. Other platforms get `x` itself.
+  """
+  def stored(v):
+    return jax.lax.cond(jnp.isfinite(v.reshape(-1)[0]), lambda u: u, lambda u: u * 1, v)
+
+  return jax.lax.platform_dependent(x, cpu=stored, default=lambda v: v)
 
 
 REMAT_POLICIES = ("", "block", "dots")

@@ -38,7 +38,8 @@ import numpy as np
 
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, Mlp, PatchEmbed, check_nhwc, classifier,
-                                   drop_path_rates, layer_norm, remat_block, trunc_normal)
+                                   drop_path_rates, layer_norm, materialize, remat_block,
+                                   trunc_normal)
 from mer_jax.models.resample import resize_rel_pos_bias_table
 from mer_jax.models.state_dict import ConversionError, StateDict
 
@@ -251,6 +252,7 @@ class SwinStage(nn.Module):
                 self.layout.shift if j % 2 else 0, self.mlp_ratio,
                 drop_path=self.drop_paths[j], dtype=self.dtype,
                 name=f"blocks_{j}")(x, train)
+      x = materialize(x)
     return x
 
 

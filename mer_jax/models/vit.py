@@ -28,8 +28,8 @@ import numpy as np
 
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, PatchEmbed, check_nhwc,
-                                   classifier, drop_path_rates, layer_norm, remat_block,
-                                   trunc_normal)
+                                   classifier, drop_path_rates, layer_norm, materialize,
+                                   remat_block, trunc_normal)
 from mer_jax.models.resample import resample_abs_pos_embed
 from mer_jax.models.state_dict import ConversionError, StateDict
 
@@ -158,6 +158,7 @@ class VisionTransformer(nn.Module):
       x = block(self.num_heads, self.mlp_ratio, drop_path=rate,
                 init_values=self.init_values, dtype=self.dtype,
                 name=f"blocks_{i}")(x, train)
+      x = materialize(x)
     x = _layer_norm(self.dtype, "norm")(x)[:, 0]  # fc_norm is identity for token pooling
 
     return classifier(x, self.num_classes, self.drop_rate, train, self.dtype)
