@@ -12,7 +12,9 @@ timed after compilation, with its state donated as in training. Flax runs
 first, is freed, then timm runs; the peak resident memory of each phase is
 reported too (Linux /proc; both include the timm model and the inputs,
 which the process holds throughout). Prints a markdown table with the
-Flax/timm ratios (> 1 = Flax faster).
+Flax/timm ratios (> 1 = Flax faster), the step's useful GFLOP/s (XLA's cost
+analysis of the compiled step over each framework's step time) and the float32
+matmul rate of XLA and torch on this CPU, so the gap left is a number.
 """
 from __future__ import annotations
 
@@ -107,6 +109,10 @@ def bench(name, size, chans, batch, repeats):
     return optax.apply_updates(params, updates), opt_state
 
   key = jax.random.PRNGKey(0)
+  # XLA's own count of the step's floating-point work (its cost analysis).
+  cost = step.lower(params, opt_state, xj, yj, key).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  step_flop = float(cost.get("flops", float("nan")))
   state = step(params, opt_state, xj, yj, key)
   jax.block_until_ready(state)
   def f_step():
@@ -135,7 +141,23 @@ def bench(name, size, chans, batch, repeats):
   t_step()
   timm_s = best_of(t_step, repeats)
   timm_peak = _peak_rss_gb()
-  return batch / flax_f, batch / timm_f, flax_s, timm_s, flax_peak, timm_peak
+  return batch / flax_f, batch / timm_f, flax_s, timm_s, flax_peak, timm_peak, step_flop
+
+
+def matmul_gflops(m=1568, k=512, n=2048, repeats=20):
+  """XLA's and torch's float32 matmul rate on this CPU, GFLOP/s (best of
+  `repeats`): a Swin-B stage-3 MLP matmul at batch 8 by default."""
+  a, b = np.random.RandomState(0).randn(2, m, k).astype(np.float32)[0], \
+      np.random.RandomState(1).randn(k, n).astype(np.float32)
+  aj, bj = jax.device_put((a, b))
+  dot = jax.jit(lambda a, b: a @ b)
+  dot(aj, bj).block_until_ready()
+  xla = best_of(lambda: dot(aj, bj).block_until_ready(), repeats)
+  at, bt = torch.from_numpy(a), torch.from_numpy(b)
+  torch.matmul(at, bt)
+  tt = best_of(lambda: torch.matmul(at, bt), repeats)
+  flop = 2 * m * k * n
+  return flop / xla / 1e9, flop / tt / 1e9
 
 
 METHODS = {"M1": (384, 3), "M2": (224, 1)}
@@ -158,6 +180,9 @@ def main():
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}, "
         f"timm {timm.__version__}; batch {args.batch}, best of {args.repeats}; "
         f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+  xla_mm, torch_mm = matmul_gflops()
+  print(f"matmul 1568x512 @ 512x2048 float32: XLA {xla_mm:.0f} GFLOP/s, torch {torch_mm:.0f} "
+        f"GFLOP/s", flush=True)
   rows = []
   for name in args.models.split(","):
     for method in args.methods.split(","):
@@ -175,14 +200,20 @@ def main():
       r = json.loads(line[len("RESULT "):])
       rows.append((name, method, *r))
       print(f"{name} {method}: fwd flax {r[0]:.1f} img/s, timm {r[1]:.1f}; step flax "
-            f"{r[2]:.2f} s, timm {r[3]:.2f} s; peak RSS flax {r[4]:.1f} GB, timm {r[5]:.1f} GB",
-            flush=True)
+            f"{r[2]:.2f} s, timm {r[3]:.2f} s; peak RSS flax {r[4]:.1f} GB, timm {r[5]:.1f} GB; "
+            f"step {r[6] / 1e9:.0f} GFLOP", flush=True)
+  # Useful GFLOP/s: XLA's flop count of the step over each framework's step time
+  # (the same work for both), beside the matmul rates above.
   print(f"\n| model | input | fwd img/s Flax | fwd img/s timm | ratio | train step s Flax "
-        f"| train step s timm | ratio | peak RSS GB Flax | peak RSS GB timm |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for name, m, ff, tf, fs, ts, fm, tmem in rows:
+        f"| train step s timm | ratio | step GFLOP | useful GFLOP/s Flax | useful GFLOP/s timm "
+        f"| peak RSS GB Flax | peak RSS GB timm |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for name, m, ff, tf, fs, ts, fm, tmem, flop in rows:
     print(f"| {name} | {m} | {ff:.1f} | {tf:.1f} | {ff / tf:.2f} | {fs:.2f} | {ts:.2f} | "
-          f"{ts / fs:.2f} | {fm:.1f} | {tmem:.1f} |")
+          f"{ts / fs:.2f} | {flop / 1e9:.0f} | {flop / fs / 1e9:.0f} | {flop / ts / 1e9:.0f} | "
+          f"{fm:.1f} | {tmem:.1f} |")
+  print(f"\nmatmul rate on this CPU (float32, 1568x512 @ 512x2048): XLA {xla_mm:.0f} GFLOP/s, "
+        f"torch {torch_mm:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
