@@ -18,7 +18,12 @@ import os
 import pathlib
 import resource
 import shutil
+import sys
 import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout, installed or not
+  sys.path.insert(0, str(ROOT))
 
 from mer_jax.data import build, synthetic
 from mer_jax.data.phases import Phase

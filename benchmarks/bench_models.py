@@ -22,6 +22,7 @@ import argparse
 import functools
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -31,6 +32,10 @@ import numpy as np
 import optax
 import timm
 import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout, installed or not
+  sys.path.insert(0, str(ROOT))
 
 from mer_jax.models import create_model, from_timm
 

@@ -353,18 +353,32 @@ def test_remat_keeps_loss_and_gradients(tiny_archs, family, remat):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_input_gradient_equals_timms(tiny_archs, family):
-  """The whole backward pass against torch autograd: d(cross-entropy)/d(image)
-  runs back through every block, residual stream included."""
+def test_gradients_equal_timms(tiny_archs, family):
+  """The whole backward pass against torch autograd, on cross-entropy: the
+  image's gradient, and every parameter's (torch's gradients mapped by the
+  family's own converter, which only renames and transposes)."""
   tm = tiny_timm(family).eval()
   x, y = images(3, TINY_SIZE, 3, seed=12), np.array([0, 3, 6])
   xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
   torch.nn.functional.cross_entropy(tm(xt), torch.from_numpy(y)).backward()
-  want = xt.grad.permute(0, 2, 3, 1).numpy()
   model, v = tiny_model(family), tiny_variables(family, tm)
-  got = jax.jit(jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply(v, x), y).mean()))(x)
-  assert rel_err(got, want) < TOL
+
+  def loss(params, x):
+    logits = model.apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  g_params, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(v["params"], x)
+  assert rel_err(g_x, xt.grad.permute(0, 2, 3, 1).numpy()) < TOL
+  grads_sd = torch_sd(tm)  # buffers keep their values; the converter skips them
+  grads_sd.update({k: p.grad.numpy() for k, p in tm.named_parameters()})
+  module, name = tiny(family)
+  want = module.convert_timm(name, grads_sd, img_size=TINY_SIZE)
+  # Relative to each tensor, or to the whole gradient for one that is 0 but
+  # for rounding (PoolFormer's norm1 bias: pool(c) - c = 0).
+  norm = lambda a: np.linalg.norm(np.asarray(a, np.float64))  # noqa: E731
+  total = norm(np.concatenate([np.ravel(w) for w in jax.tree.leaves(want)]))
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(g_params), jax.tree.leaves(want)):
+    assert norm(np.asarray(g) - w) < TOL * max(norm(w), 1e-4 * total), jax.tree_util.keystr(path)
 
 
 def fusion_spans(compiled_hlo: str) -> list[int]:

@@ -33,6 +33,7 @@ import re
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -135,6 +136,31 @@ def attention_mask(resolution: int, window: int, shift: int) -> np.ndarray:
   return np.where(diff != 0, np.float32(-100.0), np.float32(0.0)).astype(np.float32)
 
 
+@jax.custom_vjp
+def add_window_bias(logits, bias):
+  """`logits` [B, windows, heads, N, N] + `bias` [heads, N, N], the same for
+  every image and window.
+
+  Its gradient for `bias` sums the logits' gradient over images and windows
+  as one matrix-vector product: XLA's CPU reduction over those two leading
+  axes, what autodiff would emit, is many times slower (BENCHMARKS.md).
+  """
+  return logits + bias.astype(logits.dtype)
+
+
+def _add_window_bias_fwd(logits, bias):
+  return add_window_bias(logits, bias), None
+
+
+def _add_window_bias_bwd(_, g):
+  lead = g.shape[0] * g.shape[1]
+  ones = jnp.ones((lead,), g.dtype)
+  return g, (ones @ g.reshape(lead, -1)).reshape(g.shape[2:])
+
+
+add_window_bias.defvjp(_add_window_bias_fwd, _add_window_bias_bwd)
+
+
 def _layer_norm(dtype, name):
   """timm's Swin uses torch's nn.LayerNorm: eps 1e-5."""
   return layer_norm(1e-5, dtype, name)
@@ -162,7 +188,7 @@ class WindowAttention(nn.Module):
     qkv = nn.Dense(3 * dim, dtype=self.dtype, kernel_init=trunc_normal, name="qkv")(x)
     q, k, v = jnp.moveaxis(qkv.reshape(b, nw, n, 3, self.num_heads, head_dim), 3, 0)
     logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (head_dim ** -0.5) + bias
+    logits = add_window_bias(logits * (head_dim ** -0.5), bias)
     if mask is not None:
       logits = logits + jnp.asarray(mask)[None, :, None]
     attn = nn.softmax(logits, axis=-1)
