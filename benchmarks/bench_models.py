@@ -2,6 +2,7 @@ r"""Flax vs timm on this CPU: forward images/s and one training step, batch 8.
 
   python benchmarks/bench_models.py [--models vit_b32,poolformer_m36,...] [--methods M1,M2]
       [--batch 8] [--repeats 3]
+  python benchmarks/bench_models.py --matmuls   # XLA vs torch on the models' dense layers
 
 Both run in one process (one per model and input) on the same threads, from the same random weights
 (timm model -> `from_timm`), at the paper's sizes: M1 384x384 RGB and M2
@@ -150,19 +151,46 @@ def bench(name, size, chans, batch, repeats):
 
 
 def matmul_gflops(m=1568, k=512, n=2048, repeats=20):
-  """XLA's and torch's float32 matmul rate on this CPU, GFLOP/s (best of
-  `repeats`): a Swin-B stage-3 MLP matmul at batch 8 by default."""
-  a, b = np.random.RandomState(0).randn(2, m, k).astype(np.float32)[0], \
-      np.random.RandomState(1).randn(k, n).astype(np.float32)
-  aj, bj = jax.device_put((a, b))
-  dot = jax.jit(lambda a, b: a @ b)
-  dot(aj, bj).block_until_ready()
-  xla = best_of(lambda: dot(aj, bj).block_until_ready(), repeats)
-  at, bt = torch.from_numpy(a), torch.from_numpy(b)
-  torch.matmul(at, bt)
-  tt = best_of(lambda: torch.matmul(at, bt), repeats)
+  """XLA's and torch's float32 rate for x[m, k] @ w[k, n] on this CPU, GFLOP/s
+  (best of `repeats`): a Swin-B stage-3 MLP matmul at batch 8 by default."""
+  return matmul_pass_gflops(m, k, n, repeats)[0]
+
+
+def matmul_pass_gflops(m, k, n, repeats=5):
+  """(XLA, torch) GFLOP/s for each matmul of a dense layer's training step:
+  forward x[m,k] @ w[k,n], input gradient dy @ w.T, weight gradient x.T @ dy."""
+  rng = np.random.RandomState(0)
+  x, w, dy = (rng.randn(*s).astype(np.float32) for s in ((m, k), (k, n), (m, n)))
+  xj, wj, dyj = jax.device_put((x, w, dy))
+  xt, wt, dyt = (torch.from_numpy(a) for a in (x, w, dy))
+  passes = [(jax.jit(lambda a, b: a @ b), (xj, wj), lambda: xt @ wt),
+            (jax.jit(lambda d, b: d @ b.T), (dyj, wj), lambda: dyt @ wt.T),
+            (jax.jit(lambda a, d: a.T @ d), (xj, dyj), lambda: xt.T @ dyt)]
   flop = 2 * m * k * n
-  return flop / xla / 1e9, flop / tt / 1e9
+  out = []
+  for fn, args, torch_fn in passes:
+    fn(*args).block_until_ready()
+    torch_fn()
+    out.append((flop / best_of(lambda: fn(*args).block_until_ready(), repeats) / 1e9,
+                flop / best_of(torch_fn, repeats) / 1e9))
+  return out
+
+
+# The paper models' dense layers at batch 8 (tokens x in x out).
+MATMUL_SHAPES = {
+    "PoolFormer M1 stage 1 fc1": (73728, 96, 384), "PoolFormer M1 stage 1 fc2": (73728, 384, 96),
+    "PoolFormer M1 stage 2 fc1": (18432, 192, 768), "PoolFormer M1 stage 3 fc1": (4608, 384, 1536),
+    "Swin-B M1 stage 1 fc1": (73728, 128, 512), "Swin-B M2 stage 1 fc1": (25088, 128, 512),
+    "Swin-B M2 stage 3 fc1": (1568, 512, 2048), "ViT-B/32 M1 fc1": (1160, 768, 3072)}
+
+
+def matmul_table():
+  print("| matmul (batch 8) | M x K x N | XLA fwd / dx / dW GFLOP/s | torch fwd / dx / dW GFLOP/s |")
+  print("|---|---|---:|---:|")
+  for label, (m, k, n) in MATMUL_SHAPES.items():
+    r = matmul_pass_gflops(m, k, n)
+    print(f"| {label} | {m} x {k} x {n} | {' / '.join(f'{a:.0f}' for a, _ in r)} | "
+          f"{' / '.join(f'{b:.0f}' for _, b in r)} |", flush=True)
 
 
 METHODS = {"M1": (384, 3), "M2": (224, 1)}
@@ -174,8 +202,13 @@ def main():
   ap.add_argument("--methods", default="M1,M2")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--matmuls", action="store_true",
+                  help="only the matmul table: the paper models' dense layers, XLA vs torch")
   ap.add_argument("--one", help=argparse.SUPPRESS)  # MODEL,METHOD: one case, JSON on stdout
   args = ap.parse_args()
+  if args.matmuls:
+    matmul_table()
+    return
   if args.one:
     name, method = args.one.split(",")
     size, chans = METHODS[method]

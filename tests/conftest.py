@@ -26,7 +26,7 @@ def pytest_unconfigure(config):
 
 import pytest
 
-from e2e import run_cmd, train_cmd
+from e2e import run_cmd, study_args, train_cmd
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +45,18 @@ def reference_run(casme2_small, tmp_path_factory):
   out = run_cmd(train_cmd(w, casme2_small))
   assert out.returncode == 0, out.stderr[-4000:]
   return w, out
+
+
+@pytest.fixture(scope="session")
+def m3_af_cell(casme2_small, tmp_path_factory):
+  """The run dir of a study cell poolformer_s12 M3 (optical flow) AF, trained as
+  the study tests train theirs: the M3 predict test reads it, the method-pair
+  study test copies it in."""
+  from mer_jax import study
+  w = tmp_path_factory.mktemp("m3_study")
+  assert study.main(["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m3",
+                     "--phases", "af", "--seeds", "0"] + study_args(casme2_small)) == 0
+  return w / "poolformer_s12_m3_af" / "seed0"
 
 
 # --- The data tests' synthetic CASME II, one per test session -------------------

@@ -35,3 +35,14 @@ def train_cmd(workdir, data, **extra) -> list[str]:
 def run_cmd(cmd, devices: int = 1, timeout: int = 600):
   return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(devices),
                         timeout=timeout, cwd=ROOT)
+
+
+def study_args(data) -> list[str]:
+  """`mer_jax.study` flags of the study tests' cells: poolformer_s12 at 32 px,
+  2 epochs, on the session's small synthetic CASME II."""
+  manual, tfds_dir = data
+  return ["--set", f"data.manual_dir={manual}", "--set", f"data.data_dir={tfds_dir}",
+          "--set", "init.weights=", "--set", "model.img_size=32", "--set", "num_epochs=2",
+          "--set", "batch_size=8", "--set", "eval_batch_size=16", "--set", "patience=5",
+          "--set", "model.drop_path_rate=0.0", "--set", "optim.lr=0.001",
+          "--set", "bootstrap_resamples=100", "--bootstrap", "200"]

@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score, recall_score
 from mer_jax import metrics, study
 from mer_jax.data import synthetic
 from mer_jax.data.casme2 import EMOTIONS
+from e2e import study_args
 
 
 @pytest.fixture
@@ -21,21 +22,12 @@ def tiny(casme2_small):
   return casme2_small
 
 
-def common(tiny):
-  manual, tfds_dir = tiny
-  return ["--set", f"data.manual_dir={manual}", "--set", f"data.data_dir={tfds_dir}",
-          "--set", "init.weights=", "--set", "model.img_size=32", "--set", "num_epochs=2",
-          "--set", "batch_size=8", "--set", "eval_batch_size=16", "--set", "patience=5",
-          "--set", "model.drop_path_rate=0.0", "--set", "optim.lr=0.001",
-          "--set", "bootstrap_resamples=100", "--bootstrap", "200"]
-
-
 @pytest.fixture(scope="module")
 def paper_study(casme2_small, tmp_path_factory):
   tiny = casme2_small
   w = tmp_path_factory.mktemp("study")
   args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m1,m2",
-          "--phases", "af,kfs", "--seeds", "0"] + common(tiny)
+          "--phases", "af,kfs", "--seeds", "0"] + study_args(tiny)
   assert study.main(args) == 0
   return w, args
 
@@ -80,19 +72,22 @@ def test_report_numbers_match_the_runs(paper_study):
         - f1_score(y1, p2, labels=np.unique(y1), average="macro", zero_division=0))
 
 
-def test_every_method_pair_on_the_same_test_videos(paper_study, tiny, tmp_path):
-  """M2A and M3 beside the paper's M1 and M2 (their AF cells copied from paper_study): the
-  method-pair table holds all six pairs, each equal to metrics.paired_bootstrap on the
-  saved predictions; Table I gains rows for M2A and M3."""
+def test_every_method_pair_on_the_same_test_videos(paper_study, m3_af_cell, tiny, tmp_path):
+  """M2A and M3 beside the paper's M1 and M2 (the M1, M2 and M3 AF cells copied from
+  paper_study and the session's M3 cell; M2A trains here): the method-pair table holds all
+  six pairs, each equal to metrics.paired_bootstrap on the saved predictions; Table I gains
+  rows for M2A and M3."""
   src, _ = paper_study
   w = tmp_path / "four"
-  for method in ("m1", "m2"):
+  done = {m: src / f"poolformer_s12_{m}_af" / "seed0" for m in ("m1", "m2")}
+  done["m3"] = m3_af_cell
+  for method, src_cell in done.items():
     cell = w / f"poolformer_s12_{method}_af" / "seed0"
     cell.mkdir(parents=True)
     for f in ("metrics.json", "predictions_test.csv"):
-      (cell / f).write_bytes((src / f"poolformer_s12_{method}_af" / "seed0" / f).read_bytes())
+      (cell / f).write_bytes((src_cell / f).read_bytes())
   args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m1,m2,m2a,m3",
-          "--phases", "af", "--seeds", "0"] + common(tiny)
+          "--phases", "af", "--seeds", "0"] + study_args(tiny)
   assert study.main(args) == 0
   s = json.loads((w / "study.json").read_text())
   pairs = {(r["a"], r["b"]): r for r in s["paired_methods"]}
@@ -126,7 +121,7 @@ def test_rerun_skips_finished_cells(paper_study, capsys):
 def test_loso_pools_predictions_over_folds(tiny, tmp_path):
   w = tmp_path / "loso"
   args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m2",
-          "--phases", "af", "--protocol", "loso"] + common(tiny)
+          "--phases", "af", "--protocol", "loso"] + study_args(tiny)
   assert study.main(args) == 0
   folds = sorted((w / "poolformer_s12_m2_af" / "seed0").glob("fold*"))
   assert len(folds) == 4  # one per subject
