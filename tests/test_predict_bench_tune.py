@@ -198,6 +198,7 @@ def test_tune_cli_rejects_bad_ranges():
   assert out.returncode == 2 and "--lr: LOW 0.001 is above HIGH 1e-05" in out.stderr
 
 
+@pytest.mark.slow
 def test_tune_searches_resumes_and_reports_the_best(data, tmp_path, capsys):
   w = tmp_path / "tune"
   _tune(w, data, 1, capsys)

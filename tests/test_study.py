@@ -39,6 +39,7 @@ def _pred(w):
           np.array([EMOTIONS.index(r["pred"]) for r in rows]))
 
 
+@pytest.mark.slow
 def test_report_has_every_table_and_figure(paper_study):
   w, _ = paper_study
   text = (w / "report.md").read_text()
@@ -49,6 +50,7 @@ def test_report_has_every_table_and_figure(paper_study):
   assert "| M1 | 384x384 | RGB |" in text and "| M2 | 224x224 | grayscale |" in text
 
 
+@pytest.mark.slow
 def test_report_numbers_match_the_runs(paper_study):
   w, _ = paper_study
   s = json.loads((w / "study.json").read_text())
@@ -72,6 +74,7 @@ def test_report_numbers_match_the_runs(paper_study):
         - f1_score(y1, p2, labels=np.unique(y1), average="macro", zero_division=0))
 
 
+@pytest.mark.slow
 def test_every_method_pair_on_the_same_test_videos(paper_study, m3_af_cell, tiny, tmp_path):
   """M2A and M3 beside the paper's M1 and M2 (the M1, M2 and M3 AF cells copied from
   paper_study and the session's M3 cell; M2A trains here): the method-pair table holds all
@@ -109,6 +112,7 @@ def test_every_method_pair_on_the_same_test_videos(paper_study, m3_af_cell, tiny
   assert (w / "fig2_preprocessing.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(paper_study, capsys):
   w, args = paper_study
   before = {p: p.stat().st_mtime_ns for p in w.glob("*/seed0/metrics.json")}
@@ -118,6 +122,7 @@ def test_rerun_skips_finished_cells(paper_study, capsys):
   assert before == {p: p.stat().st_mtime_ns for p in w.glob("*/seed0/metrics.json")}
 
 
+@pytest.mark.slow
 def test_loso_pools_predictions_over_folds(tiny, tmp_path):
   w = tmp_path / "loso"
   args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m2",

@@ -60,6 +60,7 @@ def test_run_writes_the_promised_workdir(reference):
   assert "report:" in out.stdout and "macro-F1" in out.stdout
 
 
+@pytest.mark.slow
 def test_second_trainer_and_killed_run_in_one_workdir(reference, data, tmp_path):
   """A second trainer on a held workdir exits 2 naming the holder; the holder, killed mid-epoch, leaves a stale lock that the rerun
   takes over (and says so), resuming to the uninterrupted run's result."""
@@ -101,6 +102,7 @@ def test_second_trainer_and_killed_run_in_one_workdir(reference, data, tmp_path)
   assert lock.read_text() == ""  # a finished run leaves its workdir free
 
 
+@pytest.mark.slow
 def test_two_process_run_trains_to_the_same_result(reference, data, tmp_path):
   ref_dir, _ = reference
   w = tmp_path / "two"
@@ -153,6 +155,7 @@ _STEP_PROG = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_step_on_four_devices_equals_one_device(tmp_path):
   prog = tmp_path / "step.py"
   prog.write_text(_STEP_PROG)
