@@ -19,32 +19,85 @@ def pytest_unconfigure(config):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
-# --- End-to-end data and the reference run, one each per test session ---------
+# --- Order: the long modules first -------------------------------------------
+# pyproject's addopts run two pytest-xdist workers, each taking whole modules
+# (--dist loadscope) in collection order; the long end-to-end and model-matrix
+# modules go first so that the workers finish together.
+LONG_MODULES = ("test_train.py", "test_models.py", "test_study.py",
+                "test_predict_bench_tune.py", "test_gpu_check.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONG_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable
+
+
+# --- End-to-end data and the reference run, one each per test run -------------
 # Training, evaluation, predict, tune and study tests share one small synthetic
-# CASME II (its TFDS configs are built on first use into one data dir) and one
-# uninterrupted training run, instead of writing and training their own.
+# CASME II (its TFDS configs are built on first use into one data dir; builds
+# lock) and one uninterrupted training run, instead of writing and training
+# their own. Under pytest-xdist (pyproject's addopts) the workers share them:
+# the first worker to ask makes one under a file lock, the others wait for it.
+
+import contextlib
+import fcntl
+import json
+import pathlib
+import subprocess
 
 import pytest
 
 from e2e import run_cmd, study_args, train_cmd
 
 
+@contextlib.contextmanager
+def _locked(path: pathlib.Path):
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
+  """A directory `name` that `make(dir)` fills once per test run, shared by the
+  xdist workers of the run (a failed `make` leaves nothing: the next asker retries)."""
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    d = tmp_path_factory.mktemp(name)
+    make(d)
+    return d
+  root = tmp_path_factory.getbasetemp().parent   # the run's, above each worker's
+  d, done = root / name, root / f"{name}.done"
+  with _locked(root / f"{name}.lock"):
+    if not done.exists():
+      shutil.rmtree(d, ignore_errors=True)
+      d.mkdir()
+      make(d)
+      done.touch()
+  return d
+
+
 @pytest.fixture(scope="session")
 def casme2_small(tmp_path_factory):
   """(manual_dir, tfds_dir): 20 synthetic videos of 4 subjects; configs build on use."""
   from mer_jax.data import synthetic
-  root = tmp_path_factory.mktemp("casme2_small")
-  synthetic.write_synthetic_casme2(root / "casme2", videos=20, subjects=4, seed=5, workers=1)
+  root = made_once(tmp_path_factory, "casme2_small", lambda d: synthetic.write_synthetic_casme2(
+      d / "casme2", videos=20, subjects=4, seed=5, workers=1))
   return root / "casme2", root / "tfds"
 
 
 @pytest.fixture(scope="session")
 def reference_run(casme2_small, tmp_path_factory):
   """(workdir, completed process) of one uninterrupted single-process run."""
-  w = tmp_path_factory.mktemp("reference_run")
-  out = run_cmd(train_cmd(w, casme2_small))
-  assert out.returncode == 0, out.stderr[-4000:]
-  return w, out
+  def make(d):
+    out = run_cmd(train_cmd(d / "run", casme2_small))
+    assert out.returncode == 0, out.stderr[-4000:]
+    (d / "process.json").write_text(json.dumps({"args": out.args, "stdout": out.stdout,
+                                                "stderr": out.stderr}))
+  d = made_once(tmp_path_factory, "reference_run", make)
+  out = json.loads((d / "process.json").read_text())
+  return d / "run", subprocess.CompletedProcess(out["args"], 0, out["stdout"], out["stderr"])
 
 
 @pytest.fixture(scope="session")
@@ -53,17 +106,17 @@ def m3_af_cell(casme2_small, tmp_path_factory):
   the study tests train theirs: the M3 predict test reads it, the method-pair
   study test copies it in."""
   from mer_jax import study
-  w = tmp_path_factory.mktemp("m3_study")
-  assert study.main(["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m3",
-                     "--phases", "af", "--seeds", "0"] + study_args(casme2_small)) == 0
+
+  def make(w):
+    assert study.main(["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m3",
+                       "--phases", "af", "--seeds", "0"] + study_args(casme2_small)) == 0
+  w = made_once(tmp_path_factory, "m3_study", make)
   return w / "poolformer_s12_m3_af" / "seed0"
 
 
-# --- The data tests' synthetic CASME II, one per test session -------------------
+# --- The data tests' synthetic CASME II, one per test run -----------------------
 # test_synthetic and test_tfds_builder read one small synthetic CASME II rather
 # than writing their own. Tests must not change it (copy it first).
-
-import pytest  # noqa: E402 (this block stands alone)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +124,5 @@ def synthetic_casme2(tmp_path_factory):
   """A synthetic CASME II: 16 videos of 4 subjects, seed 3, with the real data's
   quirks, both sheet formats (xlsx, csv) and one frame whose face is hidden."""
   from mer_jax.data import synthetic
-  root = tmp_path_factory.mktemp("synthetic_casme2")
-  synthetic.write_synthetic_casme2(root, videos=16, subjects=4, seed=3, workers=1,
-                                   sheet_format="both", faceless_frames=1)
-  return root
+  return made_once(tmp_path_factory, "synthetic_casme2", lambda d: synthetic.write_synthetic_casme2(
+      d, videos=16, subjects=4, seed=3, workers=1, sheet_format="both", faceless_frames=1))

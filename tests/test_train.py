@@ -185,15 +185,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(reference, data, tmp_
 
 
 def test_evaluate_cli_rewrites_the_report(reference, tmp_path):
-  ref_dir, _ = reference
-  before = metrics(ref_dir)
-  (ref_dir / "report.md").unlink()
-  out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(ref_dir)])
+  w = tmp_path / "run"
+  shutil.copytree(reference[0], w)   # the session's run stays as it is
+  before = metrics(w)
+  (w / "report.md").unlink()
+  out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(w)])
   assert out.returncode == 0, out.stderr[-3000:]
-  assert (ref_dir / "report.md").exists()
-  after = metrics(ref_dir)
+  assert (w / "report.md").exists()
+  after = metrics(w)
   assert after["test"] == before["test"] and after["best_epoch"] == before["best_epoch"]
-  out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(tmp_path)])
+  (tmp_path / "empty").mkdir()
+  out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(tmp_path / "empty")])
   assert out.returncode == 2 and "config.json" in out.stderr
 
 
