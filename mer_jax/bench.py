@@ -97,20 +97,20 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
 def bench_preprocess(repeats: int = 10) -> dict:
   """ms per 640x480 frame: M1 centre crop + resize; M2 dlib detection + crop; M2A
   detection + aligned warp; M3 that + DIS flow from the onset's aligned face."""
-  from mer_jax.data import align, faces, flow, preprocess, synthetic
+  from mer_jax.data import align, faces, flow, pixels, synthetic
   vids = synthetic.plan(videos=7, subjects=7, seed=0)
   frame = synthetic.render_frame(vids[0], vids[0].apex)
   onset = synthetic.render_frame(vids[0], vids[0].onset)
   det = faces.FaceDetector()
   box = max(det(onset), key=faces.box_score)
-  matrix = align.video_transform(preprocess.to_gray(onset)[..., 0], box,
+  matrix = align.video_transform(pixels.to_gray(onset)[..., 0], box,
                                  faces.LandmarkDetector(), 224)
-  onset_face = preprocess.aligned_crop(onset, matrix)[..., 0]
+  onset_face = pixels.aligned_crop(onset, matrix)[..., 0]
   dis = flow.make_flow()
 
   def m2a():
     det(frame)  # the frame's own detection (the quality figures; M2A crops by the onset's)
-    return preprocess.aligned_crop(frame, matrix)
+    return pixels.aligned_crop(frame, matrix)
 
   def m3():
     return flow.encode_flow(flow.optical_flow(onset_face, m2a()[..., 0], flow=dis))
@@ -118,10 +118,10 @@ def bench_preprocess(repeats: int = 10) -> dict:
   def m2():
     found = det(frame)
     box = max(found, key=faces.box_area) if found else None
-    return (preprocess.face_crop(frame, box, 224) if box is not None
-            else preprocess.fallback_crop(frame, 224))
+    return (pixels.face_crop(frame, box, 224) if box is not None
+            else pixels.fallback_crop(frame, 224))
 
-  m1 = lambda: preprocess.centre_crop(frame, 384)  # noqa: E731
+  m1 = lambda: pixels.centre_crop(frame, 384)  # noqa: E731
   fns = {"m1": m1, "m2": m2, "m2a": m2a, "m3": m3}
   for fn in fns.values():
     fn()

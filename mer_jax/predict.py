@@ -36,6 +36,7 @@ import numpy as np
 
 from mer_jax import cli
 from mer_jax.data import casme2, faces, phases, preprocess
+from mer_jax.data.pixels import centre_square, expand_box, read_frame
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -98,8 +99,8 @@ def _region(rgb: np.ndarray, method: preprocess.Method, detector) -> tuple[int, 
   if method.crops_face:
     found = detector(rgb)
     if found:
-      return preprocess.expand_box(max(found, key=faces.box_area), h, w)
-  return preprocess.centre_square(h, w)
+      return expand_box(max(found, key=faces.box_area), h, w)
+  return centre_square(h, w)
 
 
 def _gray_small(rgb: np.ndarray, box, size: int = 112) -> np.ndarray:
@@ -123,14 +124,14 @@ def motion_curve(frames: dict[int, pathlib.Path], onset: int, offset: int,
   method = preprocess.Method.parse(method)
   if method.crops_face and detector is None:
     detector = faces.FaceDetector()
-  first = preprocess.read_frame(frames[onset])
+  first = read_frame(frames[onset])
   box = _region(first, method, detector)
   ref = _gray_small(first, box)
   m = ref.shape[0] // 16  # border the registration shift may have filled
   curve = {}
   for n, p in frames.items():
     if onset <= n <= offset:
-      img = _gray_small(preprocess.read_frame(p), box)
+      img = _gray_small(read_frame(p), box)
       shift = phase_cross_correlation(ref, img, upsample_factor=10, normalization=None)[0]
       aligned = ndimage.shift(img, shift, order=1, mode="nearest")
       curve[n] = float(np.mean(np.abs(aligned - ref)[m:-m, m:-m]))

@@ -39,8 +39,6 @@ def pytest_collection_modifyitems(items):
 # their own. Under pytest-xdist (pyproject's addopts) the workers share them:
 # the first worker to ask makes one under a file lock, the others wait for it.
 
-import contextlib
-import fcntl
 import json
 import pathlib
 import subprocess
@@ -50,16 +48,6 @@ import pytest
 from e2e import run_cmd, study_args, train_cmd
 
 
-@contextlib.contextmanager
-def _locked(path: pathlib.Path):
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
   """A directory `name` that `make(dir)` fills once per test run, shared by the
   xdist workers of the run (a failed `make` leaves nothing: the next asker retries)."""
@@ -67,9 +55,10 @@ def made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
     d = tmp_path_factory.mktemp(name)
     make(d)
     return d
+  from mer_jax.data.build import exclusive
   root = tmp_path_factory.getbasetemp().parent   # the run's, above each worker's
   d, done = root / name, root / f"{name}.done"
-  with _locked(root / f"{name}.lock"):
+  with exclusive(root / f"{name}.lock"):
     if not done.exists():
       shutil.rmtree(d, ignore_errors=True)
       d.mkdir()

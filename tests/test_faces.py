@@ -14,6 +14,7 @@ from PIL import Image
 from frames_helpers import (H, W, StubDetector, face_patch, make_frame, make_video, marked,
                             three_videos)
 from mer_jax.data import faces, runner
+from mer_jax.data import pixels
 from mer_jax.data import preprocess as pp
 
 
@@ -34,9 +35,9 @@ def test_dlib_finds_the_astronaut_and_m2_crop_contains_her_face(tmp_path):
   chosen = faces.choose_faces({1: found})[1]
   cx, cy = landmarks.mean(axis=0)
   assert chosen[0] < cx < chosen[2] and chosen[1] < cy < chosen[3]
-  left, top, right, bottom = pp.expand_box(chosen, H, W)
+  left, top, right, bottom = pixels.expand_box(chosen, H, W)
   assert (landmarks > [left, top]).all() and (landmarks < [right, bottom]).all()
-  np.testing.assert_array_equal(image, pp.face_crop(rgb, chosen))
+  np.testing.assert_array_equal(image, pixels.face_crop(rgb, chosen))
   assert report.detected == 1 and report.centred == 1 and not report.fallback
 
 
@@ -113,7 +114,7 @@ def test_two_real_faces_the_video_keeps_one(tmp_path):
   centres = [(b[0] + b[2]) / 2 for b in chosen.values()]
   assert max(centres) - min(centres) < 40     # the same face in every frame
   for n, image in zip((1, 2, 3), images):
-    np.testing.assert_array_equal(image, pp.face_crop(frames[n], chosen[n]))
+    np.testing.assert_array_equal(image, pixels.face_crop(frames[n], chosen[n]))
   assert report.borrowed == [] and report.centred == 3
 
 
@@ -128,7 +129,7 @@ def test_no_face_frame_borrows_nearest_detection(tmp_path):
   assert report.borrowed == [(3, 1)]
   images, report = pp.preprocess_video(v, [3], pp.Method.M2, context_frames=[1, 2, 4])
   assert report.borrowed == [(3, 2)] and report.centred == 0 and report.frames == 1
-  np.testing.assert_array_equal(images[0], pp.face_crop(frames[3], box2))
+  np.testing.assert_array_equal(images[0], pixels.face_crop(frames[3], box2))
 
 
 def test_steady_box_uses_the_median_box_everywhere(tmp_path):
@@ -139,7 +140,7 @@ def test_steady_box_uses_the_median_box_everywhere(tmp_path):
                                        steady_box=True)
   median = [200, 100, 380, 280]
   for n, image in zip((1, 2, 3, 4), images):
-    np.testing.assert_array_equal(image, pp.face_crop(marked(n), median))
+    np.testing.assert_array_equal(image, pixels.face_crop(marked(n), median))
   assert report.borrowed == [(4, None)]
   assert report.box_size_ratio == pytest.approx(216 / 180)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from frames_helpers import H, W, face_patch, make_frame
 from mer_jax.data import casme2
-from mer_jax.data import preprocess as pp
+from mer_jax.data import pixels
 
 # M1 (OpenCV's area average vs PIL's antialiased bicubic, 480x480 -> 384x384):
 # mean absolute difference and 99th percentile, in grey levels. Measured on the
@@ -52,7 +52,7 @@ def frames(synthetic_casme2):
 
 def test_jpeg_decode_is_pils_pixel_for_pixel(frames):
   for path in frames:
-    np.testing.assert_array_equal(pp.read_frame(path), pil_read(path))
+    np.testing.assert_array_equal(pixels.read_frame(path), pil_read(path))
 
 
 @pytest.mark.parametrize("options", [
@@ -67,16 +67,16 @@ def test_jpeg_decode_matches_pil_for_other_encoders_settings(tmp_path, options, 
   rgb = np.clip(rgb.astype(int) + rng.integers(-20, 21, rgb.shape), 0, 255).astype(np.uint8)
   path = tmp_path / "f.jpg"
   Image.fromarray(rgb).convert(mode).save(path, **options)
-  np.testing.assert_array_equal(pp.read_frame(path), pil_read(path))
+  np.testing.assert_array_equal(pixels.read_frame(path), pil_read(path))
 
 
 def test_jpeg_with_trailing_bytes_and_non_jpeg_files_read_as_pil(tmp_path):
   rgb = make_frame([(face_patch(1.0), 100, 100)])
   Image.fromarray(rgb).save(tmp_path / "f.jpg", quality=90)
   (tmp_path / "tail.jpg").write_bytes((tmp_path / "f.jpg").read_bytes() + b"\0\0junk")
-  np.testing.assert_array_equal(pp.read_frame(tmp_path / "tail.jpg"), pil_read(tmp_path / "f.jpg"))
+  np.testing.assert_array_equal(pixels.read_frame(tmp_path / "tail.jpg"), pil_read(tmp_path / "f.jpg"))
   Image.fromarray(rgb).save(tmp_path / "f.png")
-  np.testing.assert_array_equal(pp.read_frame(tmp_path / "f.png"), rgb)
+  np.testing.assert_array_equal(pixels.read_frame(tmp_path / "f.png"), rgb)
 
 
 def test_truncated_jpeg_still_raises(tmp_path):
@@ -85,24 +85,24 @@ def test_truncated_jpeg_still_raises(tmp_path):
   data = (tmp_path / "f.jpg").read_bytes()
   (tmp_path / "cut.jpg").write_bytes(data[:int(len(data) * 0.8)])
   with pytest.raises(casme2.Casme2Error, match="cut.jpg"):
-    pp.read_frame(tmp_path / "cut.jpg")
+    pixels.read_frame(tmp_path / "cut.jpg")
 
 
 def test_m2_crops_are_the_previous_paths_bit_for_bit(frames):
   boxes = [(200, 130, 408, 338), (-30, 400, 90, 520), (150.4, 99.6, 371.5, 330), (0, 0, W, H)]
   for path in frames:
     for box in boxes:
-      np.testing.assert_array_equal(pp.face_crop(pp.read_frame(path), box),
+      np.testing.assert_array_equal(pixels.face_crop(pixels.read_frame(path), box),
                                     pil_face_crop(pil_read(path), box))
     rgb = pil_read(path)
-    np.testing.assert_array_equal(pp.fallback_crop(pp.read_frame(path)),
+    np.testing.assert_array_equal(pixels.fallback_crop(pixels.read_frame(path)),
                                   pil_face_crop(rgb, (80 + 20, 20, 560 - 20, 480 - 20)))
 
 
 def test_m1_crops_are_within_the_interpolation_tolerance_of_the_previous_path(frames):
   diffs = []
   for path in frames:
-    got = pp.centre_crop(pp.read_frame(path))
+    got = pixels.centre_crop(pixels.read_frame(path))
     want = pil_centre_crop(pil_read(path))
     assert got.shape == want.shape == (384, 384, 3) and got.dtype == np.uint8
     diffs.append(np.abs(got.astype(int) - want.astype(int)).ravel())
@@ -117,7 +117,7 @@ def test_png_bytes_decode_to_the_image_through_tfds_and_pil(shape):
   import tensorflow_datasets as tfds
   rng = np.random.default_rng(3)
   image = rng.integers(0, 256, shape, dtype=np.uint8)
-  png = pp.encode_png(image)
+  png = pixels.encode_png(image)
   want = image if image.ndim == 3 else image[..., None]
   # PIL reads the channels in the array's order (a standard PNG, RGB not BGR).
   np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))).reshape(want.shape), want)
@@ -125,4 +125,4 @@ def test_png_bytes_decode_to_the_image_through_tfds_and_pil(shape):
   assert feature.encode_example(png) == png  # TFDS stores the bytes as given
   np.testing.assert_array_equal(feature.decode_example_np(png), want)
   with pytest.raises(ValueError, match="uint8"):
-    pp.encode_png(image.astype(np.float32))
+    pixels.encode_png(image.astype(np.float32))

@@ -11,6 +11,7 @@ from PIL import Image
 from frames_helpers import (H, W, StubDetector, face_patch, make_frame, make_video, marked,
                             three_videos)
 from mer_jax.data.phases import Phase, select_frames
+from mer_jax.data import pixels
 from mer_jax.data import preprocess as pp
 from mer_jax.data import align, casme2, faces, flow, runner, synthetic
 from mer_jax.data.casme2 import Casme2Error
@@ -41,25 +42,25 @@ def test_method_parse_and_information_density():
 def test_read_frame_converts_and_names_bad_files(tmp_path):
   gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
   Image.fromarray(gray).save(tmp_path / "gray.jpg", quality=100)
-  rgb = pp.read_frame(tmp_path / "gray.jpg")
+  rgb = pixels.read_frame(tmp_path / "gray.jpg")
   assert rgb.shape == (12, 10, 3) and rgb.dtype == np.uint8
   assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
   rgba = np.zeros((4, 5, 4), np.uint8)
   rgba[..., 0], rgba[..., 3] = 200, 255
   Image.fromarray(rgba).save(tmp_path / "rgba.png")
-  out = pp.read_frame(tmp_path / "rgba.png")
+  out = pixels.read_frame(tmp_path / "rgba.png")
   assert out.shape == (4, 5, 3) and (out == [200, 0, 0]).all()
 
   with pytest.raises(Casme2Error, match="missing.jpg"):
-    pp.read_frame(tmp_path / "missing.jpg")
+    pixels.read_frame(tmp_path / "missing.jpg")
   (tmp_path / "junk.jpg").write_bytes(b"not a jpeg at all")
   with pytest.raises(Casme2Error, match="junk.jpg"):
-    pp.read_frame(tmp_path / "junk.jpg")
+    pixels.read_frame(tmp_path / "junk.jpg")
   Image.fromarray(face_patch()).save(tmp_path / "whole.jpg")
   data = (tmp_path / "whole.jpg").read_bytes()
   (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
   with pytest.raises(Casme2Error, match="cut.jpg"):
-    pp.read_frame(tmp_path / "cut.jpg")
+    pixels.read_frame(tmp_path / "cut.jpg")
 
 
 # --- geometry ----------------------------------------------------------------------
@@ -70,7 +71,7 @@ def test_m1_centre_crop_geometry():
   frame[:, :80] = (0, 255, 0)        # left of the 480x480 centre square: cropped away
   frame[:, 560:] = (0, 255, 0)       # right of it
   frame[200:240, 300:340] = (255, 0, 0)
-  out = pp.centre_crop(frame)
+  out = pixels.centre_crop(frame)
   assert out.shape == (384, 384, 3) and out.dtype == np.uint8
   # Square x 300..340 -> 220..260 in the crop (left = 80), y unchanged; x 384/480 = 0.8.
   assert _bbox(out[..., 0] > 127) == (176, 160, 208, 192)
@@ -82,7 +83,7 @@ def test_m2_face_crop_geometry_and_gray():
   frame = np.zeros((H, W, 3), np.uint8)
   colour = (200, 100, 50)
   frame[200:240, 300:340] = colour
-  out = pp.face_crop(frame, (200, 100, 400, 300))
+  out = pixels.face_crop(frame, (200, 100, 400, 300))
   assert out.shape == (224, 224, 1) and out.dtype == np.uint8
   # Box + 20 px = (180, 80, 420, 320), 240 px -> 224: x (300-180)*224/240 = 112 .. 149.3.
   left, top, right, bottom = _bbox(out[..., 0] > 64)
@@ -92,25 +93,25 @@ def test_m2_face_crop_geometry_and_gray():
 
 
 def test_margin_clipped_at_borders_and_equal_to_pil_crop():
-  assert pp.expand_box((5, 10, 100, 120), H, W) == (0, 0, 120, 140)
-  assert pp.expand_box((600, 400, 650, 490), H, W) == (580, 380, 640, 480)
-  assert pp.expand_box((100.4, 99.6, 200.5, 300), H, W, margin=0) == (100, 100, 200, 300)
+  assert pixels.expand_box((5, 10, 100, 120), H, W) == (0, 0, 120, 140)
+  assert pixels.expand_box((600, 400, 650, 490), H, W) == (580, 380, 640, 480)
+  assert pixels.expand_box((100.4, 99.6, 200.5, 300), H, W, margin=0) == (100, 100, 200, 300)
   rng = np.random.default_rng(0)
   frame = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-  got = pp.face_crop(frame, (-30, 400, 90, 520))
+  got = pixels.face_crop(frame, (-30, 400, 90, 520))
   # Independent path: PIL crops the clipped region (0, 380, 110, 480), grays, resizes.
   want = Image.fromarray(frame).crop((0, 380, 110, 480)).convert("L").resize(
       (224, 224), Image.BICUBIC)
   np.testing.assert_array_equal(got[..., 0], np.asarray(want))
   with pytest.raises(ValueError, match="outside"):
-    pp.face_crop(frame, (700, 10, 800, 100))
+    pixels.face_crop(frame, (700, 10, 800, 100))
 
 
 def test_grayscale_is_itu_r_601_luma():
   rng = np.random.default_rng(1)
   rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
   want = rgb.astype(float) @ [0.299, 0.587, 0.114]
-  got = pp.to_gray(rgb)[..., 0].astype(float)
+  got = pixels.to_gray(rgb)[..., 0].astype(float)
   assert np.abs(got - want).max() <= 1.0   # PIL's fixed-point rounding
   assert np.abs(got - want).mean() < 0.5
 
@@ -119,7 +120,7 @@ def test_fallback_crop_is_centre_square_in_m2_format():
   rng = np.random.default_rng(2)
   frame = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
   want = Image.fromarray(frame[:, 80:560]).convert("L").resize((224, 224), Image.BICUBIC)
-  np.testing.assert_array_equal(pp.fallback_crop(frame)[..., 0], np.asarray(want))
+  np.testing.assert_array_equal(pixels.fallback_crop(frame)[..., 0], np.asarray(want))
 
 
 # --- one video ---------------------------------------------------------------------
@@ -133,7 +134,7 @@ def test_no_face_video_falls_back_to_centre_crop_and_is_reported(tmp_path):
   out = list(run)
   assert [(v.video_id, n) for v, n, _ in out] == [("sub01/EP09_09", 5), ("sub01/EP09_09", 6)]
   for (_, n, image) in out:
-    np.testing.assert_array_equal(image, pp.fallback_crop(frames[n]))
+    np.testing.assert_array_equal(image, pixels.fallback_crop(frames[n]))
   assert run.report.fallback_videos == ["sub01/EP09_09"]
   assert run.report.face_centring_rate == 0.0 and run.report.borrowed == []
 
@@ -150,9 +151,9 @@ def test_context_makes_the_apex_crop_independent_of_the_phase(tmp_path):
                               detector=detector)
   mfs, _ = pp.preprocess_video(video, [1, 2, 3, 4], pp.Method.M2, detector=detector)
   frame = marked(3)
-  np.testing.assert_array_equal(alone[0], pp.face_crop(frame, stray))  # no context: stray wins
+  np.testing.assert_array_equal(alone[0], pixels.face_crop(frame, stray))  # no context: stray wins
   np.testing.assert_array_equal(af[0], mfs[2])
-  np.testing.assert_array_equal(af[0], pp.face_crop(frame, box))
+  np.testing.assert_array_equal(af[0], pixels.face_crop(frame, box))
 
 
 def test_centring_by_hand():
@@ -302,9 +303,9 @@ def _tilted_face_video(tmp_path, shift: int = 2):
 
 
 def _onset_matrix(video, detector, landmarker):
-  found = {n: detector(pp.read_frame(video.frames[n])) for n in sorted(video.frames)}
+  found = {n: detector(pixels.read_frame(video.frames[n])) for n in sorted(video.frames)}
   box = faces.video_faces(found).boxes[video.onset][0]
-  return align.video_transform(pp.to_gray(pp.read_frame(video.frames[video.onset]))[..., 0],
+  return align.video_transform(pixels.to_gray(pixels.read_frame(video.frames[video.onset]))[..., 0],
                                box, landmarker)
 
 
@@ -316,7 +317,7 @@ def test_m2a_warps_every_frame_by_the_onset_faces_transform(tmp_path, dlib_model
   assert abs(abs(np.degrees(np.arctan2(m[1, 0], m[0, 0]))) - 8) < 3  # the tilt is undone
   for n, image in zip((2, 3), images):
     assert image.shape == (224, 224, 1) and image.dtype == np.uint8
-    np.testing.assert_array_equal(image, pp.aligned_crop(pp.read_frame(video.frames[n]), m))
+    np.testing.assert_array_equal(image, pixels.aligned_crop(pixels.read_frame(video.frames[n]), m))
   assert report.frames == 2 and report.centred == 2  # the box centre lands near the middle
   assert not report.landmark_fallback and not report.fallback
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import pathlib
 
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, recall_score
 
 from mer_jax import metrics, study
-from mer_jax.data import synthetic
 from mer_jax.data.casme2 import EMOTIONS
 from e2e import study_args
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mer_jax.data import build, casme2, phases, preprocess, runner, splits, tfds_casme2
+from mer_jax.data import build, casme2, phases, pixels, runner, splits, tfds_casme2
 from mer_jax.data.phases import Phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_m2_reuses_detections_across_configs(manual, data_dir, cache, m2_mfs):
 
 
 def test_m2_examples_decode_to_the_preprocessing_output(manual, cache, m2_mfs):
-  # The build PNG-encodes in its worker processes (preprocess.encode_png) and
+  # The build PNG-encodes in its worker processes (pixels.encode_png) and
   # hands TFDS the bytes; what a reader decodes is what preprocess_videos made.
   _, data = m2_mfs
   index = {v.video_id: v for v in casme2.load_casme2(manual).videos}
@@ -122,7 +122,7 @@ def test_m1_af_is_the_centre_crop_of_the_apex_frame(manual, data_dir, cache):
   assert sum(len(v) for v in data.values()) == len(index)  # one frame per video
   for e in data["test"]:
     v = index[e["video_id"].decode()]
-    want = preprocess.centre_crop(preprocess.read_frame(v.frames[v.apex]), 384)
+    want = pixels.centre_crop(pixels.read_frame(v.frames[v.apex]), 384)
     np.testing.assert_array_equal(e["image"], want)  # PNG is lossless
   assert build.read_quality(d)["information_density"] == 384 * 384 * 3
 

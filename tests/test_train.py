@@ -7,7 +7,6 @@ subprocesses, with a small PoolFormer at 32 px on KFS frames.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess

@@ -46,7 +46,9 @@ def is_built(b) -> bool:
 
 
 @contextlib.contextmanager
-def _lock(path: pathlib.Path):
+def exclusive(path: pathlib.Path):
+  """Holds an exclusive flock on the file `path` (made if missing) while the
+  block runs: one process at a time, on this host or a shared file system."""
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
@@ -74,7 +76,7 @@ def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int =
         f"No CASME II copy at {d.resolve()} (no CASME2-coding-*.xlsx/csv there).\n\n"
         + casme2.MANUAL_DOWNLOAD_INSTRUCTIONS)
   from mer_jax.data import synthetic as syn
-  with _lock(d.parent / f".{d.name}.lock"):
+  with exclusive(d.parent / f".{d.name}.lock"):
     if not _has_casme2(d):
       log(f"Writing the synthetic CASME II ({videos} videos, {subjects} subjects, motion "
           f"intensity {intensity:g}) to {d} ...")
@@ -97,7 +99,7 @@ def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
   b = builder(config, data_dir, **options)
   if is_built(b):
     return str(b.data_dir)
-  with _lock(pathlib.Path(b.data_path).parent.parent / f".{config}.lock"):
+  with exclusive(pathlib.Path(b.data_path).parent.parent / f".{config}.lock"):
     b = builder(config, data_dir, **options)  # re-read: another process may have built it
     if is_built(b):
       return str(b.data_dir)

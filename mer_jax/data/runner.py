@@ -19,8 +19,9 @@ import numpy as np
 
 from mer_jax.data import faces
 from mer_jax.data.casme2 import Video
-from mer_jax.data.preprocess import (Method, PreprocessReport, VideoReport, encode_png,
-                                     frame_number, preprocess_video)
+from mer_jax.data.pixels import encode_png
+from mer_jax.data.preprocess import (Method, PreprocessReport, VideoReport, frame_number,
+                                     preprocess_video)
 
 # What a worker process keeps between videos: its detector, landmarker and cache.
 _WORKER: dict = {}
@@ -223,7 +224,7 @@ def preprocess_videos(items: Sequence[tuple[Video, Sequence[int]]], method: "Met
     (default: every available core,
     or this process alone for fewer than 4 videos per core; 1 runs in this
     process).
-  encode: images come as PNG bytes (`preprocess.encode_png`), encoded in the
+  encode: images come as PNG bytes (`pixels.encode_png`), encoded in the
     workers (what the TFDS builder stores), not as arrays.
   Returns a `PreprocessRun`: iterate it for (video, frame_index, image), then
   read `.report`. Errors name the file and the video (see `preprocess_video`).

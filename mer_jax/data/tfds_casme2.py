@@ -10,7 +10,7 @@ CASME II, splits and preprocesses through mer_jax.data, and writes.
 Each example is one preprocessed frame:
   image         M1 384x384x3 / M2, M2A 224x224x1 / M3 224x224x3 (flow u, v,
                 magnitude) uint8 (PNG, lossless; encoded by the preprocessing
-                workers, preprocess.encode_png)
+                workers, pixels.encode_png)
   label         ClassLabel over EMOTIONS
   video_id      "subNN/EPxx_yy[f]"; subject "subNN"
   frame_index   absolute frame number (the N of imgN.jpg)
