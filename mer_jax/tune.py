@@ -72,11 +72,12 @@ def suggest(trial, space: dict) -> dict:
           "loss.name": trial.suggest_categorical("loss.name", list(space["loss.name"]))}
 
 
-def apply_overrides(config, overrides: dict):
-  """A copy of config with dotted-name overrides set."""
+def with_values(config, values: dict):
+  """A copy of config with typed values set by dotted name (a trial's suggestions);
+  cli.apply_overrides is its text counterpart, for FIELD=VALUE flags."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
-    for name, value in overrides.items():
+    for name, value in values.items():
       node = c
       *path, last = name.split(".")
       for p in path:
@@ -104,7 +105,7 @@ def make_objective(config, workdir: pathlib.Path, space: dict):
 
   def objective(trial):
     overrides = suggest(trial, space)
-    c = apply_overrides(config, overrides)
+    c = with_values(config, overrides)
     d = trial_dir(workdir, trial)
     trial.set_user_attr("workdir", str(d))
     print(f"\n== trial {trial.number} ({d.name}): "

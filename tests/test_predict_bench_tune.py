@@ -41,7 +41,7 @@ def small_config(data, **extra):
     c.model.img_size, c.model.drop_path_rate = 32, 0.0
     c.batch_size, c.eval_batch_size, c.num_epochs = 8, 16, 1
     c.optim.lr, c.bootstrap_resamples = 1e-3, 50
-  return tune.apply_overrides(c, extra)
+  return tune.with_values(c, extra)
 
 
 @pytest.fixture
