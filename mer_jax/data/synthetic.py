@@ -26,8 +26,7 @@ trailing space, names without the trailing 'f', frames not starting at 1.
 Speed (the quickstart writes the whole set first): each frame is rendered with
 OpenCV -- the motion as one remap of the small face patch, scale and tilt as
 one affine warp, the noise looked up from random bytes -- and JPEG-encoded in
-the worker process that rendered it, one per core: about 6 ms of CPU a frame,
-5x less than the PIL and scipy version before it (BENCHMARKS.md).
+the worker process that rendered it, one per core (timings: BENCHMARKS.md).
 """
 from __future__ import annotations
 
