@@ -52,12 +52,10 @@ from e2e import run_cmd, study_args, train_cmd
 def made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
   """A directory `name` that `make(dir)` fills once per test run, shared by the
   xdist workers of the run (a failed `make` leaves nothing: the next asker retries)."""
-  if "PYTEST_XDIST_WORKER" not in os.environ:
-    d = tmp_path_factory.mktemp(name)
-    make(d)
-    return d
   from mer_jax.data.build import exclusive
-  root = tmp_path_factory.getbasetemp().parent   # the run's, above each worker's
+  root = tmp_path_factory.getbasetemp()
+  if "PYTEST_XDIST_WORKER" in os.environ:
+    root = root.parent   # the run's, above each worker's
   d, done = root / name, root / f"{name}.done"
   with exclusive(root / f"{name}.lock"):
     if not done.exists():
