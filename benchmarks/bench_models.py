@@ -153,12 +153,13 @@ def bench(name, size, chans, batch, repeats):
 def matmul_gflops(m=1568, k=512, n=2048, repeats=20):
   """XLA's and torch's float32 rate for x[m, k] @ w[k, n] on this CPU, GFLOP/s
   (best of `repeats`): a Swin-B stage-3 MLP matmul at batch 8 by default."""
-  return matmul_pass_gflops(m, k, n, repeats)[0]
+  return matmul_pass_gflops(m, k, n, repeats, forward_only=True)[0]
 
 
-def matmul_pass_gflops(m, k, n, repeats=5):
+def matmul_pass_gflops(m, k, n, repeats=5, forward_only=False):
   """(XLA, torch) GFLOP/s for each matmul of a dense layer's training step:
-  forward x[m,k] @ w[k,n], input gradient dy @ w.T, weight gradient x.T @ dy."""
+  forward x[m,k] @ w[k,n], input gradient dy @ w.T, weight gradient x.T @ dy
+  (the forward one alone with `forward_only`)."""
   rng = np.random.RandomState(0)
   x, w, dy = (rng.randn(*s).astype(np.float32) for s in ((m, k), (k, n), (m, n)))
   xj, wj, dyj = jax.device_put((x, w, dy))
@@ -168,7 +169,7 @@ def matmul_pass_gflops(m, k, n, repeats=5):
             (jax.jit(lambda a, d: a.T @ d), (xj, dyj), lambda: xt.T @ dyt)]
   flop = 2 * m * k * n
   out = []
-  for fn, args, torch_fn in passes:
+  for fn, args, torch_fn in passes[:1] if forward_only else passes:
     fn(*args).block_until_ready()
     torch_fn()
     out.append((flop / best_of(lambda: fn(*args).block_until_ready(), repeats) / 1e9,
