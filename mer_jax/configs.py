@@ -65,6 +65,8 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.data.synthetic_intensity = 1.0      # motion amplitude of the synthetic clips (1 = ~9 px)
   c.data.protocol = "paper"             # "paper" (201/26/28 split) or "loso"
   c.data.fold = -1                      # LOSO: index of the held-out subject
+  c.data.split_seed = 0
+  c.data.split = "video"
   c.data.class_balanced = False         # sample training frames class-balanced
   c.data.prefetch = 2
 

@@ -4,31 +4,42 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --models poolformer_s12 --phases af,mfs --workdir runs/small \
       --set model.img_size=64 --set num_epochs=5
   python -m mer_jax.study --grid paper --protocol loso --workdir runs/loso
+  python -m mer_jax.study --grid paper --split_seeds 0,1,2 --workdir runs/splits
+  python -m mer_jax.study --grid paper --split subject --workdir runs/subject
   python -m mer_jax.study --grid paper --methods m1,m2,m2a,m3 --workdir runs/study4
   python -m mer_jax.study --workdir runs/study --report_only
 
-A cell is (model, method, phase, seed[, LOSO fold]); its run directory is
-WORKDIR/<model>_<method>_<phase>/seed<S>[/fold<K>]. Cells with a metrics.json
-are skipped, and a cell interrupted mid-training resumes from its checkpoint,
-so rerunning the command continues an interrupted study. Under a SLURM array
-(or with --task_index/--num_tasks) each task runs its share of the cells
-(cell i goes to task i mod N); `--report_only` then gathers them. A cell
-another process is training (its workdir lock is held) is left to it: the
-other cells still run, and the command then exits 2 naming it.
+A cell is (model, method, phase, split seed, seed[, LOSO fold]); its run
+directory is WORKDIR/<model>_<method>_<phase>/seed<S>[/fold<K>] on the paper's
+split, WORKDIR/<model>_<method>_<phase>/split<K>/seed<S> on another split seed
+(`--split_seeds 0,1,2`; `data.split_seed`) and .../subject<K>/seed<S> on a
+subject-independent split (`--split subject`; `data.split`). Cells with a
+metrics.json are skipped, and a cell interrupted mid-training resumes from its
+checkpoint, so rerunning the command continues an interrupted study. Under a
+SLURM array (or with --task_index/--num_tasks) each task runs its share of the
+cells (cell i goes to task i mod N) and writes no report; `--report_only` then
+gathers them. WORKDIR/study_plan.json records every cell of the study and the
+LOSO fold count, so a report of an unfinished study (or a LOSO cell missing
+folds) says so. A cell another process is training (its workdir lock is held)
+is left to it: the other cells still run, and the command then exits 2 naming
+it.
 
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
 the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess.
 
-WORKDIR/report.md holds Table I (dataset and methodology), Table III (best
-model per phase and method, M1 vs M2 with 95 % bootstrap CIs), Table IV
-(temporal evolution per model), Table V (per-class F1 of the best models),
-the difference of every pair of methods per (model, phase, seed) with a
-paired bootstrap CI and p-value on the same test videos, the mean and spread
-over seeds, and for LOSO the UF1/UAR of the predictions pooled over all folds
-(MEGC convention) with the per-fold spread. Figures: fig2_preprocessing.png
-(best model per phase and method, 95 % CI error bars), fig3_temporal.png,
-fig4_confusion.png. mer_jax.study_tables makes them from the finished runs;
-this module runs the cells.
+WORKDIR/report.md holds Table I (dataset and methodology), Table III (per
+phase and method the model with the highest VALIDATION macro-F1, its test
+macro-F1 beside it, and M1 − M2 on one model per phase with a paired
+bootstrap CI and p), the paper's choice by test score in a separate table
+labelled optimistic, Table IV (temporal evolution per model), Table V
+(per-class F1 of the validation-best models), every pair of methods per
+(model, phase, seed) on the same test videos with add-one p-values and Holm
+adjustment, the spread over split seeds, and for LOSO the UF1/UAR of the
+predictions pooled over all folds (MEGC convention, subject-clustered CI) with
+the fold count. Figures: fig2_preprocessing.png (the validation-chosen model
+per phase and method, 95 % CI error bars), fig3_temporal.png,
+fig4_confusion.png. mer_jax.study_tables makes them from the finished runs
+and says how it chose; this module runs the cells.
 """
 from __future__ import annotations
 
@@ -39,9 +50,8 @@ import pathlib
 
 from mer_jax import cli
 from mer_jax import configs as recipe
-from mer_jax.study_tables import METHODS, PAPER_METHODS, PHASES, report
-# The tables' other names, where callers of the earlier layout found them.
-from mer_jax.study_tables import gather, paired_m1_m2, paired_methods, summarise_cells  # noqa: F401
+from mer_jax.study_tables import (METHODS, PAPER_METHODS, PHASES, cell_coordinates, report,
+                                  write_plan)
 from mer_jax.workdir import WorkdirBusy
 
 GRIDS = {"paper": ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")}
@@ -53,14 +63,21 @@ class Cell:
   method: str
   phase: str
   seed: int
-  fold: int = -1                # LOSO fold; -1 = paper split
+  fold: int = -1                # LOSO fold; -1 = holdout split
+  split_seed: int = 0           # data.split_seed; 0 = the paper's split
+  split: str = "video"          # data.split: "video" (the paper's) or "subject"
 
   @property
   def key(self) -> str:
     return f"{self.model}_{self.method}_{self.phase}"
 
   def workdir(self, root: pathlib.Path) -> pathlib.Path:
-    d = root / self.key / f"seed{self.seed}"
+    """The paper's split keeps the original layout; other splits get a folder of their own
+    (split<K> by video, subject<K> by subject) so no two cells share a run directory."""
+    d = root / self.key
+    if (self.split, self.split_seed) != ("video", 0):
+      d = d / f"{'split' if self.split == 'video' else 'subject'}{self.split_seed}"
+    d = d / f"seed{self.seed}"
     return d / f"fold{self.fold:02d}" if self.fold >= 0 else d
 
 
@@ -78,13 +95,24 @@ def cell_config(cell: Cell, overrides: list[str], protocol: str):
   c.seed = cell.seed
   c.data.protocol = protocol
   c.data.fold = cell.fold
+  c.data.split_seed = cell.split_seed
+  c.data.split = cell.split
   cli.apply_overrides(c, overrides, flag="--set ")
   return c
 
 
-def make_cells(models, methods, phases, seeds, folds=(-1,)) -> list[Cell]:
-  return [Cell(m, me, p, s, f) for m, me, p, s, f in
-          itertools.product(models, methods, phases, seeds, folds)]
+def make_cells(models, methods, phases, seeds, folds=(-1,), split_seeds=(0,),
+               split="video") -> list[Cell]:
+  return [Cell(m, me, p, s, f, k, split) for m, me, p, k, s, f in
+          itertools.product(models, methods, phases, split_seeds, seeds, folds)]
+
+
+def plan(cells: list[Cell], protocol: str, split: str, loso_folds: int | None) -> dict:
+  """What the whole study holds (every task's cells), for the report's completeness check;
+  loso_folds is the number of subjects, whatever subset of folds was asked for."""
+  return {"protocol": protocol, "split": split, "loso_folds": loso_folds,
+          "cells": [cell_coordinates(c.model, c.method, c.phase, c.seed, c.fold, c.split_seed)
+                    for c in cells]}
 
 
 def loso_fold_count(config) -> int:
@@ -133,6 +161,12 @@ def main(argv=None) -> int:
   p.add_argument("--seeds", default="0")
   p.add_argument("--protocol", choices=("paper", "loso"), default="paper")
   p.add_argument("--folds", default="", help="LOSO: comma list of fold indices (default all)")
+  p.add_argument("--split_seeds", default="0",
+                 help="comma list of data.split_seed values: each cell runs on each split "
+                      "(0 = the paper's split)")
+  p.add_argument("--split", choices=("video", "subject"), default="video",
+                 help="holdout split: 'video' (the paper's; subjects shared) or 'subject' "
+                      "(test and validation subjects never in training)")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="config override for every cell, e.g. num_epochs=10")
   p.add_argument("--task_index", type=int,
@@ -153,15 +187,21 @@ def main(argv=None) -> int:
     methods = parse_list(args.methods, METHODS)
     phases = parse_list(args.phases, PHASES)
     seeds = [int(s) for s in parse_list(args.seeds)]
-    folds = [-1]
+    split_seeds = [int(s) for s in parse_list(args.split_seeds)]
+    folds, n_folds = [-1], None
     if args.protocol == "loso":
+      if split_seeds != [0] or args.split != "video":
+        raise ValueError("--split_seeds and --split choose a holdout split; LOSO's folds are "
+                         "fixed. Drop them, or use --protocol paper.")
       probe = cell_config(Cell(models[0], methods[0], phases[0], seeds[0]), args.set, "loso")
-      folds = [int(f) for f in parse_list(args.folds)] if args.folds else \
-          list(range(loso_fold_count(probe)))
-    cells = make_cells(models, methods, phases, seeds, folds)
+      n_folds = loso_fold_count(probe)
+      folds = [int(f) for f in parse_list(args.folds)] if args.folds else list(range(n_folds))
+    cells = make_cells(models, methods, phases, seeds, folds, split_seeds, args.split)
+    write_plan(root, plan(cells, args.protocol, args.split, n_folds))
     print(f"{len(cells)} cells; task {args.task_index} of {args.num_tasks}", flush=True)
     run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks)
-    if args.num_tasks > 1 and args.task_index != 0:
+    if args.num_tasks > 1:
+      # Other tasks may still be training: no task writes a partial report.
       print("Cells done; run with --report_only once every task has finished.")
       return 0
   data_dir = None
