@@ -8,16 +8,35 @@ Conventions (the paper's / MER literature's):
   A present class that is never predicted has F1 = 0 and recall = 0. This equals sklearn's
   ``f1_score(average='macro', labels=present, zero_division=0)``.
 * Per-class lists hold ``nan`` for a class absent from ``y_true``.
-* Bootstrap intervals are percentile intervals over resamples of the samples
-  (e.g. videos) with replacement; the resample indices are those of
-  ``numpy.random.default_rng(seed).integers(0, n, (n_resamples, n))`` -- the same
-  draw as ``scipy.stats.bootstrap(..., paired=True, method='percentile')``.
-  Present classes are recomputed per resample from the resample's ``y_true``.
+* Bootstrap intervals are percentile intervals over B resamples with
+  replacement, drawn from ``rng = numpy.random.default_rng(seed)`` in one of
+  three ways (the resample b's sample indices, [B, n] in all):
+
+  - stratified (the default, ``stratify=True``): sample j is replaced by the
+    u-th sample (in index order) of its own true class, ``u =
+    rng.integers(0, n_{y_j}, (B, n))``; every class of ``y_true`` keeps its
+    count in every resample, so a class with one test video never vanishes
+    and the macro-F1 always averages over the same classes. Test sets are
+    drawn stratified by class; the resamples mirror that.
+  - i.i.d. (``stratify=False``): ``rng.integers(0, n, (B, n))``, the same
+    draw as ``scipy.stats.bootstrap(..., paired=True, method='percentile')``.
+  - clustered (``clusters=``, one group id per sample, e.g. the subject):
+    the G clusters (sorted ids) are drawn, ``rng.integers(0, G, (B, G))``, and
+    every sample of a drawn cluster comes along; ``stratify`` is then
+    ignored. Use it where samples share a source (LOSO or any pooled result:
+    a subject's videos are not independent).
+
+  Present classes are recomputed per resample from the resample's ``y_true``
+  (they only change under i.i.d. or clustered draws).
+* p-values of `paired_bootstrap` are add-one estimates ``(r + 1) / (B + 1)``,
+  never 0; `format_p` prints one at its floor as ``< 1/B``. `holm` adjusts a
+  table's p-values for its number of comparisons.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -108,27 +127,81 @@ def macro_f1(y_true, y_pred, num_classes: int) -> float:
   return classification_report(y_true, y_pred, num_classes)["macro_f1"]
 
 
-def _resample_indices(n: int, n_resamples: int, rng: np.random.Generator):
-  """Yields [b, n] index chunks; concatenated they equal rng.integers(0, n, (B, n))."""
-  chunk = max(1, _MAX_CHUNK_ELEMS // max(n, 1))
-  done = 0
-  while done < n_resamples:
-    b = min(chunk, n_resamples - done)
-    yield rng.integers(0, n, (b, n))
-    done += b
+def _units(t: np.ndarray, clusters) -> tuple[np.ndarray, int]:
+  """The resampling unit of each sample (its cluster, else itself) and the number of units."""
+  if clusters is None:
+    return np.arange(t.size), t.size
+  c = np.asarray(clusters)
+  if c.shape != t.shape:
+    raise ValueError(f"clusters must hold one id per sample ({t.size}), got shape {c.shape}")
+  ids, unit = np.unique(c, return_inverse=True)
+  return unit.ravel(), len(ids)
 
 
-def _resampled_macro_f1(t: np.ndarray, p: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
-  """Macro-F1 of each resample idx[b] -> [b]; vectorised via one bincount each."""
-  b = idx.shape[0]
-  rt, rp = t[idx], p[idx]                                  # [b, n]
-  offs = (np.arange(b) * k)[:, None]
-  size = b * k
-  support = np.bincount((rt + offs).ravel(), minlength=size).reshape(b, k)
-  pred_count = np.bincount((rp + offs).ravel(), minlength=size).reshape(b, k)
-  hit = (rt == rp)
-  tp = np.bincount((rt + offs)[hit], minlength=size).reshape(b, k)
-  return _macro_f1_from_counts(tp, support, pred_count)
+def _resample_weights(t: np.ndarray, n_resamples: int, rng: np.random.Generator, *,
+                      stratify: bool, clusters) -> tuple[np.ndarray, Iterator[np.ndarray]]:
+  """(unit of each sample, chunks of [b, U] unit multiplicities of consecutive resamples).
+
+  The draws are those the module docstring names; chunking does not change them
+  (numpy's Generator continues its stream across calls, element by element).
+  """
+  if n_resamples < 1:
+    raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+  unit, n_units = _units(t, clusters)
+  high, pick = n_units, None
+  if clusters is None and stratify:
+    size = np.bincount(t)
+    start = np.cumsum(size) - size
+    members = np.argsort(t, kind="stable")     # the samples of each class, in index order
+    high = size[t]                             # sample j draws among its class's n_{t_j}
+    pick = lambda u: members[start[t] + u]
+
+  def chunks():
+    chunk = max(1, _MAX_CHUNK_ELEMS // max(n_units, 1))
+    done = 0
+    while done < n_resamples:
+      b = min(chunk, n_resamples - done)
+      idx = rng.integers(0, high, (b, n_units))
+      if pick is not None:
+        idx = pick(idx)
+      offs = (np.arange(b) * n_units)[:, None]
+      yield np.bincount((idx + offs).ravel(), minlength=b * n_units).reshape(b, n_units)
+      done += b
+  return unit, chunks()
+
+
+def _unit_counts(t: np.ndarray, p: np.ndarray, k: int, unit: np.ndarray, n_units: int
+                 ) -> np.ndarray:
+  """[U, 3K] per unit: true count, predicted count and true positives of each class."""
+  c = np.zeros((n_units, 3 * k))
+  np.add.at(c, (unit, t), 1)
+  np.add.at(c, (unit, k + p), 1)
+  hit = t == p
+  np.add.at(c, (unit[hit], 2 * k + t[hit]), 1)
+  return c
+
+
+def _bootstrap_f1(t: np.ndarray, preds: Sequence[np.ndarray], k: int, n_resamples: int,
+                  seed: int, stratify: bool, clusters) -> np.ndarray:
+  """[B, len(preds)] macro-F1 of every prediction set on the same resamples.
+
+  A resample's counts are its unit multiplicities times the per-unit counts
+  (one matmul, exact in float64), so a resample never materialises its samples.
+  """
+  if t.size == 0:
+    raise ValueError("bootstrap needs at least one sample")
+  unit, weights = _resample_weights(t, n_resamples, np.random.default_rng(seed),
+                                    stratify=stratify, clusters=clusters)
+  n_units = int(unit.max()) + 1
+  counts = [_unit_counts(t, p, k, unit, n_units) for p in preds]
+  out = []
+  for w in weights:
+    cols = []
+    for c in counts:
+      s = w @ c                                               # [b, 3K]
+      cols.append(_macro_f1_from_counts(s[:, 2 * k:], s[:, :k], s[:, k:2 * k]))
+    out.append(np.stack(cols, -1))
+  return np.concatenate(out)
 
 
 def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
@@ -143,60 +216,118 @@ def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]
 
 
 def bootstrap_macro_f1(y_true, y_pred, num_classes: int, n_resamples: int = 1000,
-                       seed: int = 0) -> np.ndarray:
-  """The [n_resamples] macro-F1 values of the bootstrap resamples."""
+                       seed: int = 0, *, stratify: bool = True, clusters=None) -> np.ndarray:
+  """The [n_resamples] macro-F1 values of the bootstrap resamples (see `bootstrap_ci`)."""
   t, p = _check_pair(y_true, y_pred, num_classes)
-  if t.size == 0:
-    raise ValueError("bootstrap needs at least one sample")
-  rng = np.random.default_rng(seed)
-  return np.concatenate([_resampled_macro_f1(t, p, idx, num_classes)
-                         for idx in _resample_indices(t.size, n_resamples, rng)])
+  return _bootstrap_f1(t, [p], num_classes, n_resamples, seed, stratify, clusters)[:, 0]
 
 
 def bootstrap_ci(y_true, y_pred, num_classes: int, n_resamples: int = 1000,
-                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+                 level: float = 0.95, seed: int = 0, *, stratify: bool = True,
+                 clusters=None) -> tuple[float, float]:
   """Percentile bootstrap interval ``(low, high)`` of macro-F1.
 
-  Samples are resampled with replacement (indices from
-  ``default_rng(seed).integers(0, n, (n_resamples, n))``); each resample's
-  macro-F1 averages over the classes present in that resample's ``y_true``.
-  The bounds are ``np.percentile`` (linear interpolation) at
+  ``stratify`` (default) resamples within each true class, so every class of
+  ``y_true`` keeps its count in every resample; ``stratify=False`` resamples
+  all samples i.i.d. (scipy's draw). ``clusters`` (one group id per sample,
+  e.g. the subject) resamples whole clusters instead and then ignores
+  ``stratify``: a cluster holds several classes, so its draw cannot keep class
+  counts. Each resample's macro-F1 averages over the classes present in its
+  ``y_true``. The bounds are ``np.percentile`` (linear interpolation) at
   ``100*(1-level)/2`` and ``100*(1+level)/2``. Deterministic for a seed.
   """
-  stats = bootstrap_macro_f1(y_true, y_pred, num_classes, n_resamples, seed)
+  stats = bootstrap_macro_f1(y_true, y_pred, num_classes, n_resamples, seed,
+                             stratify=stratify, clusters=clusters)
   return _percentile_interval(stats, level)
 
 
 def paired_bootstrap(y_true, pred_a, pred_b, num_classes: int, n_resamples: int = 10000,
-                     level: float = 0.95, seed: int = 0) -> dict:
+                     level: float = 0.95, seed: int = 0, *, stratify: bool = True,
+                     clusters=None) -> dict:
   """Paired bootstrap of the macro-F1 difference ``a - b``.
 
-  Both prediction sets are scored on the SAME resample indices. Returns
-  ``diff`` (the full-set difference), ``ci`` (percentile interval of the
-  resampled differences), ``p_value`` and ``n_resamples``.
+  Both prediction sets are scored on the SAME resamples (drawn as in
+  `bootstrap_ci`, with ``stratify`` and ``clusters``). Returns ``diff`` (the
+  full-set difference), ``f1_a`` and ``f1_b`` (the full-set scores), ``ci``
+  (percentile interval of the resampled differences), ``p_value`` and
+  ``n_resamples`` (B).
 
-  ``p_value`` is the two-sided percentile-bootstrap p-value
-  ``min(1, 2 * min(P*(d <= 0), P*(d >= 0)))`` where ``P*`` is the fraction of
-  resampled differences ``d``; i.e. twice the smaller tail mass at zero (the
-  smallest ``1 - level`` for which the percentile CI would include 0). It is 1
-  when the predictions agree on every sample, and its resolution is
-  ``2 / n_resamples`` (it can be 0).
+  ``p_value`` is the add-one two-sided percentile-bootstrap p-value
+  ``(r + 1) / (B + 1)`` with ``r = min(B, 2 * min(#(d <= 0), #(d >= 0)))``
+  over the B resampled differences ``d``: ``r / B`` is twice the smaller tail
+  mass at zero (the smallest ``1 - level`` whose percentile interval still
+  reaches 0), and the added one keeps B resamples from claiming p = 0. It is
+  ``1 / (B + 1)`` when no resample reaches 0 (`format_p` prints ``< 1/B``)
+  and 1 when the predictions agree on every sample (every ``d`` is 0).
   """
   t, a = _check_pair(y_true, pred_a, num_classes)
   _, b = _check_pair(y_true, pred_b, num_classes)
-  if t.size == 0:
-    raise ValueError("bootstrap needs at least one sample")
-  diff = macro_f1(t, a, num_classes) - macro_f1(t, b, num_classes)
-  rng = np.random.default_rng(seed)
-  ds = []
-  for idx in _resample_indices(t.size, n_resamples, rng):
-    ds.append(_resampled_macro_f1(t, a, idx, num_classes)
-              - _resampled_macro_f1(t, b, idx, num_classes))
-  d = np.concatenate(ds)
+  f1_a, f1_b = macro_f1(t, a, num_classes), macro_f1(t, b, num_classes)
+  f = _bootstrap_f1(t, [a, b], num_classes, n_resamples, seed, stratify, clusters)
+  d = f[:, 0] - f[:, 1]
   d = d[~np.isnan(d)]
-  p_value = float(min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))))
-  return {"diff": float(diff), "ci": _percentile_interval(d, level),
-          "p_value": p_value, "n_resamples": int(n_resamples)}
+  r = min(d.size, 2 * min(int(np.sum(d <= 0)), int(np.sum(d >= 0))))
+  return {"diff": float(f1_a - f1_b), "f1_a": float(f1_a), "f1_b": float(f1_b),
+          "ci": _percentile_interval(d, level), "p_value": (r + 1) / (d.size + 1),
+          "n_resamples": int(n_resamples)}
+
+
+def seed_mean_ci(y_true, preds, num_classes: int, n_resamples: int = 1000,
+                 level: float = 0.95, seed: int = 0, *, stratify: bool = True,
+                 clusters=None) -> tuple[float, float]:
+  """Percentile interval ``(low, high)`` of the mean macro-F1 over S seeds.
+
+  ``preds`` is [S, n]: S runs' predictions on the same n samples, aligned with
+  ``y_true``. Each resample draws the samples as `bootstrap_ci` does (the same
+  draw for ``seed``, with ``stratify`` and ``clusters``) and, independently,
+  S seeds with replacement (``default_rng((seed, 1)).integers(0, S, (B, S))``),
+  and averages the drawn seeds' macro-F1 on the drawn samples; so the interval
+  holds both the test set's and the training seeds' variation. With S = 1 it
+  is `bootstrap_ci`'s interval.
+  """
+  p = np.asarray(preds)
+  if p.ndim != 2:
+    raise ValueError(f"preds must be [seeds, samples], got shape {p.shape}")
+  t = _as_labels(y_true, num_classes, "y_true")
+  ps = [_check_pair(t, row, num_classes)[1] for row in p]
+  f = _bootstrap_f1(t, ps, num_classes, n_resamples, seed, stratify, clusters)   # [B, S]
+  s = len(ps)
+  pick = np.random.default_rng((seed, 1)).integers(0, s, (n_resamples, s))
+  mult = np.bincount((pick + (np.arange(n_resamples) * s)[:, None]).ravel(),
+                     minlength=n_resamples * s).reshape(n_resamples, s)
+  return _percentile_interval((f * mult).sum(-1) / s, level)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm–Bonferroni adjusted p-values, in input order.
+
+  Step-down: the i-th smallest of m p-values becomes
+  ``max over j <= i of min(1, (m - j + 1) * p_(j))``, so the adjusted values
+  keep the raw order and rejecting those <= alpha controls the family-wise
+  error at alpha over the m comparisons.
+  """
+  p = np.asarray(p_values, np.float64).ravel()
+  if np.any(np.isnan(p)) or np.any((p < 0) | (p > 1)):
+    raise ValueError(f"p-values must lie in [0, 1], got {p.tolist()}")
+  m = p.size
+  order = np.argsort(p, kind="stable")
+  adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+  out = np.empty(m)
+  out[order] = adj
+  return out.tolist()
+
+
+def format_p(p: float | None, n_resamples: int) -> str:
+  """A bootstrap p-value for a table: ``< 1/B`` (e.g. ``< 0.0001`` for B = 10000)
+  at its floor 1/(B + 1), else three significant digits (never ``0.000``);
+  ``—`` for none."""
+  if p is None or np.isnan(p):
+    return "—"
+  if p <= (1 + 1e-9) / (n_resamples + 1):
+    return "< " + np.format_float_positional(1 / n_resamples, precision=2, fractional=False,
+                                             trim="-")
+  decimals = max(0, 2 - math.floor(math.log10(p)))
+  return f"{p:.{decimals}f}"
 
 
 # --- video level -----------------------------------------------------------
