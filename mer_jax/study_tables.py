@@ -44,6 +44,7 @@ PHASES = tuple(p.value for p in Phase)
 K = len(EMOTIONS)
 PAIRED_RESAMPLES = 10000
 PLAN = "study_plan.json"
+RUN_FILES = ("*/seed*/metrics.json", "*/seed*/fold*/metrics.json", "*/*/seed*/metrics.json")
 CHOICE = ("**How the best model is chosen:** for each method and phase, the model with the "
           "highest validation macro-F1 (its best checkpoint on the validation videos, averaged "
           "over seeds, split seeds and LOSO folds); ties go to the model whose name sorts "
@@ -92,10 +93,10 @@ def _score(block: dict | None) -> float:
 
 
 def gather(root: pathlib.Path) -> list[dict]:
-  """One record per finished run under root (any depth below a cell folder): its cell
-  coordinates from its saved config, validation macro-F1, test predictions."""
+  """One record per finished run under root (CELL/seed<S>[/fold<K>] or CELL/<split>/seed<S>):
+  its cell coordinates from its saved config, validation macro-F1, test predictions."""
   out = []
-  for mfile in sorted(root.glob("*/**/metrics.json")):
+  for mfile in sorted(f for pattern in RUN_FILES for f in root.glob(pattern)):
     w = mfile.parent
     m = json.loads(mfile.read_text())
     c, d = m["config"], m["config"]["data"]
