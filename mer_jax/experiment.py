@@ -73,7 +73,7 @@ def evaluate_split(setup: Setup, params, split: str, predict_fn) -> dict:
   data = setup.data[split]
   c = setup.config
   return report.summarise(predict_split(setup, params, split, predict_fn), data.labels,
-                          data.video_ids, n_resamples=c.bootstrap_resamples,
+                          data.video_ids, data.subjects, n_resamples=c.bootstrap_resamples,
                           level=c.ci_level, seed=c.seed)
 
 

@@ -139,8 +139,10 @@ def _units(t: np.ndarray, clusters) -> tuple[np.ndarray, int]:
 
 
 def _resample_weights(t: np.ndarray, n_resamples: int, rng: np.random.Generator, *,
-                      stratify: bool, clusters) -> tuple[np.ndarray, Iterator[np.ndarray]]:
-  """(unit of each sample, chunks of [b, U] unit multiplicities of consecutive resamples).
+                      stratify: bool, clusters
+                      ) -> tuple[np.ndarray, int, Iterator[np.ndarray]]:
+  """(unit of each sample, number of units U, chunks of [b, U] unit multiplicities of
+  consecutive resamples).
 
   The draws are those the module docstring names; chunking does not change them
   (numpy's Generator continues its stream across calls, element by element).
@@ -167,7 +169,7 @@ def _resample_weights(t: np.ndarray, n_resamples: int, rng: np.random.Generator,
       offs = (np.arange(b) * n_units)[:, None]
       yield np.bincount((idx + offs).ravel(), minlength=b * n_units).reshape(b, n_units)
       done += b
-  return unit, chunks()
+  return unit, n_units, chunks()
 
 
 def _unit_counts(t: np.ndarray, p: np.ndarray, k: int, unit: np.ndarray, n_units: int
@@ -190,9 +192,8 @@ def _bootstrap_f1(t: np.ndarray, preds: Sequence[np.ndarray], k: int, n_resample
   """
   if t.size == 0:
     raise ValueError("bootstrap needs at least one sample")
-  unit, weights = _resample_weights(t, n_resamples, np.random.default_rng(seed),
-                                    stratify=stratify, clusters=clusters)
-  n_units = int(unit.max()) + 1
+  unit, n_units, weights = _resample_weights(t, n_resamples, np.random.default_rng(seed),
+                                             stratify=stratify, clusters=clusters)
   counts = [_unit_counts(t, p, k, unit, n_units) for p in preds]
   out = []
   for w in weights:
@@ -264,8 +265,7 @@ def paired_bootstrap(y_true, pred_a, pred_b, num_classes: int, n_resamples: int 
   _, b = _check_pair(y_true, pred_b, num_classes)
   f1_a, f1_b = macro_f1(t, a, num_classes), macro_f1(t, b, num_classes)
   f = _bootstrap_f1(t, [a, b], num_classes, n_resamples, seed, stratify, clusters)
-  d = f[:, 0] - f[:, 1]
-  d = d[~np.isnan(d)]
+  d = f[:, 0] - f[:, 1]          # never nan: a resample always holds a class of y_true
   r = min(d.size, 2 * min(int(np.sum(d <= 0)), int(np.sum(d >= 0))))
   return {"diff": float(f1_a - f1_b), "f1_a": float(f1_a), "f1_b": float(f1_b),
           "ci": _percentile_interval(d, level), "p_value": (r + 1) / (d.size + 1),

@@ -21,19 +21,25 @@ from mer_jax.data.casme2 import EMOTIONS
 NUM_CLASSES = len(EMOTIONS)
 
 
-def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[str], *,
-              n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
-  """Video- and frame-level metrics of one split.
+def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[str],
+              subjects: Sequence[str], *, n_resamples: int = 1000, level: float = 0.95,
+              seed: int = 0) -> dict:
+  """Video- and frame-level metrics of one split (per-frame labels, video ids, subjects).
 
-  A video's label is its frames' label; its prediction is the frames' majority
-  vote (ties by summed probability). The CI resamples videos.
+  A video's label and subject are its frames'; its prediction is the frames'
+  majority vote (ties by summed probability). The CI is the stratified
+  bootstrap over videos (`metrics.bootstrap_ci`'s default: every class of the
+  split stays in every resample). Each prediction row carries the subject, so
+  a study can cluster a pooled interval by subject from the run's own files.
   """
   frame_probs = np.asarray(frame_probs, np.float64)
   labels = np.asarray(labels, np.int64)
   video_ids = np.asarray(video_ids)
+  subjects = np.asarray(subjects)
   vids, vpred = metrics.video_vote(frame_probs, video_ids)
   first = {v: i for i, v in reversed(list(enumerate(video_ids)))}
-  vtrue = np.array([labels[first[v]] for v in vids], np.int64)
+  rows = np.array([first[v] for v in vids], np.int64)
+  vtrue, vsubj = labels[rows], subjects[rows]
   video = metrics.classification_report(vtrue, vpred, NUM_CLASSES)
   video["macro_f1_ci"] = list(metrics.bootstrap_ci(
       vtrue, vpred, NUM_CLASSES, n_resamples=n_resamples, level=level, seed=seed))
@@ -43,8 +49,8 @@ def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[s
       "frame": _jsonable(frame),
       "num_videos": int(len(vids)),
       "num_frames": int(len(labels)),
-      "predictions": [{"video_id": str(v), "label": EMOTIONS[t], "pred": EMOTIONS[p]}
-                      for v, t, p in zip(vids, vtrue, vpred)],
+      "predictions": [{"video_id": str(v), "subject": str(s), "label": EMOTIONS[t],
+                       "pred": EMOTIONS[p]} for v, s, t, p in zip(vids, vsubj, vtrue, vpred)],
   }
 
 
@@ -99,6 +105,8 @@ def report_markdown(results: Mapping[str, dict], *, title: str, best_epoch: int 
     lo, hi = v["macro_f1_ci"]
     lines.append(f"| {split} | {r['num_videos']} | {_fmt(v['macro_f1'])} | "
                  f"[{_fmt(lo)}, {_fmt(hi)}] | {_fmt(v['uar'])} | {_fmt(v['accuracy'])} |")
+  lines += ["", "The CI is a percentile bootstrap over videos, resampled within each true class "
+            "(every class of the split is in every resample)."]
   lines += ["", "## Frame-level results", "",
             "| split | frames | macro-F1 | UAR | accuracy |", "|---|---:|---:|---:|---:|"]
   for split, r in results.items():
@@ -163,7 +171,7 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
               indent=2)
   for split, r in results.items():
     with open(workdir / f"predictions_{split}.csv", "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=["video_id", "label", "pred"])
+      w = csv.DictWriter(f, fieldnames=["video_id", "subject", "label", "pred"])
       w.writeheader()
       w.writerows(r["predictions"])
   if "test" in results:

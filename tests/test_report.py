@@ -1,0 +1,48 @@
+"""mer_jax.report: a split's frame probabilities -> video rows and the run's files."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from mer_jax import metrics, report
+from mer_jax.data.casme2 import EMOTIONS
+
+
+def _split():
+  """Frames of 6 videos of 3 subjects; 'sadness' has a single video."""
+  videos = [("sub02/EP01_01", "sub02", "others", ["others"] * 3),
+            ("sub01/EP02_01f", "sub01", "others", ["others", "others", "disgust"]),
+            ("sub01/EP03_02", "sub01", "disgust", ["disgust"] * 2),
+            ("sub03/EP07_01", "sub03", "sadness", ["others"] * 2),
+            ("sub03/EP01_05", "sub03", "others", ["others"]),
+            ("sub02/EP09_03", "sub02", "disgust", ["others", "disgust", "disgust"])]
+  probs, labels, ids, subjects = [], [], [], []
+  for vid, subj, label, frame_preds in videos:
+    for fp in frame_preds:
+      probs.append(np.eye(len(EMOTIONS))[EMOTIONS.index(fp)] * 0.9 + 0.1 / len(EMOTIONS))
+      labels.append(EMOTIONS.index(label))
+      ids.append(vid)
+      subjects.append(subj)
+  return np.array(probs), np.array(labels), np.array(ids), np.array(subjects), videos
+
+
+def test_summarise_rows_carry_the_subject_and_the_ci_is_stratified(tmp_path):
+  probs, labels, ids, subjects, videos = _split()
+  r = report.summarise(probs, labels, ids, subjects, n_resamples=300, seed=2)
+  # by hand: each video's majority frame prediction, rows sorted by video id
+  want = sorted((vid, subj, label, max(set(fp), key=fp.count)) for vid, subj, label, fp in videos)
+  got = [(p["video_id"], p["subject"], p["label"], p["pred"]) for p in r["predictions"]]
+  assert got == want
+  y = np.array([EMOTIONS.index(w[2]) for w in want])
+  p = np.array([EMOTIONS.index(w[3]) for w in want])
+  ci = metrics.bootstrap_ci(y, p, len(EMOTIONS), n_resamples=300, seed=2, stratify=True)
+  assert r["video"]["macro_f1_ci"] == pytest.approx(list(ci))
+  assert ci != metrics.bootstrap_ci(y, p, len(EMOTIONS), n_resamples=300, seed=2,
+                                    stratify=False)
+  report.write_report(tmp_path, {"test": r}, best_epoch=1, config={})
+  with open(tmp_path / "predictions_test.csv") as f:
+    reader = csv.DictReader(f)
+    assert reader.fieldnames == ["video_id", "subject", "label", "pred"]
+    assert [(row["video_id"], row["subject"], row["label"], row["pred"]) for row in reader] == want
