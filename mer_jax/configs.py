@@ -63,8 +63,11 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.data.synthetic_videos = 255
   c.data.synthetic_subjects = 26
   c.data.synthetic_intensity = 1.0      # motion amplitude of the synthetic clips (1 = ~9 px)
-  c.data.protocol = "paper"             # "paper" (201/26/28 split) or "loso"
+  c.data.protocol = "paper"             # "paper" (201/26/28 holdout) or "loso"
   c.data.fold = -1                      # LOSO: index of the held-out subject
+  c.data.split = "video"                # paper: "video" (the paper's, subject-dependent) or
+                                        # "subject" (test/validation subjects never in train)
+  c.data.split_seed = 0                 # paper: 0 = the paper's split (as built); K: another
   c.data.class_balanced = False         # sample training frames class-balanced
   c.data.prefetch = 2
 
