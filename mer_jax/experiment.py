@@ -49,7 +49,8 @@ class Setup:
 def make_setup(config, log=print) -> Setup:
   steps.check_config(config)
   data = input_pipeline.load_splits(dataset_dir(config, log), config.data.protocol,
-                                    config.data.fold)
+                                    config.data.fold, config.data.get("split", "video"),
+                                    config.data.get("split_seed", 0))  # runs before them lack them
   in_chans = data["train"].images.shape[-1]
   return Setup(config, data, steps.build_model(config, in_chans), in_chans,
                runtime.make_mesh())

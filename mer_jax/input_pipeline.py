@@ -2,8 +2,9 @@
 
 Reading: `tfds.data_source` (array_record, random access, no TensorFlow at
 read time) decoded once into numpy (a CASME II config is at most ~1.5 GB of
-uint8 pixels) with a thread pool. Splits are the TFDS splits (paper protocol)
-or a leave-one-subject-out fold drawn from all of them by `video_id`.
+uint8 pixels) with a thread pool. Splits are the TFDS splits (the paper's
+split), or another holdout (`data.split`, `data.split_seed`) or a
+leave-one-subject-out fold drawn from all of them by `video_id`.
 
 Feeding: the order of every epoch is a permutation drawn from (seed, epoch),
 so it is the same whatever the number of processes, and a run resumed at
@@ -91,26 +92,35 @@ def _videos_of(data: SplitData) -> list[casme2.Video]:
 
 
 def load_splits(dataset_dir: str, protocol: str = "paper", fold: int = -1,
-                seed: int = splits.PAPER_SEED) -> dict[str, SplitData]:
+                split: str = "video", split_seed: int = splits.PAPER_SEED
+                ) -> dict[str, SplitData]:
   """{"train", "validation", "test"} -> SplitData from a built dataset directory.
 
-  protocol "paper": the dataset's own splits. "loso": fold `fold` (index in
-  subject order) of `splits.loso_folds` over all the dataset's videos;
-  validation videos come from the training subjects only.
+  protocol "paper": `splits.holdout(videos, split, split_seed)`; the paper's
+  own ("video", 0) is the dataset's TFDS splits, read as they are, any other
+  is drawn from all the dataset's videos by id. "loso": fold `fold` (index
+  in subject order) of `splits.loso_folds`, whose train, validation and
+  test subjects are disjoint (split and split_seed stay at their defaults:
+  splits.check_split). Bad arguments raise splits.SplitError.
   """
   import tensorflow_datasets as tfds
+  if protocol not in ("paper", "loso"):
+    raise splits.SplitError(f"Unknown data.protocol {protocol!r}; valid: paper, loso")
+  splits.check_split(protocol, split, split_seed)
   sources = tfds.builder_from_directory(dataset_dir).as_data_source()
   parts = {k: _decode_source(sources[k]) for k in SPLITS}
-  if protocol == "paper":
-    return parts
-  if protocol != "loso":
-    raise ValueError(f"Unknown data.protocol {protocol!r}; valid: paper, loso")
+  if protocol == "paper" and (split, split_seed) == ("video", splits.PAPER_SEED):
+    return parts  # the build wrote paper_split(videos, PAPER_SEED)
   every = _concat([parts[k] for k in SPLITS])
-  folds = splits.loso_folds(_videos_of(every), seed=seed)
-  if not 0 <= fold < len(folds):
-    raise ValueError(f"data.fold must be in 0..{len(folds) - 1} (one per subject: "
-                     f"{', '.join(f.subject for f in folds)}), got {fold}")
-  chosen = folds[fold].splits()
+  videos = _videos_of(every)
+  if protocol == "paper":
+    chosen = splits.holdout(videos, split, split_seed)
+  else:
+    folds = splits.loso_folds(videos)
+    if not 0 <= fold < len(folds):
+      raise splits.SplitError(f"data.fold must be in 0..{len(folds) - 1} (one per subject: "
+                       f"{', '.join(f.subject for f in folds)}), got {fold}")
+    chosen = folds[fold].splits()
   return {k: every.take(np.isin(every.video_ids, np.array(chosen[k]))) for k in SPLITS}
 
 

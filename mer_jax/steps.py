@@ -17,6 +17,7 @@ from mer_jax import input_pipeline
 from mer_jax import losses
 from mer_jax import models
 from mer_jax import runtime
+from mer_jax.data import splits
 from mer_jax.data.casme2 import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
@@ -40,6 +41,8 @@ def check_config(config) -> None:
   Phase.parse(config.data.phase)
   losses.Loss.parse(config.loss.name)
   _valid("data.protocol", config.data.protocol, PROTOCOLS)
+  splits.check_split(config.data.protocol, config.data.get("split", "video"),
+                     config.data.get("split_seed", splits.PAPER_SEED))  # before a build
   _valid("model.dtype", config.model.dtype, DTYPES)
   _valid("optim.schedule", config.optim.schedule, SCHEDULES)
   if config.model.get("remat", "") not in REMAT_POLICIES:

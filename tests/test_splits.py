@@ -1,6 +1,9 @@
-"""The paper's stratified 201/26/28 split and LOSO folds."""
+"""The paper's stratified 201/26/28 split, the subject-independent holdout and LOSO folds,
+on their own and as `input_pipeline.load_splits` loads them from a built dataset."""
 import collections
 import decimal
+import fractions
+import itertools
 import subprocess
 import sys
 
@@ -64,15 +67,17 @@ def test_deterministic_and_seeded():
 def test_same_split_in_a_process_with_another_hash_seed():
   code = ("import sys; sys.path.insert(0, 'tests'); from test_splits import casme2_like; "
           "from mer_jax.data import splits; "
-          "print(sorted(splits.paper_split(casme2_like())['test']))")
+          "print(sorted(splits.paper_split(casme2_like())['test']), "
+          "splits.subject_split(casme2_like(), 3))")
   outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONHASHSEED": h, "PATH": "/usr/bin:/bin"}, check=True).stdout
           for h in ("1", "12345")}
   assert len(outs) == 1
-  assert outs.pop().strip() == str(sorted(splits.paper_split(casme2_like())["test"]))
+  assert outs.pop().strip() == (f"{sorted(splits.paper_split(casme2_like())['test'])} "
+                                f"{splits.subject_split(casme2_like(), 3)}")
 
 
-def test_loso_never_leaks_the_test_subject():
+def test_loso_never_leaks_a_subject():
   vs = casme2_like()
   subject = {v.video_id: v.subject for v in vs}
   folds = splits.loso_folds(vs)
@@ -80,10 +85,14 @@ def test_loso_never_leaks_the_test_subject():
   for f in folds:
     assert {subject[i] for i in f.test} == {f.subject}
     assert f.subject not in {subject[i] for i in f.train + f.validation}
-    assert set(f.train) | set(f.validation) | set(f.test) == set(subject)
-    assert not set(f.train) & set(f.validation)
+    assert not {subject[i] for i in f.train} & {subject[i] for i in f.validation}
+    assert sorted(f.train + f.validation + f.test) == sorted(subject)
     n = len(vs) - len(f.test)
-    assert len(f.validation) == int(decimal.Decimal(n / 10).quantize(0, decimal.ROUND_HALF_UP))
+    target = int(decimal.Decimal(n / 10).quantize(0, decimal.ROUND_HALF_UP))
+    # Whole subjects of 4-17 videos: near the target and near stratified.
+    assert abs(len(f.validation) - target) <= 3, (f.subject, len(f.validation), target)
+    assert stratification_cost(f.validation, [v for v in vs if v.subject != f.subject],
+                               target) < 12
   assert sorted(i for f in folds for i in f.test) == sorted(subject)
 
 
@@ -155,3 +164,211 @@ def test_fold_lookup_and_splits():
       == fold.splits()
   with pytest.raises(ValueError, match="both"):
     splits.split_lookup({"train": ("a",), "test": ("a",)})
+
+
+# --- the subject-independent holdout -----------------------------------------
+
+
+def synthetic_like(seed=0):
+  """CASME II's 255 videos over 26 subjects as the synthetic set lays them out."""
+  from mer_jax.data import synthetic
+  return [Video(f"sub{v.subject.number:02d}", v.episode, 1, 5, 9, v.emotion, {})
+          for v in synthetic.plan(255, 26, seed)]
+
+
+def stratification_cost(ids, vs, size):
+  """sum over classes (count - quota)**2 + (len - size)**2, in exact fractions."""
+  label = {v.video_id: v.emotion for v in vs}
+  total, got = collections.Counter(label.values()), collections.Counter(label[i] for i in ids)
+  return sum((got[e] - fractions.Fraction(total[e] * size, len(vs))) ** 2 for e in EMOTIONS) \
+      + (len(ids) - size) ** 2
+
+
+def subjects_of(ids, vs):
+  subject = {v.video_id: v.subject for v in vs}
+  return {subject[i] for i in ids}
+
+
+@pytest.mark.parametrize("make", [casme2_like, synthetic_like])
+def test_subject_split_holds_out_whole_subjects_near_stratified(make):
+  vs = make()
+  by_subject = collections.defaultdict(set)
+  for v in vs:
+    by_subject[v.subject].add(v.video_id)
+  label = {v.video_id: v.emotion for v in vs}
+  for seed in range(6):
+    s = splits.subject_split(vs, seed)
+    assert sorted(i for k in splits.SPLITS for i in s[k]) == sorted(label)
+    held = {k: subjects_of(s[k], vs) for k in splits.SPLITS}
+    for a, b in itertools.combinations(splits.SPLITS, 2):
+      assert not held[a] & held[b], (seed, a, b)
+    for k in splits.SPLITS:  # whole subjects: every video of a held subject is in k
+      assert set(s[k]) == set().union(*(by_subject[x] for x in held[k]))
+    for k, size in (("test", 28), ("validation", 26)):
+      assert abs(len(s[k]) - size) <= 3, (seed, k, len(s[k]))
+      got = collections.Counter(label[i] for i in s[k])
+      for e, c in REAL_COUNTS.items():
+        assert abs(got[e] - c * size / 255) < 3, (seed, k, e, got[e])
+  tests = [splits.subject_split(vs, k)["test"] for k in range(6)]
+  assert len(set(tests)) >= 4  # seeds draw other subject sets
+  assert splits.subject_split(list(reversed(vs)), 2) == splits.subject_split(vs, 2)
+
+
+def test_subject_split_is_a_local_optimum_by_brute_force():
+  """No single add, drop or swap of a subject lowers test's cost (among all
+  subjects but one each for validation and train) or validation's (among the
+  non-test subjects): the docstring's promise, checked with exact fractions."""
+  vs = casme2_like(subjects=9)
+  all_subjects = sorted({v.subject for v in vs})
+  ids_of = lambda subs: [v.video_id for v in vs if v.subject in subs]
+  for seed in range(5):
+    s = splits.subject_split(vs, seed)
+    _, n_val, n_test = splits.paper_sizes(len(vs))
+    test, val = subjects_of(s["test"], vs), subjects_of(s["validation"], vs)
+    for held, pool, size, spare in ((test, set(all_subjects), n_test, 2),
+                                    (val, set(all_subjects) - test, n_val, 1)):
+      best = stratification_cost(ids_of(held), vs, size)
+      out = pool - held
+      neighbours = [held | {a} for a in out if len(out) > spare]
+      neighbours += [held - {d} for d in held if len(held) > 1]
+      neighbours += [held - {d} | {a} for d in held for a in out]
+      for nb in neighbours:
+        assert stratification_cost(ids_of(nb), vs, size) >= best, (seed, sorted(nb))
+
+
+def shared_classes_kept(vs, train_subjects):
+  """Does train keep a video of every class whose videos come from >= 2 subjects?"""
+  shared = {e for e in EMOTIONS if len({v.subject for v in vs if v.emotion == e}) >= 2}
+  return shared <= {v.emotion for v in vs if v.subject in train_subjects}
+
+
+def any_split_keeps_shared_classes(vs):
+  """Brute force over every (train, validation, test) assignment of whole subjects."""
+  subs = sorted({v.subject for v in vs})
+  return any(shared_classes_kept(vs, {s for s, a in zip(subs, assign) if a == 0})
+             for assign in itertools.product(range(3), repeat=len(subs))
+             if len(set(assign)) == 3)
+
+
+def test_subject_split_keeps_training_videos_of_every_shared_class():
+  rng = np.random.default_rng(4)
+  infeasible = 0
+  for _ in range(150):
+    counts = {e: int(rng.integers(1, 8)) for e in EMOTIONS}
+    vs = casme2_like(counts, subjects=int(rng.integers(3, 8)), seed=int(rng.integers(99)))
+    s = splits.subject_split(vs, int(rng.integers(1000)))
+    assert s["test"] and s["validation"] and s["train"]
+    if not shared_classes_kept(vs, subjects_of(s["train"], vs)):
+      assert not any_split_keeps_shared_classes(vs), counts
+      infeasible += 1
+  assert infeasible < 15  # most draws allow it: the check above did run on kept ones
+  with pytest.raises(splits.SplitError, match="at least 3 subjects"):
+    splits.subject_split(casme2_like(subjects=2))
+
+
+def test_check_split_names_the_field():
+  splits.check_split("paper", "subject", 7)
+  splits.check_split("loso", "video", 0)
+  for args, msg in ((("paper", "subjects", 0), "Unknown data.split 'subjects'"),
+                    (("paper", "video", -1), "split_seed must be an integer >= 0"),
+                    (("paper", "video", 1.5), "split_seed must be an integer"),
+                    (("loso", "subject", 0), "LOSO holds out each subject"),
+                    (("loso", "video", 2), "data.split_seed=2")):
+    with pytest.raises(splits.SplitError, match=msg):
+      splits.check_split(*args)
+
+
+def test_a_bad_split_field_stops_the_config_check():
+  from mer_jax import cli, configs, steps
+  c = configs.get_config("poolformer_s12", "m2", "af")
+  c.data.protocol, c.data.split_seed = "loso", 3
+  with pytest.raises(cli.USER_ERRORS, match="LOSO"):
+    steps.check_config(c)
+
+
+# --- what load_splits hands training, on a built dataset ------------------------
+
+
+@pytest.fixture(scope="module")
+def built(casme2_small):
+  """(the small synthetic CASME II's videos, its built m1_af dataset dir): 20 videos, 4 subjects."""
+  from mer_jax.data import build, casme2
+  manual, tfds_dir = casme2_small
+  d = build.ensure_built("m1_af", str(manual), str(tfds_dir), log=lambda *a: None)
+  return casme2.load_casme2(manual).videos, d
+
+
+def check_partition(data, videos):
+  """Each video's frames in exactly one split, every video somewhere, labels and
+  subjects as the sheet says; returns split -> set of subjects."""
+  sheet = {v.video_id: v for v in videos}
+  where = collections.defaultdict(set)
+  for k, d in data.items():
+    for vid, subj, label in zip(d.video_ids, d.subjects, d.labels):
+      assert sheet[vid].subject == subj and sheet[vid].label == label
+      where[vid].add(k)
+  assert sorted(where) == sorted(sheet)
+  assert all(len(ks) == 1 for ks in where.values()), {v: k for v, k in where.items() if len(k) > 1}
+  return {k: set(d.subjects) for k, d in data.items()}
+
+
+def test_every_loso_fold_loads_disjoint_subjects(built):
+  from mer_jax import input_pipeline
+  videos, d = built
+  subjects = sorted({v.subject for v in videos})
+  assert input_pipeline.loso_subjects(d) == subjects
+  for k, subject in enumerate(subjects):
+    data = input_pipeline.load_splits(d, "loso", k)
+    held = check_partition(data, videos)
+    assert held["test"] == {subject}
+    for a, b in itertools.combinations(splits.SPLITS, 2):
+      assert not held[a] & held[b], (k, a, b, held)
+    assert held["validation"] and held["train"]
+
+
+def test_subject_split_loads_disjoint_subjects(built):
+  from mer_jax import input_pipeline
+  videos, d = built
+  for seed in (0, 1, 2):
+    data = input_pipeline.load_splits(d, "paper", split="subject", split_seed=seed)
+    held = check_partition(data, videos)
+    for a, b in itertools.combinations(splits.SPLITS, 2):
+      assert not held[a] & held[b], (seed, a, b, held)
+    assert all(held.values())
+
+
+def test_video_split_seeds_load_stratified_paper_sizes(built):
+  from mer_jax import input_pipeline
+  videos, d = built
+  n = len(videos)
+  total = collections.Counter(v.emotion for v in videos)
+  emotion = {v.video_id: v.emotion for v in videos}
+  tests = []
+  for seed in (0, 1, 2, 3):
+    data = input_pipeline.load_splits(d, "paper", split="video", split_seed=seed)
+    check_partition(data, videos)
+    ids = {k: sorted(set(data[k].video_ids)) for k in splits.SPLITS}
+    # 201/26/28 of 255, rounded half up, by hand: 20 videos -> 2.04 and 2.20 -> 2 and 2.
+    assert [len(ids[k]) for k in splits.SPLITS] == [16, 2, 2]
+    for k, size in (("test", 2), ("validation", 2)):
+      got = collections.Counter(emotion[i] for i in ids[k])
+      assert all(abs(got[e] - total[e] * size / n) < 1 for e in EMOTIONS), (seed, k, got)
+    tests.append(tuple(ids["test"]))
+  assert len(set(tests)) > 1
+
+
+def test_the_paper_split_reads_as_built_and_as_redrawn(built, monkeypatch):
+  """Seed 0 reads the TFDS splits; they are paper_split(sheet videos, 0), and the
+  same as redrawing seed 0 from the loaded examples (the path of other seeds)."""
+  from mer_jax import input_pipeline
+  videos, d = built
+  fast = input_pipeline.load_splits(d, "paper")
+  want = splits.paper_split(videos, 0)
+  assert {k: tuple(sorted(set(fast[k].video_ids))) for k in splits.SPLITS} == want
+  # Redraw seed 0 the way another seed is drawn: by video id from all examples.
+  monkeypatch.setattr(splits, "PAPER_SEED", -1)
+  slow = input_pipeline.load_splits(d, "paper", split="video", split_seed=0)
+  for k in splits.SPLITS:
+    assert sorted(slow[k].video_ids) == sorted(fast[k].video_ids)
+    assert sorted(zip(slow[k].video_ids, slow[k].frame_index)) == \
+        sorted(zip(fast[k].video_ids, fast[k].frame_index))
