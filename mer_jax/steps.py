@@ -115,14 +115,17 @@ def make_loss_fn(config, class_counts: np.ndarray):
                            label_smoothing=ls)
 
 
-def make_train_step(model, tx, loss_fn, aug_cfg, img_size: int, seed: int):
+def make_train_step(model, tx, loss_fn, aug_cfg, img_size: int, seed: int, *,
+                    is_flow: bool):
   """One step: augment on device -> forward -> loss -> AdamW. The step's RNG is
-  a function of (seed, step), so a resumed run draws the same numbers."""
+  a function of (seed, step), so a resumed run draws the same numbers. is_flow:
+  the images are M3 flow (`Method.is_flow`), augmented as vectors."""
 
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
     aug_rng, drop_rng = jax.random.split(rng)
-    images = input_pipeline.augment(aug_rng, batch["image"], aug_cfg, img_size)
+    images = input_pipeline.augment(aug_rng, batch["image"], aug_cfg, img_size,
+                                    is_flow=is_flow)
 
     def loss_of(params):
       logits = model.apply({"params": params}, images, train=True,

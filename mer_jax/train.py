@@ -36,6 +36,7 @@ from mer_jax import runtime
 from mer_jax import steps
 from mer_jax import workdir as workdir_lock
 from mer_jax.data import casme2
+from mer_jax.data.preprocess import Method
 from mer_jax.progress import StepProgress
 
 
@@ -159,7 +160,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   history = meta["history"]
 
   train_step = jax.jit(steps.make_train_step(setup.model, tx, loss_fn, c.aug,
-                                             c.model.img_size, c.seed),
+                                             c.model.img_size, c.seed,
+                                             is_flow=Method.parse(c.data.method).is_flow),
                        out_shardings=(rep, rep), donate_argnums=0)
   predict_fn = experiment.jit_predict(setup)
   logger = _Logger(workdir, is_main)

@@ -139,7 +139,7 @@ _STEP_PROG = textwrap.dedent("""
       rep = runtime.replicated(mesh)
       state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
                               "opt_state": tx.init(params)}, rep)
-      step = jax.jit(steps.make_train_step(model, tx, loss_fn, c.aug, 32, 0),
+      step = jax.jit(steps.make_train_step(model, tx, loss_fn, c.aug, 32, 0, is_flow=False),
                      out_shardings=(rep, rep))
       for _ in range(2):
         state, m = step(state, runtime.to_global(batch, mesh))
