@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mer_jax import cli
 from mer_jax import input_pipeline
 from mer_jax import losses
 from mer_jax import models
@@ -50,6 +51,30 @@ def check_config(config) -> None:
     if config[field] % n:
       raise ValueError(f"{field}={config[field]} must be divisible by the {n} devices "
                        f"(all processes); use a multiple of {n}.")
+
+
+def check_method_fields(config) -> None:
+  """Training fields that contradict each other -> cli.UsageError (one line): M3
+  flow with an augmentation that has no rule for vectors (rotation, brightness,
+  contrast; the flip and the crop have one), and class-balanced sampling with a
+  class-weighted loss (focal's alpha and weighted_ce both weight by inverse
+  frequency: two corrections of the same imbalance). Called where training
+  starts (train, tune), not in `check_config`: evaluate and predict read a
+  finished run's config, whose training fields they cannot change."""
+  if Method.parse(config.data.method).is_flow and config.aug.enabled:
+    on = [f"aug.{k}={config.aug[k]}" for k in ("rotate_deg", "brightness", "contrast")
+          if config.aug[k]]
+    if on:
+      raise cli.UsageError(
+          f"{', '.join(on)} with data.method=m3: a flow image's codes are motion vectors "
+          "(rotation would turn the pixels, not the vectors; brightness and contrast would "
+          "change the motion); set " + ", ".join(f"{o.split('=')[0]}=0" for o in on))
+  loss = losses.Loss.parse(config.loss.name)
+  if config.data.class_balanced and loss is not losses.Loss.CE:
+    raise cli.UsageError(
+        f"data.class_balanced=True with loss.name={loss.value}, which weights classes by "
+        "inverse frequency: two corrections of the same imbalance; use loss.name=ce or "
+        "data.class_balanced=False")
 
 
 def build_model(config, in_chans: int):

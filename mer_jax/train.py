@@ -122,6 +122,7 @@ def train_and_evaluate(config, workdir: str, on_epoch=None) -> dict:
   Raises WorkdirBusy if another live run holds the workdir.
   Returns the metrics.json dict.
   """
+  steps.check_method_fields(config)
   workdir = pathlib.Path(workdir).absolute()
   is_main = runtime.is_main_process()
   held = workdir_lock.hold(workdir, log=_say) if is_main else contextlib.nullcontext()
