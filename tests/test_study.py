@@ -152,3 +152,12 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
     study.main(["--workdir", str(tmp_path), "--phases", "apex"])
   with pytest.raises(FileNotFoundError):
     study.main(["--workdir", str(tmp_path / "empty"), "--report-only"])
+
+
+def test_a_contradicting_override_stops_the_study_before_its_first_cell(tmp_path):
+  """--set aug.rotate_deg=10 suits M1 but not M3: the M1 cell is not trained first."""
+  from mer_jax import cli
+  cells = study.make_cells(["poolformer_s12"], ["m1", "m3"], ["af"], [0])
+  with pytest.raises(cli.UsageError, match="aug.rotate_deg=10.0 with data.method=m3"):
+    study.run_cells(cells, tmp_path, ["aug.rotate_deg=10.0"], "paper", log=lambda *a: None)
+  assert not any(tmp_path.iterdir())
