@@ -80,9 +80,9 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.aug.contrast = 0.2
   if Method.parse(method).is_flow:
     # An M3 image is a flow field at a fixed scale: brightness and contrast would
-    # change the motion it encodes, and a flip or rotation would move the pixels
-    # without turning the vectors. Only the random resized crop stays.
-    c.aug.flip = False
+    # change the motion it encodes, and a rotation would turn the pixels without
+    # the vectors (steps.check_method_fields refuses them). The flip negates u and the
+    # random resized crop scales u and v by its zoom (input_pipeline.augment).
     c.aug.rotate_deg = 0.0
     c.aug.brightness = 0.0
     c.aug.contrast = 0.0

@@ -18,7 +18,10 @@ Augmentation runs inside the jitted step (`augment`): one affine warp per
 image (random resized crop by area, rotation, horizontal flip) sampled
 bilinearly straight to the model's input size, then brightness and contrast
 jitter, then ImageNet normalisation. Faces suit mild geometry: no vertical
-flip, small angles. Evaluation uses `preprocess_eval` (resize + normalise).
+flip, small angles. Flow images (M3, `is_flow`) have their vectors moved with
+their pixels: u negated by the flip (mer_jax.data.flow.hflip's rule) and u, v
+scaled by the crop's zoom (flow.scale_vectors). Evaluation uses
+`preprocess_eval` (resize + normalise).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.data import casme2, splits
+from mer_jax.data import casme2, flow, splits
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
 # uses their means, as timm does for in_chans=1.
@@ -293,11 +296,13 @@ def _affine(rng, h: int, w: int, out_size: int, cfg):
   return m.at[:, 2].set(offset)
 
 
-def augment(rng, images, cfg, img_size: int):
+def augment(rng, images, cfg, img_size: int, *, is_flow: bool):
   """uint8 [B, H, W, C] -> augmented, normalised float32 [B, img_size, img_size, C].
 
   cfg: the config's `aug` (enabled, scale_min, rotate_deg, flip, brightness,
-  contrast). Disabled, it is `preprocess_eval`.
+  contrast). Disabled, it is `preprocess_eval`. is_flow: the images are M3 flow
+  codes; their vectors follow the flip and the crop's zoom (rotation,
+  brightness and contrast must be off for them: steps.check_method_fields).
   """
   if not cfg.enabled:
     return preprocess_eval(images, img_size)
@@ -307,7 +312,15 @@ def augment(rng, images, cfg, img_size: int):
 
   def one(key, image):
     k_geo, k_b, k_c = jax.random.split(key, 3)
-    out = _warp(image, _affine(k_geo, h, w, img_size, cfg), img_size)
+    matrix = _affine(k_geo, h, w, img_size, cfg)
+    out = _warp(image, matrix, img_size)
+    if is_flow:
+      # Codes are source pixels, the unit `preprocess_eval` keeps when it resizes the
+      # whole image by img_size / side. The crop shows 1 / matrix[i, i] output pixels
+      # per source pixel (diagonal without rotation): relative to the whole image,
+      # a zoom of (side / img_size) / matrix[i, i] >= 1, negative when flipped.
+      out = flow.scale_vectors(out, (w / img_size) / matrix[1, 1],
+                               (h / img_size) / matrix[0, 0])
     bright = jax.random.uniform(k_b, (), minval=-cfg.brightness, maxval=cfg.brightness)
     contrast = 1.0 + jax.random.uniform(k_c, (), minval=-cfg.contrast, maxval=cfg.contrast)
     mean = jnp.mean(out)

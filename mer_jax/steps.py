@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mer_jax import cli
 from mer_jax import input_pipeline
 from mer_jax import losses
 from mer_jax import models
@@ -53,6 +54,30 @@ def check_config(config) -> None:
     if config[field] % n:
       raise ValueError(f"{field}={config[field]} must be divisible by the {n} devices "
                        f"(all processes); use a multiple of {n}.")
+
+
+def check_method_fields(config) -> None:
+  """Training fields that contradict each other -> cli.UsageError (one line): M3
+  flow with an augmentation that has no rule for vectors (rotation, brightness,
+  contrast; the flip and the crop have one), and class-balanced sampling with a
+  class-weighted loss (focal's alpha and weighted_ce both weight by inverse
+  frequency: two corrections of the same imbalance). Called where training
+  starts (train, tune), not in `check_config`: evaluate and predict read a
+  finished run's config, whose training fields they cannot change."""
+  if Method.parse(config.data.method).is_flow and config.aug.enabled:
+    on = [f"aug.{k}={config.aug[k]}" for k in ("rotate_deg", "brightness", "contrast")
+          if config.aug[k]]
+    if on:
+      raise cli.UsageError(
+          f"{', '.join(on)} with data.method=m3: a flow image's codes are motion vectors "
+          "(rotation would turn the pixels, not the vectors; brightness and contrast would "
+          "change the motion); set " + ", ".join(f"{o.split('=')[0]}=0" for o in on))
+  loss = losses.Loss.parse(config.loss.name)
+  if config.data.class_balanced and loss is not losses.Loss.CE:
+    raise cli.UsageError(
+        f"data.class_balanced=True with loss.name={loss.value}, which weights classes by "
+        "inverse frequency: two corrections of the same imbalance; use loss.name=ce or "
+        "data.class_balanced=False")
 
 
 def build_model(config, in_chans: int):
@@ -118,14 +143,17 @@ def make_loss_fn(config, class_counts: np.ndarray):
                            label_smoothing=ls)
 
 
-def make_train_step(model, tx, loss_fn, aug_cfg, img_size: int, seed: int):
+def make_train_step(model, tx, loss_fn, aug_cfg, img_size: int, seed: int, *,
+                    is_flow: bool):
   """One step: augment on device -> forward -> loss -> AdamW. The step's RNG is
-  a function of (seed, step), so a resumed run draws the same numbers."""
+  a function of (seed, step), so a resumed run draws the same numbers. is_flow:
+  the images are M3 flow (`Method.is_flow`), augmented as vectors."""
 
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
     aug_rng, drop_rng = jax.random.split(rng)
-    images = input_pipeline.augment(aug_rng, batch["image"], aug_cfg, img_size)
+    images = input_pipeline.augment(aug_rng, batch["image"], aug_cfg, img_size,
+                                    is_flow=is_flow)
 
     def loss_of(params):
       logits = model.apply({"params": params}, images, train=True,

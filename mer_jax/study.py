@@ -128,8 +128,10 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
   """Trains this task's unfinished cells in turn; returns those it ran.
   Cells another live process is training are left to it; WorkdirBusy at the
   end names them."""
-  from mer_jax import train
+  from mer_jax import steps, train
   mine = [c for i, c in enumerate(cells) if i % num_tasks == task_index]
+  for cell in mine:  # a contradiction stops the study before its first cell, not hours in
+    steps.check_method_fields(cell_config(cell, overrides, protocol))
   ran, busy = [], []
   for n, cell in enumerate(mine):
     w = cell.workdir(root)

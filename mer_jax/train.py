@@ -36,6 +36,7 @@ from mer_jax import runtime
 from mer_jax import steps
 from mer_jax import workdir as workdir_lock
 from mer_jax.data import casme2
+from mer_jax.data.preprocess import Method
 from mer_jax.progress import StepProgress
 
 
@@ -121,6 +122,7 @@ def train_and_evaluate(config, workdir: str, on_epoch=None) -> dict:
   Raises WorkdirBusy if another live run holds the workdir.
   Returns the metrics.json dict.
   """
+  steps.check_method_fields(config)
   workdir = pathlib.Path(workdir).absolute()
   is_main = runtime.is_main_process()
   held = workdir_lock.hold(workdir, log=_say) if is_main else contextlib.nullcontext()
@@ -159,7 +161,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   history = meta["history"]
 
   train_step = jax.jit(steps.make_train_step(setup.model, tx, loss_fn, c.aug,
-                                             c.model.img_size, c.seed),
+                                             c.model.img_size, c.seed,
+                                             is_flow=Method.parse(c.data.method).is_flow),
                        out_shardings=(rep, rep), donate_argnums=0)
   predict_fn = experiment.jit_predict(setup)
   logger = _Logger(workdir, is_main)

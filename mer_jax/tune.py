@@ -245,6 +245,8 @@ def main(argv=None) -> int:
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
   space = search_space(split(args.drop_path), split(args.dropout), split(args.lr),
                        split(args.losses))
+  for loss in space["loss.name"]:  # every trial's config, before the first trial
+    steps.check_method_fields(with_values(config, {"loss.name": loss}))
   tune(config, workdir, args.trials, space=space, study_name=args.study_name,
        seed=args.sampler_seed, prune_startup_trials=args.prune_startup_trials,
        prune_warmup_epochs=args.prune_warmup_epochs, config_path=args.config_path)

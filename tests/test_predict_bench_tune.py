@@ -198,6 +198,20 @@ def test_tune_cli_rejects_bad_ranges():
   assert out.returncode == 2 and "--lr: LOW 0.001 is above HIGH 1e-05" in out.stderr
 
 
+def test_tune_checks_every_searched_loss_before_the_first_trial(tmp_path, capsys):
+  """class_balanced with a class-weighted loss is two corrections: a search whose
+  --losses hold one stops at once, though the config's own loss is plain CE."""
+  argv = ["--config", str(ROOT / "configs/quickstart.py"), "--config.loss.name=ce",
+          "--config.data.class_balanced=True", "--losses", "ce,focal",
+          "--workdir", str(tmp_path / "t")]
+  with pytest.raises(SystemExit) as e:
+    cli.run(tune.main, argv)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith("error: data.class_balanced=True with "
+                                              "loss.name=focal") and err.count("\n") == 1
+  assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.slow
 def test_tune_searches_resumes_and_reports_the_best(data, tmp_path, capsys):
   w = tmp_path / "tune"

@@ -344,7 +344,7 @@ def test_a_face_without_landmarks_falls_back_to_m2_and_is_counted(tmp_path, dlib
   det, _ = dlib_models
   video = _tilted_face_video(tmp_path)
   no_landmarks = lambda gray, box: None  # noqa: E731
-  m2, _ = pp.preprocess_video(video, [1, 2], "m2", detector=det)
+  m2, _ = pp.preprocess_video(video, [1, 2], "m2", detector=det, steady_box=True)
   m2a, report = pp.preprocess_video(video, [1, 2], "m2a", detector=det, landmarker=no_landmarks)
   assert report.landmark_fallback and not report.fallback
   for a, b in zip(m2, m2a):
@@ -355,6 +355,29 @@ def test_a_face_without_landmarks_falls_back_to_m2_and_is_counted(tmp_path, dlib
   (m3,), r3 = pp.preprocess_video(video, [2], "m3", detector=det, landmarker=no_landmarks)
   assert r3.landmark_fallback  # and the flow is between M2's crops
   np.testing.assert_array_equal(m3, flow.flow_image(m2[0][..., 0], m2[1][..., 0]))
+
+
+def test_a_landmark_fallback_crops_one_box_so_a_still_face_has_no_flow(tmp_path):
+  """Per-frame boxes that jitter around a still face: the fallback's crops are of one
+  box (the video's median box), so its M2A images agree and its M3 flow is zero."""
+  patch = face_patch(1.0)
+  frames = {}
+  for n in (1, 2, 3):
+    frames[n] = make_frame([(patch, 220, 140)])
+    frames[n][0, 0] = n  # the stub detector's key; outside every crop
+  boxes = {1: [(230, 150, 380, 310, 1.0)], 2: [(236, 146, 390, 316, 1.0)],
+           3: [(224, 154, 376, 306, 1.0)]}
+  video = make_video(tmp_path, frames)
+  kw = dict(detector=StubDetector(boxes), landmarker=lambda gray, box: None)
+  images, report = pp.preprocess_video(video, [2, 3], "m3", **kw)
+  assert report.landmark_fallback and report.frames == 2 and not report.borrowed
+  for image in images:
+    np.testing.assert_array_equal(image[..., :2], flow.ZERO)
+    np.testing.assert_array_equal(image[..., 2], 0)
+  faces_, _ = pp.preprocess_video(video, [1, 2, 3], "m2a", **kw)
+  median = np.median([b[0] for b in boxes.values()], axis=0)
+  for face in faces_:  # each is M2's crop of the median box
+    np.testing.assert_array_equal(face, pixels.face_crop(frames[1], median, 224))
 
 
 def test_m3_needs_its_onset_frame(tmp_path, dlib_models):

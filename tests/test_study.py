@@ -431,3 +431,12 @@ def test_split_seeds_layout_and_summary(tmp_path):
   assert cell["pooled_macro_f1"] == pytest.approx(_sk_f1(np.r_[y, y], np.r_[p0, p1]))
   assert cell["val_macro_f1"] == pytest.approx(0.55)
   assert "## Split variance" in (tmp_path / "report.md").read_text()
+
+
+def test_a_contradicting_override_stops_the_study_before_its_first_cell(tmp_path):
+  """--set aug.rotate_deg=10 suits M1 but not M3: the M1 cell is not trained first."""
+  from mer_jax import cli
+  cells = study.make_cells(["poolformer_s12"], ["m1", "m3"], ["af"], [0])
+  with pytest.raises(cli.UsageError, match="aug.rotate_deg=10.0 with data.method=m3"):
+    study.run_cells(cells, tmp_path, ["aug.rotate_deg=10.0"], "paper", log=lambda *a: None)
+  assert not any(tmp_path.iterdir())

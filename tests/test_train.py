@@ -140,7 +140,7 @@ _STEP_PROG = textwrap.dedent("""
       rep = runtime.replicated(mesh)
       state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
                               "opt_state": tx.init(params)}, rep)
-      step = jax.jit(steps.make_train_step(model, tx, loss_fn, c.aug, 32, 0),
+      step = jax.jit(steps.make_train_step(model, tx, loss_fn, c.aug, 32, 0, is_flow=False),
                      out_shardings=(rep, rep))
       for _ in range(2):
         state, m = step(state, runtime.to_global(batch, mesh))
@@ -224,6 +224,46 @@ def test_check_config_names_the_field_and_the_valid_values(field, value, valid):
   assert valid in str(e.value)
   c[section][key] = recipe.get_config()[section][key]
   steps.check_config(c)
+
+
+@pytest.mark.parametrize("method, overrides, message", [
+    ("m3", {"aug.rotate_deg": 10.0}, "aug.rotate_deg=10.0 with data.method=m3"),
+    ("m3", {"aug.brightness": 0.2, "aug.contrast": 0.1},
+     "aug.brightness=0.2, aug.contrast=0.1 with data.method=m3"),
+    ("m1", {"data.class_balanced": True, "loss.name": "weighted_ce"},
+     "data.class_balanced=True with loss.name=weighted_ce"),
+    ("m2", {"data.class_balanced": True, "loss.name": "focal"},
+     "data.class_balanced=True with loss.name=focal")])
+def test_contradicting_method_fields_stop_with_one_line(method, overrides, message, capsys,
+                                                         tmp_path):
+  from mer_jax import cli, steps, train
+  c = recipe.get_config("pool_m36", method, "af")
+  for field, value in overrides.items():
+    section, key = field.split(".")
+    c[section][key] = value
+  with pytest.raises(cli.UsageError, match=message):
+    steps.check_method_fields(c)
+  # Through the train CLI: one `error:` line, exit 2, before any data or workdir.
+  argv = ["--config", f"{ROOT / 'configs' / f'pool_m36_{method}_af.py'}",
+          "--workdir", str(tmp_path / "w")] + [f"--config.{k}={v}" for k, v in overrides.items()]
+  with pytest.raises(SystemExit) as e:
+    cli.run(train.main, argv)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"error: {message}")
+  assert not (tmp_path / "w").exists()
+
+
+def test_every_shipped_config_and_the_flow_augmentations_pass_the_method_checks():
+  from mer_jax import cli, steps
+  for path in sorted((ROOT / "configs").glob("*.py")):
+    steps.check_method_fields(cli.load_config(str(path)))
+  c = recipe.get_config("pool_m36", "m3", "mfs")
+  assert c.aug.flip and c.aug.scale_min < 1 and not (c.aug.rotate_deg or c.aug.brightness
+                                                     or c.aug.contrast)
+  c.data.class_balanced, c.loss.name = True, "ce"  # one correction: fine
+  steps.check_method_fields(c)
+  c.aug.enabled, c.aug.rotate_deg = False, 10.0  # unused when augmentation is off
+  steps.check_method_fields(c)
 
 
 def test_missing_dataset_and_manual_dir_print_the_instructions(tmp_path):

@@ -26,6 +26,13 @@ adds nothing to decode). SCALE = 10 px on 224x224 faces: real micro-expressions
 move a few pixels there and the synthetic CASME II's apex motions up to about
 10 px, so only the strongest synthetic peaks reach the clip; STEP = SCALE / 127
 (~0.08 px) is finer than the flow's own accuracy, so the rounding costs nothing.
+
+Augmentation. A flow image is vectors, not intensities: a geometric
+augmentation must move the vectors with the pixels. `hflip` is the flow image
+of the mirrored pair (u negated); `scale_vectors` the vectors of a view zoomed
+per axis (the random resized crop; mer_jax.input_pipeline.augment uses both
+rules on device). Brightness, contrast and rotation have no such rule here and
+stay off for M3 (mer_jax.steps.check_method_fields).
 """
 from __future__ import annotations
 
@@ -91,6 +98,35 @@ def decode_flow(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"expected a uint8 flow image (H, W, 3), got {image.dtype} {image.shape}")
   uv = (image[..., :2].astype(np.float32) - ZERO) * np.float32(STEP)
   return uv[..., 0], uv[..., 1]
+
+
+def hflip(image):
+  """The flow image of the left-right mirrored pair: `image` [..., H, W, 3] mirrored,
+  u negated (code 2 * ZERO - code, exact on encode_flow's codes 1..255), v and the
+  magnitude only mirrored. numpy or any array-API namespace (jax.numpy on device)."""
+  xp = image.__array_namespace__() if hasattr(image, "__array_namespace__") else np
+  image = xp.asarray(image)
+  if image.ndim < 3 or image.shape[-1] != 3:
+    raise ValueError(f"expected flow images (..., H, W, 3), got {image.shape}")
+  mirrored = image[..., ::-1, :]
+  u = mirrored[..., :1]
+  if xp.isdtype(u.dtype, "integral"):  # 2 * ZERO does not fit in uint8
+    u = xp.astype(u, xp.int32)
+  u = xp.astype(xp.clip(2 * ZERO - u, 0, 255), image.dtype)
+  return xp.concat([u, mirrored[..., 1:]], axis=-1)
+
+
+def scale_vectors(codes, sx, sy):
+  """Float codes [..., 3] of a flow image whose view was zoomed by sx (x) and sy (y):
+  u times sx, v times sy (a negative factor mirrors), clipped at SCALE, and the
+  magnitude recomputed from them (an aspect change scales it by neither factor).
+  Float codes out, unrounded; numpy or any array-API namespace."""
+  xp = codes.__array_namespace__()
+  per_scale = SCALE / STEP  # u and v codes from ZERO to the end of the scale (127)
+  du = xp.clip((codes[..., 0] - ZERO) * sx, -per_scale, per_scale)
+  dv = xp.clip((codes[..., 1] - ZERO) * sy, -per_scale, per_scale)
+  magnitude = xp.minimum(xp.sqrt(du * du + dv * dv) * (STEP * 255 / SCALE), 255.0)
+  return xp.stack([ZERO + du, ZERO + dv, magnitude], axis=-1)
 
 
 def flow_images(onset: np.ndarray, frames: Sequence[np.ndarray],

@@ -15,8 +15,10 @@ M2A (beyond the paper) M2's face aligned: dlib's 5-point landmarks on the
     adds no frame-to-frame jitter -- jitter is motion, and motion is what
     micro-expressions are (and what M3 measures). A video whose onset face has
     no plausible landmarks (or whose onset frame is unreadable) takes M2's
-    crops -- counted as a *landmark fallback* video; one with no face at all
-    takes M2's fallback (a fallback video, as M2).
+    crops of one steady box, the video's reference box (faces.video_faces
+    with steady_box), for the same reason -- counted as a *landmark fallback*
+    video; one with no face at all takes M2's fallback (a fallback video, as
+    M2).
 M3  (beyond the paper) optical flow from the onset frame's M2A face to each
     output frame's M2A face (mer_jax.data.flow: OpenCV's DIS), as a 224x224x3
     uint8 image: u, v and magnitude at one fixed scale (flow.SCALE px), so
@@ -25,7 +27,8 @@ M3  (beyond the paper) optical flow from the onset frame's M2A face to each
     MFS = onset -> each of the phase's frames other than the onset itself
     (its flow is zero by definition): KFS gives apex and offset, MFS's onset
     window onset+[0..3] gives 3 flow frames, 12 in all. Landmark fallbacks
-    and fallback videos compute flow between the M2 crops they take.
+    and fallback videos compute flow between the M2 crops they take (one
+    steady box, or the frame's centre: no box jitter in the flow).
 
 Pixel work (reading frames, crops, gray, resizing, PNG bytes) is in
 mer_jax.data.pixels.
@@ -321,6 +324,8 @@ def preprocess_video(video: Video, frames: Sequence[int], method: "Method | str"
     landmarker = landmarker if landmarker is not None else faces.LandmarkDetector()
     matrix = onset_transform(video, read, face, landmarker, size)
     report.landmark_fallback = matrix is None
+    if report.landmark_fallback:  # one box for every frame, as one transform would be
+      face = faces.video_faces(found.faces, steady_box=True)
 
   def crop(n: int, rgb: np.ndarray):
     if matrix is not None:

@@ -46,7 +46,7 @@ from mer_jax.data import casme2, dataset_configs, phases, preprocess, runner, sp
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 
-VERSION = tfds.core.Version("1.1.0")
+VERSION = tfds.core.Version("1.2.0")
 
 
 @dataclasses.dataclass
@@ -78,6 +78,9 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       "1.1.0": "Configs m2a_* (aligned faces) and m3_* (optical flow); M1 resized with "
                "OpenCV's area filter (pixels within 1-2 grey levels of 1.0.0's bicubic); "
                "M2 unchanged.",
+      "1.2.0": "M2A and M3 landmark-fallback videos crop every frame with the video's one "
+               "reference box (was each frame's own box, whose jitter showed as flow); "
+               "other videos and M1, M2 unchanged.",
   }
   BUILDER_CONFIGS = _configs()
   DEFAULT_CONFIG_NAME = "m2_mfs"
