@@ -149,16 +149,20 @@ def paired_m1_m2(cells: dict, n_resamples: int = 10000, pairs: list | None = Non
 # --- Table I -------------------------------------------------------------------
 
 
-def table_one(data_dir: str | None) -> list[str]:
+def table_one(runs: list[dict]) -> list[str]:
+  """Table I from the quality.json of the builds the runs trained on (metrics.json's
+  `dataset`), so it describes their data and no other build of the same name."""
   from mer_jax.data import build
+  built = {(r["method"], r["phase"]): r["metrics"]["dataset"]["dir"] for r in runs
+           if r["metrics"].get("dataset")}
   lines = ["| method | resolution | colour | face-centring rate | information density "
            "| training samples AF / KFS / MFS |", "|---|---|---|---:|---:|---|"]
   for method in METHODS:
     qs = {}
     for phase in PHASES:
-      b = build.builder(f"{method}_{phase}", data_dir)
-      if build.is_built(b):
-        qs[phase] = build.read_quality(b.data_dir)
+      d = built.get((method, phase))
+      if d is not None and pathlib.Path(d).exists():
+        qs[phase] = build.read_quality(d)
     if not qs:
       continue
     q = qs.get("mfs") or next(iter(qs.values()))
@@ -184,7 +188,7 @@ def _f1_cell(v):
   return s + f" [{_fmt(lo, 3)}, {_fmt(hi, 3)}]"
 
 
-def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1000) -> str:
+def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   runs = gather(root)
   if not runs:
     raise FileNotFoundError(f"No finished runs under {root} (no */seed*/metrics.json).")
@@ -197,7 +201,7 @@ def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1
            f"{'leave-one-subject-out (predictions pooled over folds: UF1/UAR)' if loso else 'paper split 201/26/28'}.",
            "Test macro-F1 at the video level; ± = standard deviation over seeds; [low, high] = "
            "95 % bootstrap CI of the first seed.", ""]
-  lines += ["## Table I: dataset and methodology", ""] + table_one(data_dir) + [""]
+  lines += ["## Table I: dataset and methodology", ""] + table_one(runs) + [""]
 
   methods = [me for me in METHODS if any(k[1] == me for k in cells)]
   paper_pair = all(me in methods for me in PAPER_METHODS)
