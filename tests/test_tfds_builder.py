@@ -200,10 +200,15 @@ def test_tfds_cli_builds_from_the_datasets_folder(manual, cache, m2_mfs, tmp_pat
   assert list(d.glob("*.array_record*"))
   data = read_all(d)
   assert data["train"][0]["image"].shape == (384, 384, 3)
+  # TFDS's own build records the same fingerprint, so training reuses it.
+  fp = json.loads((d / "fingerprint.json").read_text())
+  assert fp["source"] == os.path.realpath(manual) and fp["synthetic"]["videos"] == 16
+  assert build.find_build("m1_kfs", str(manual), tmp_path, log=lambda *a: None) == d
 
 
-def test_build_cli_quality_table(m2_mfs, data_dir, capsys):
-  assert build.main(["--quality", "--configs", "m2_mfs", "--data_dir", data_dir]) == 0
+def test_build_cli_quality_table(manual, m2_mfs, data_dir, capsys):
+  assert build.main(["--quality", "--configs", "m2_mfs", "--data_dir", data_dir,
+                     "--manual_dir", str(manual)]) == 0
   assert "| m2_mfs | 224x224 | gray |" in capsys.readouterr().out
   with pytest.raises(ValueError, match="m4_af"):
     build.main(["--configs", "m4_af"])
