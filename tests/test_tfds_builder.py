@@ -234,17 +234,18 @@ def test_a_build_records_its_source(manual, m2_mfs):
   assert f"/{fingerprint.key(fp)}/casme2/m2_mfs/" in d
 
 
-def test_code_version_ignores_docstrings_and_comments_not_code(tmp_path, monkeypatch):
-  src = (ROOT / "mer_jax" / "data" / "phases.py").read_text()
-  (tmp_path / "phases.py").write_text(src)
+def test_code_version_follows_every_module_that_makes_the_examples(tmp_path, monkeypatch):
+  """A change to any module that decides pixels or labels changes the version."""
+  for name in fingerprint.CODE_MODULES:
+    shutil.copy(ROOT / "mer_jax" / "data" / f"{name}.py", tmp_path)
   monkeypatch.setattr(fingerprint, "HERE", tmp_path)
   version = fingerprint.code_version.__wrapped__   # without its cache
-  before = version(("phases",))
-  edited = src.replace('"""', '"""Reworded. ', 1).replace("\n\n", "\n\n# a comment\n", 1)
-  (tmp_path / "phases.py").write_text(edited)
-  assert edited != src and version(("phases",)) == before
-  (tmp_path / "phases.py").write_text(src + "\nX = 1\n")
-  assert version(("phases",)) != before
+  assert version() == fingerprint.code_version()
+  for name in ("preprocess", "splits", "tfds_casme2"):
+    before = version()
+    with open(tmp_path / f"{name}.py", "a") as f:
+      f.write("\nX = 1\n")
+    assert version() != before, name
 
 
 def test_another_source_sheet_or_synthetic_setting_builds_anew(manual, cache, tmp_path):

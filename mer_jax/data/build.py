@@ -3,13 +3,28 @@ r"""Build the CASME II TFDS configs from Python, on first use, and report their 
   python -m mer_jax.data.build --configs all --manual_dir ~/casme2
   python -m mer_jax.data.build --configs m2_mfs --manual_dir data/synthetic_casme2 --synthetic
   python -m mer_jax.data.build --configs m2a_af,m3_mfs --manual_dir ~/casme2   # beyond the paper
-  python -m mer_jax.data.build --quality --configs all        # Table I of built configs
+  python -m mer_jax.data.build --quality --configs all --manual_dir ~/casme2   # Table I
+  python -m mer_jax.data.build --list          # every build: config, source, size, date
 
 This is the documented way to build the dataset (mer_jax.data.tfds_cli is
 TFDS's own `build`, for those who prefer it). Training calls `ensure_built`,
-so that one command is enough. Concurrent callers (several runs of a study,
-the processes of a multi-host run) build a config once: a lock file
-serialises them and the others reuse the result.
+so that one command is enough.
+
+A build records its fingerprint (mer_jax.data.fingerprint: the resolved
+source directory, the coding sheet's sha256, the synthetic settings, the
+data code's own hash) and is handed out only for a request of the same
+fingerprint. A build from another source, sheet or code goes to its own
+folder, DATA_DIR/casme2_by_source/KEY/casme2/CONFIG/VERSION, so builds of
+different sources coexist and the log says why a build is made. TFDS's own
+`tfds build` writes the same fingerprint into DATA_DIR/casme2/CONFIG/VERSION,
+which is reused when it matches; a build without a fingerprint (made before
+them) is never reused.
+
+Concurrent callers (several runs of a study, the processes of a multi-host
+run) build a config once: a lock file per config and fingerprint serialises
+them and the others reuse the result. Under that lock, `incomplete.*` folders
+that a killed build left are removed first. A full disk ends in one line
+saying how much to free.
 """
 from __future__ import annotations
 
@@ -109,8 +124,8 @@ def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
 
   A build of another fingerprint (source, sheet, synthetic settings, code) is
   never returned: the new one goes to its own folder, DATA_DIR/SOURCES/KEY/.
-  When `manual_dir` is absent and `synthetic` is off, the newest build of
-  real data made from that same path by this code is returned (a cluster may
+  When `manual_dir` is absent and `synthetic` is off, the newest build made
+  from that same path by this code is returned (a cluster may
   hold the built data but not the frames). Raises casme2.Casme2Error (with the
   download instructions) when there is neither, or when the disk fills.
   """
@@ -156,14 +171,14 @@ def find_build(config: str, manual_dir: str, data_dir: str | pathlib.Path | None
                log=print, **options) -> pathlib.Path | None:
   """The build of `config` whose fingerprint is that of `manual_dir` now (with
   this code and `options`' sheet), or None. Without a CASME II at `manual_dir`,
-  the newest build of real data from that path by this code (said in `log`)."""
+  the newest build from that path by this code (said in `log`)."""
   root = pathlib.Path(data_dir or default_data_dir())
   src = pathlib.Path(manual_dir).expanduser()
   if not _has_casme2(src):
     d = build_of_absent_source(config, src, root)
     if d is not None:
       log(f"{src} is not there to check its coding sheet; using the {config} built from it "
-          f"at {d}")
+          f"at {d} ({fingerprint.describe(fingerprint.read(d))})")
     return d
   want = builder(config, str(root), **options).source_fingerprint(src)
   same = [b for b in built_dirs(root, config) if same_fingerprint(fingerprint.read(b), want)]
@@ -186,10 +201,10 @@ def same_fingerprint(a: dict | None, b: dict) -> bool:
 
 
 def build_of_absent_source(config: str, src: pathlib.Path, root: pathlib.Path):
-  """The newest build of real data from the path `src` by this code, or None."""
+  """The newest build from the path `src` by this code, or None."""
   found = [d for d in built_dirs(root, config)
            if (fp := fingerprint.read(d)) and fp["source"] == str(src.resolve())
-           and fp["synthetic"] is None and fp["code"] == fingerprint.code_version()]
+           and fp["code"] == fingerprint.code_version()]
   return found[-1] if found else None
 
 

@@ -6,16 +6,17 @@ quality.json) holds:
   sheet      the coding sheet's file name and the sha256 of its bytes;
   synthetic  the parameters of a synthetic set (its SYNTHETIC_FILE, which
              mer_jax.data.synthetic writes into the tree), or None for real data;
-  code       `code_version()`: a hash of the modules that decide the pixels and
-             labels, so a change to them is a new fingerprint with no version
-             bump to forget; docstrings, comments and layout do not count;
+  code       `code_version()`: a hash of the source text of the modules that
+             decide the pixels and labels, so a change to them is a new
+             fingerprint with no version bump to forget (the text, not its
+             syntax tree, whose dump differs between Python versions: a build
+             made on a login node stays valid on a compute node);
   version    the TFDS builder's VERSION.
 `key(fp)` (a short hash of these) names the folder a build lives in, so builds
 of different fingerprints coexist (mer_jax.data.build).
 """
 from __future__ import annotations
 
-import ast
 import datetime
 import functools
 import hashlib
@@ -33,18 +34,10 @@ HERE = pathlib.Path(__file__).parent
 
 @functools.lru_cache(maxsize=None)
 def code_version(modules: tuple[str, ...] = CODE_MODULES) -> str:
-  """A short hash of the code of mer_jax.data's `modules` (their syntax trees
-  without docstrings: a comment or docstring edit rebuilds nothing)."""
+  """A short hash of the source text of mer_jax.data's `modules`."""
   h = hashlib.sha256()
   for name in modules:
-    tree = ast.parse((HERE / f"{name}.py").read_text())
-    for node in ast.walk(tree):
-      if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-          and node.body and isinstance(node.body[0], ast.Expr)
-          and isinstance(node.body[0].value, ast.Constant)
-          and isinstance(node.body[0].value.value, str)):
-        node.body = node.body[1:] or [ast.Pass()]
-    h.update(f"{name}\0{ast.dump(tree)}\0".encode())
+    h.update(f"{name}\0".encode() + (HERE / f"{name}.py").read_bytes() + b"\0")
   return h.hexdigest()[:12]
 
 
