@@ -44,8 +44,10 @@ LABEL = {"m2": "M2 224 gray", "m1": "M1 384 RGB"}
 
 
 def dataset_dir(data_dir: pathlib.Path, config: str) -> pathlib.Path | None:
-  found = sorted(data_dir.glob(f"casme2/{config}/*/dataset_info.json"))
-  return found[-1].parent if found else None
+  """The build of `config` from the synthetic set beside `data_dir` (ROOT/casme2)."""
+  from mer_jax.data import build
+  return build.find_build(config, str(data_dir.parent / "casme2"), data_dir,
+                          log=lambda *a: None)
 
 
 def ensure_built(args, configs: list[str]) -> pathlib.Path:

@@ -502,10 +502,18 @@ def run_train(args, deadline: float, log) -> dict:
 def _run_train(args, deadline: float, log, row: dict, work: pathlib.Path) -> dict:
   tiny = args.tiny
   data_dir = pathlib.Path(args.train_data_dir) if args.train_data_dir else work / "tfds"
+  manual, synthetic = (work / "casme2").absolute(), "true"
+  if args.train_data_dir:
+    # A prebuilt M2 MFS (the bundle's): train on it by naming its source, which
+    # the build reuses even where that folder is absent (mer_jax.data.build).
+    from mer_jax.data import build, fingerprint
+    built = build.built_dirs(data_dir, "m2_mfs")
+    if built and fingerprint.read(built[-1]):
+      manual, synthetic = fingerprint.read(built[-1])["source"], "false"
   shutil.rmtree(work / "run", ignore_errors=True)
   opts = {"num_epochs": 2, "patience": 10, "init.weights": "", "model.dtype": args.train_dtype,
-          "data.data_dir": data_dir.absolute(), "data.manual_dir": (work / "casme2").absolute(),
-          "data.synthetic": "true", "data.synthetic_videos": args.train_videos,
+          "data.data_dir": data_dir.absolute(), "data.manual_dir": manual,
+          "data.synthetic": synthetic, "data.synthetic_videos": args.train_videos,
           "data.synthetic_subjects": args.train_subjects, "bootstrap_resamples": 100,
           "checkpoint_keep": 1}
   if tiny:
@@ -562,9 +570,10 @@ def _history(workdir: pathlib.Path) -> list[dict]:
 
 def _data_size(data_dir: pathlib.Path) -> str:
   """'N videos, M images' of the built M2 MFS config (its quality.json)."""
-  for q in sorted(data_dir.glob("casme2/m2_mfs/*/quality.json")):
+  from mer_jax.data import build
+  for built in build.built_dirs(data_dir, "m2_mfs")[::-1]:
     try:
-      d = json.loads(q.read_text())
+      d = json.loads((built / "quality.json").read_text())
       return f"{d['videos']} synthetic videos, {d['frames']} images"
     except (OSError, KeyError, ValueError):
       pass
@@ -669,7 +678,8 @@ def make_bundle(args) -> int:
   out = pathlib.Path(args.make_bundle).absolute()
   wheels, tfds_dir = out / "wheels", out / "tfds"
   wheels.mkdir(parents=True, exist_ok=True)
-  if not list(tfds_dir.glob("casme2/m2_mfs/*/dataset_info.json")):
+  from mer_jax.data import build
+  if not build.built_dirs(tfds_dir, "m2_mfs"):
     with tempfile.TemporaryDirectory() as tmp:
       cmd = [sys.executable, "-m", "mer_jax.data.build", "--configs", "m2_mfs",
              "--manual_dir", str(pathlib.Path(tmp) / "casme2"), "--data_dir", str(tfds_dir),

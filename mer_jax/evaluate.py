@@ -26,7 +26,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, checkpoint: str = "best") -
   results = {s: experiment.evaluate_split(setup, state["params"], s, predict_fn)
              for s in ("validation", "test")}
   print(f"Evaluating the {which} checkpoint (step {int(state['step'])}, epoch {meta['epoch']})")
-  return report.finish_run(workdir, config, results, meta)
+  return report.finish_run(workdir, config, results, meta, dataset=setup.dataset)
 
 
 def main(argv=None) -> int:

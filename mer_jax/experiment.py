@@ -23,17 +23,21 @@ from mer_jax import steps
 
 
 def dataset_dir(config, log=print) -> str:
-  """The built TFDS config of `config.data`, built first if it is missing."""
-  from mer_jax.data import build, dataset_configs
+  """The build of `config.data`'s TFDS config from its source (manual_dir), built
+  first if there is none of the same fingerprint (mer_jax.data.fingerprint);
+  logs the fingerprint in one line."""
+  from mer_jax.data import build, dataset_configs, fingerprint
   manual = str(pathlib.Path(os.path.expanduser(config.data.manual_dir)).absolute())
   data_dir = (str(pathlib.Path(os.path.expanduser(config.data.data_dir)).absolute())
               if config.data.data_dir else None)
-  return build.ensure_built(
+  log = log if runtime.is_main_process() else (lambda *a: None)
+  d = build.ensure_built(
       dataset_configs.config_name(config.data.method, config.data.phase), manual, data_dir,
       synthetic=config.data.synthetic, synthetic_videos=config.data.synthetic_videos,
       synthetic_subjects=config.data.synthetic_subjects,
-      synthetic_intensity=config.data.get("synthetic_intensity", 1.0),
-      log=log if runtime.is_main_process() else (lambda *a: None))
+      synthetic_intensity=config.data.get("synthetic_intensity", 1.0), log=log)
+  log(f"dataset {d}: {fingerprint.describe(fingerprint.read(d))}")
+  return d
 
 
 @dataclasses.dataclass
@@ -44,16 +48,19 @@ class Setup:
   model: Any
   in_chans: int
   mesh: Any
+  dataset: dict         # the build's fingerprint and its "dir" (metrics.json's `dataset`)
 
 
 def make_setup(config, log=print) -> Setup:
   steps.check_config(config)
-  data = input_pipeline.load_splits(dataset_dir(config, log), config.data.protocol,
-                                    config.data.fold, config.data.get("split", "video"),
+  from mer_jax.data import fingerprint
+  d = dataset_dir(config, log)
+  data = input_pipeline.load_splits(d, config.data.protocol, config.data.fold,
+                                    config.data.get("split", "video"),
                                     config.data.get("split_seed", 0))  # runs before them lack them
   in_chans = data["train"].images.shape[-1]
   return Setup(config, data, steps.build_model(config, in_chans), in_chans,
-               runtime.make_mesh())
+               runtime.make_mesh(), dict(fingerprint.read(d), dir=d))
 
 
 def jit_predict(setup: Setup):

@@ -182,13 +182,15 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
   return report
 
 
-def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict, say=print) -> dict:
+def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict, say=print, *,
+               dataset: dict) -> dict:
   """Writes a trained run's report (main process) and prints its summary;
-  returns the metrics.json dict."""
+  returns the metrics.json dict. `dataset`: the build's fingerprint and dir
+  (experiment.Setup.dataset), metrics.json's `dataset`."""
   from mer_jax import runtime
   stop = meta["early_stopping"]
   best_epoch = stop["best_epoch"] + 1 if stop["best_epoch"] >= 0 else None
-  extra = {"epochs_run": meta["epoch"], "history": meta["history"]}
+  extra = {"epochs_run": meta["epoch"], "history": meta["history"], "dataset": dataset}
   if runtime.is_main_process():
     write_report(workdir, results, best_epoch=best_epoch, config=c.to_dict(),
                  history=meta["history"], extra=extra,

@@ -206,11 +206,7 @@ def main(argv=None) -> int:
       # Other tasks may still be training: no task writes a partial report.
       print("Cells done; run with --report_only once every task has finished.")
       return 0
-  data_dir = None
-  for o in args.set:
-    if o.startswith("data.data_dir="):
-      data_dir = str(pathlib.Path(os.path.expanduser(o.split("=", 1)[1])).absolute())
-  report(root, data_dir, args.bootstrap)
+  report(root, args.bootstrap)
   print(f"report: {root / 'report.md'}")
   return 0
 

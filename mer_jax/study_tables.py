@@ -316,16 +316,20 @@ def paired_difference(a: dict, b: dict, n_resamples: int = PAIRED_RESAMPLES) -> 
 # --- Table I -------------------------------------------------------------------
 
 
-def table_one(data_dir: str | None) -> list[str]:
+def table_one(runs: list[dict]) -> list[str]:
+  """Table I from the quality.json of the builds the runs trained on (metrics.json's
+  `dataset`), so it describes their data and no other build of the same name."""
   from mer_jax.data import build
+  built = {(r["method"], r["phase"]): r["metrics"]["dataset"]["dir"] for r in runs
+           if r["metrics"].get("dataset")}
   lines = ["| method | resolution | colour | face-centring rate | information density "
            "| training samples AF / KFS / MFS |", "|---|---|---|---:|---:|---|"]
   for method in METHODS:
     qs = {}
     for phase in PHASES:
-      b = build.builder(f"{method}_{phase}", data_dir)
-      if build.is_built(b):
-        qs[phase] = build.read_quality(b.data_dir)
+      d = built.get((method, phase))
+      if d is not None and pathlib.Path(d).exists():
+        qs[phase] = build.read_quality(d)
     if not qs:
       continue
     q = qs.get("mfs") or next(iter(qs.values()))
@@ -380,7 +384,7 @@ def _legend(cells: dict) -> str:
               "(and seeds, when there are several).")
 
 
-def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1000) -> str:
+def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   """Writes report.md, study.json and the figures of the finished runs under root; returns
   report.md's text. An unfinished plan or a LOSO cell missing folds is said at the top."""
   runs = gather(root)
@@ -419,7 +423,7 @@ def report(root: pathlib.Path, data_dir: str | None = None, n_resamples: int = 1
   lines += [f"{len(runs)} runs: models {', '.join(models)}; seeds {seeds}"
             + (f"; split seeds {split_seeds}" if split_seeds != [0] else "")
             + f"; protocol {protocol}.", _legend(cells), "", CHOICE, ""]
-  lines += ["## Table I: dataset and methodology", ""] + table_one(data_dir) + [""]
+  lines += ["## Table I: dataset and methodology", ""] + table_one(runs) + [""]
 
   # Table III, selected on validation.
   best = {(me, p): best_key(cells, [(m, me, p) for m in models]) for me in methods

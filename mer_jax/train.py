@@ -249,7 +249,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   finally:
     logger.close()
     ckpt.close()
-  return report.finish_run(workdir, c, results, meta, say=_say)
+  return report.finish_run(workdir, c, results, meta, say=_say, dataset=setup.dataset)
 
 
 def _check_finite(finite, ckpt, workdir):

@@ -7,6 +7,8 @@ paper split (paper_split) and the preprocessing of single frames.
 from __future__ import annotations
 
 import collections
+import errno
+import hashlib
 import json
 import os
 import pathlib
@@ -18,7 +20,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mer_jax.data import build, casme2, phases, pixels, runner, splits, tfds_casme2
+from mer_jax import cli
+from mer_jax.data import build, casme2, fingerprint, phases, pixels, runner, splits, tfds_casme2
 from mer_jax.data.phases import Phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -197,10 +200,144 @@ def test_tfds_cli_builds_from_the_datasets_folder(manual, cache, m2_mfs, tmp_pat
   assert list(d.glob("*.array_record*"))
   data = read_all(d)
   assert data["train"][0]["image"].shape == (384, 384, 3)
+  # TFDS's own build records the same fingerprint, so training reuses it.
+  fp = json.loads((d / "fingerprint.json").read_text())
+  assert fp["source"] == os.path.realpath(manual) and fp["synthetic"]["videos"] == 16
+  assert build.find_build("m1_kfs", str(manual), tmp_path, log=lambda *a: None) == d
 
 
-def test_build_cli_quality_table(m2_mfs, data_dir, capsys):
-  assert build.main(["--quality", "--configs", "m2_mfs", "--data_dir", data_dir]) == 0
+def test_build_cli_quality_table(manual, m2_mfs, data_dir, capsys):
+  assert build.main(["--quality", "--configs", "m2_mfs", "--data_dir", data_dir,
+                     "--manual_dir", str(manual)]) == 0
   assert "| m2_mfs | 224x224 | gray |" in capsys.readouterr().out
   with pytest.raises(ValueError, match="m4_af"):
     build.main(["--configs", "m4_af"])
+
+
+# --- Fingerprints: a build knows its source and is never handed out for another ---
+
+
+def sha256(path) -> str:
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def test_a_build_records_its_source(manual, m2_mfs):
+  d, _ = m2_mfs
+  fp = json.loads((pathlib.Path(d) / "fingerprint.json").read_text())
+  sheet = casme2.load_casme2(manual).sheet
+  assert fp["source"] == os.path.realpath(manual)
+  assert fp["sheet"] == {"name": sheet.name, "sha256": sha256(sheet)}
+  # conftest's synthetic_casme2: 16 videos, 4 subjects, seed 3, intensity 1.
+  assert {k: fp["synthetic"][k] for k in ("videos", "subjects", "seed", "intensity")} == \
+      {"videos": 16, "subjects": 4, "seed": 3, "intensity": 1.0}
+  assert fp["version"] == str(tfds_casme2.VERSION) and len(fp["code"]) == 12
+  assert f"/{fingerprint.key(fp)}/casme2/m2_mfs/" in d
+
+
+def test_code_version_follows_every_module_that_makes_the_examples(tmp_path, monkeypatch):
+  """A change to any module that decides pixels or labels changes the version."""
+  for name in fingerprint.CODE_MODULES:
+    shutil.copy(ROOT / "mer_jax" / "data" / f"{name}.py", tmp_path)
+  monkeypatch.setattr(fingerprint, "HERE", tmp_path)
+  version = fingerprint.code_version.__wrapped__   # without its cache
+  assert version() == fingerprint.code_version()
+  for name in ("preprocess", "splits", "tfds_casme2"):
+    before = version()
+    with open(tmp_path / f"{name}.py", "a") as f:
+      f.write("\nX = 1\n")
+    assert version() != before, name
+
+
+def test_another_source_sheet_or_synthetic_setting_builds_anew(manual, cache, tmp_path):
+  """The same config from a symlink to its source reuses the build; from a copy,
+  another sheet or other synthetic settings it never does, and each build
+  keeps the source, sheet and settings it was asked for."""
+  data_dir = tmp_path / "tfds"
+  logs = []
+
+  def built(src, **options):
+    return pathlib.Path(build.ensure_built("m2_af", str(src), str(data_dir), workers=1,
+                                           detection_cache=cache, log=logs.append, **options))
+
+  first = built(manual)
+  (tmp_path / "link").symlink_to(manual)
+  assert built(tmp_path / "link") == first
+  copy = tmp_path / "copy"
+  shutil.copytree(manual, copy)
+  from_copy = built(copy)
+  assert from_copy != first and "source" in logs[-2] and str(copy) in logs[-2]
+  csv = next(copy.glob("CASME2-coding*.csv"))
+  from_csv = built(copy, sheet=str(csv))
+  syn = json.loads((copy / "synthetic.json").read_text())
+  (copy / "synthetic.json").write_text(json.dumps(dict(syn, seed=4)))
+  from_seed4 = built(copy)
+  assert "synthetic" in logs[-2] and "seed 3" in logs[-2] and "seed 4" in logs[-2]
+  dirs = [first, from_copy, from_csv, from_seed4]
+  assert len(set(dirs)) == 4 and all(build.is_built(tfds.builder_from_directory(str(d)))
+                                     for d in dirs)
+  # Each build holds what it was asked for, read independently of mer_jax.data.fingerprint.
+  for d, src, sheet, seed in [(first, manual, casme2.find_sheet(manual), 3),
+                              (from_copy, copy, casme2.find_sheet(copy), 3),
+                              (from_csv, copy, csv, 3), (from_seed4, copy, csv.with_suffix(".xlsx"), 4)]:
+    fp = json.loads((d / "fingerprint.json").read_text())
+    assert fp["source"] == os.path.realpath(src) and fp["sheet"]["sha256"] == sha256(sheet)
+    assert fp["synthetic"]["seed"] == seed
+    assert build.read_quality(d)["manual_dir"] == str(src)  # what TFDS handed the builder
+  assert build.ensure_built("m2_af", str(copy), str(data_dir), log=logs.append) == str(from_seed4)
+  listed = capture_list(data_dir)
+  assert listed.count("m2_af  ") == 4 and str(copy) in listed and csv.name in listed
+
+
+def capture_list(data_dir) -> str:
+  out = subprocess.run([sys.executable, "-m", "mer_jax.data.build", "--list", "--data_dir",
+                        str(data_dir)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert out.returncode == 0, out.stderr
+  return out.stdout
+
+
+def test_old_builds_and_killed_builds_are_not_reused_or_left(manual, cache, m2_mfs, tmp_path):
+  """A build without fingerprint.json (made before builds had one) is rebuilt,
+  saying why; an `incomplete.*` folder a killed build left is gone afterwards."""
+  data_dir = tmp_path / "tfds"
+  legacy = data_dir / "casme2" / "m2_mfs" / str(tfds_casme2.VERSION)
+  shutil.copytree(m2_mfs[0], legacy)
+  (legacy / "fingerprint.json").unlink()
+  want = build.builder("m2_af", str(data_dir)).source_fingerprint(manual)
+  config_dir = data_dir / build.SOURCES / fingerprint.key(want) / "casme2" / "m2_mfs"
+  stale = config_dir / f"incomplete.ABC123_{tfds_casme2.VERSION}"
+  stale.mkdir(parents=True)
+  (stale / "casme2-train.array_record-00000-of-00001").write_bytes(b"half")
+  logs = []
+  d = build.ensure_built("m2_mfs", str(manual), str(data_dir), workers=1,
+                         detection_cache=cache, log=logs.append)
+  assert pathlib.Path(d).parent == config_dir and legacy.exists()
+  assert any("no fingerprint.json" in line and str(legacy) in line for line in logs)
+  assert not list(config_dir.glob("incomplete.*"))
+  assert "no fingerprint.json" in capture_list(data_dir)
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    RuntimeError("RESOURCE_EXHAUSTED: write failed: No space left on device")])
+def test_a_full_disk_ends_in_one_line_with_the_space_needed(manual, cache, tmp_path, monkeypatch,
+                                                             capsys, error):
+  def full(cls, path, iterator):
+    raise error
+  monkeypatch.setattr(tfds.core.file_adapters.ArrayRecordFileAdapter, "write_examples",
+                      classmethod(full))
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(SystemExit) as exit_:
+    cli.run(build.main, ["--configs", "m2_af", "--manual_dir", str(manual), "--data_dir",
+                         str(data_dir), "--workers", "1", "--detection_cache", cache])
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  err = [line for line in err.splitlines() if line.startswith("error:")]  # TFDS's bars aside
+  assert len(err) == 1, err
+  # AF: one 224x224 gray image per video, 16 videos.
+  need = 16 * 224 * 224
+  assert err[0].startswith(f"error: no space left on device while building m2_af into "
+                           f"{data_dir}: free about ")
+  assert f"under {data_dir} (the build needs about {need / 1e6:.1f} MB for 16 images" in err[0]
+  assert not list(data_dir.rglob("dataset_info.json"))

@@ -6,7 +6,9 @@ subprocesses, with a small PoolFormer at 32 px on KFS frames.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import pytest
 
 from e2e import ROOT, run_cmd, subprocess_env, train_cmd
 from mer_jax import configs as recipe
+from mer_jax.data import casme2
 
 
 def metrics(workdir):
@@ -182,6 +185,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(reference, data, tmp_
   assert out.returncode == 2
   assert "NaN or inf" in out.stderr and f"step {good[-1]}" in out.stderr
   assert _steps(w) == good
+
+
+def test_run_logs_and_records_the_dataset_it_trained_on(reference, data):
+  """metrics.json's `dataset` is the build's fingerprint: the source, the sheet's
+  sha256 and the synthetic settings, checked against the files themselves."""
+  w, out = reference
+  ds = metrics(w)["dataset"]
+  manual = data[0]
+  sheet = casme2.find_sheet(manual)
+  assert ds["source"] == os.path.realpath(manual)
+  assert ds["sheet"] == {"name": sheet.name,
+                         "sha256": hashlib.sha256(sheet.read_bytes()).hexdigest()}
+  assert ds["synthetic"]["videos"] == 20 and ds["synthetic"]["seed"] == 5   # conftest's set
+  saved = json.loads((pathlib.Path(ds["dir"]) / "fingerprint.json").read_text())
+  assert {k: v for k, v in ds.items() if k != "dir"} == saved
+  assert pathlib.Path(ds["dir"]).is_relative_to(data[1])
+  logged = [line for line in out.stdout.splitlines() if line.startswith("dataset ")]
+  assert len(logged) == 1 and ds["dir"] in logged[0] and sheet.name in logged[0]
 
 
 def test_evaluate_cli_rewrites_the_report(reference, tmp_path):

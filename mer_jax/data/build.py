@@ -3,29 +3,50 @@ r"""Build the CASME II TFDS configs from Python, on first use, and report their 
   python -m mer_jax.data.build --configs all --manual_dir ~/casme2
   python -m mer_jax.data.build --configs m2_mfs --manual_dir data/synthetic_casme2 --synthetic
   python -m mer_jax.data.build --configs m2a_af,m3_mfs --manual_dir ~/casme2   # beyond the paper
-  python -m mer_jax.data.build --quality --configs all        # Table I of built configs
+  python -m mer_jax.data.build --quality --configs all --manual_dir ~/casme2   # Table I
+  python -m mer_jax.data.build --list          # every build: config, source, size, date
 
 This is the documented way to build the dataset (mer_jax.data.tfds_cli is
 TFDS's own `build`, for those who prefer it). Training calls `ensure_built`,
-so that one command is enough. Concurrent callers (several runs of a study,
-the processes of a multi-host run) build a config once: a lock file
-serialises them and the others reuse the result.
+so that one command is enough.
+
+A build records its fingerprint (mer_jax.data.fingerprint: the resolved
+source directory, the coding sheet's sha256, the synthetic settings, the
+data code's own hash) and is handed out only for a request of the same
+fingerprint. A build from another source, sheet or code goes to its own
+folder, DATA_DIR/casme2_by_source/KEY/casme2/CONFIG/VERSION, so builds of
+different sources coexist and the log says why a build is made. TFDS's own
+`tfds build` writes the same fingerprint into DATA_DIR/casme2/CONFIG/VERSION,
+which is reused when it matches; a build without a fingerprint (made before
+them) is never reused.
+
+Concurrent callers (several runs of a study, the processes of a multi-host
+run) build a config once: a lock file per config and fingerprint serialises
+them and the others reuse the result. Under that lock, `incomplete.*` folders
+that a killed build left are removed first. A full disk ends in one line
+saying how much to free.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 
 from mer_jax import cli
-from mer_jax.data import casme2
+from mer_jax.data import casme2, fingerprint
 # CONFIG_NAMES and config_name are also this module's: build.config_name(method, phase).
 from mer_jax.data.dataset_configs import (CONFIG_NAMES, check_config_name,  # noqa: F401
                                           config_name, parse_configs)
+
+
+SOURCES = "casme2_by_source"  # DATA_DIR/SOURCES/KEY/casme2/CONFIG/VERSION (fingerprint.key)
 
 
 def default_data_dir() -> str:
@@ -70,6 +91,13 @@ def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int =
   """The CASME II copy; with `synthetic`, writes the synthetic set there if absent."""
   d = pathlib.Path(manual_dir).expanduser()
   if _has_casme2(d):
+    made = d / fingerprint.SYNTHETIC_FILE
+    wanted = {"videos": videos, "subjects": subjects, "seed": seed, "intensity": intensity}
+    if synthetic and made.exists() and any(
+        json.loads(made.read_text()).get(k) != v for k, v in wanted.items()):
+      log(f"{d} holds a synthetic CASME II of other settings "
+          f"({fingerprint.show('synthetic', {'synthetic': json.loads(made.read_text())})}); "
+          "using it as it is (another manual_dir writes a new one)")
     return d
   if not synthetic:
     raise casme2.Casme2Error(
@@ -91,27 +119,159 @@ def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
                  synthetic: bool = False, synthetic_videos: int = 255,
                  synthetic_subjects: int = 26, synthetic_intensity: float = 1.0,
                  log=print, **options) -> str:
-  """Builds `config` unless it is already built; returns the dataset directory.
+  """The dataset directory of `config` built from `manual_dir`, built first
+  unless a build of the same fingerprint exists.
 
-  Raises casme2.Casme2Error (with the download instructions) when neither
-  the dataset nor the manual dir exists.
+  A build of another fingerprint (source, sheet, synthetic settings, code) is
+  never returned: the new one goes to its own folder, DATA_DIR/SOURCES/KEY/.
+  When `manual_dir` is absent and `synthetic` is off, the newest build made
+  from that same path by this code is returned (a cluster may
+  hold the built data but not the frames). Raises casme2.Casme2Error (with the
+  download instructions) when there is neither, or when the disk fills.
   """
-  b = builder(config, data_dir, **options)
-  if is_built(b):
-    return str(b.data_dir)
-  with exclusive(pathlib.Path(b.data_path).parent.parent / f".{config}.lock"):
-    b = builder(config, data_dir, **options)  # re-read: another process may have built it
+  check_config_name(config)
+  root = pathlib.Path(data_dir or default_data_dir())
+  if synthetic:
+    ensure_manual_dir(manual_dir, synthetic=True, videos=synthetic_videos,
+                      subjects=synthetic_subjects, intensity=synthetic_intensity, log=log)
+  found = find_build(config, manual_dir, root, log=log, **options)
+  if found is not None:
+    return str(found)
+  d = ensure_manual_dir(manual_dir)  # raises with the download instructions when absent
+  want = builder(config, str(root), **options).source_fingerprint(d)
+  target = str(root / SOURCES / fingerprint.key(want))
+  b = builder(config, target, **options)
+  config_dir = pathlib.Path(b.data_path).parent
+  # Only ensure_built builds under SOURCES, always under this lock: a folder
+  # `incomplete.*` found while holding it is a killed build's, never a live one's.
+  with exclusive(config_dir.parent / f".{config}.lock"):
+    b = builder(config, target, **options)  # re-read: another process may have built it
     if is_built(b):
       return str(b.data_dir)
-    d = ensure_manual_dir(manual_dir, synthetic=synthetic, videos=synthetic_videos,
-                          subjects=synthetic_subjects, intensity=synthetic_intensity, log=log)
+    for stale in sorted(config_dir.glob("incomplete.*")):
+      log(f"Removing {stale}, left by a build that was stopped")
+      shutil.rmtree(stale)
     import tensorflow_datasets as tfds
-    log(f"Building CASME II {config} from {d} into {b.data_dir} (once) ...")
+    log(f"Building CASME II {config} from {d} into {b.data_dir} (once): "
+        f"{why_new(config, root, want)} ...")
     start = time.perf_counter()
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(d)))
+    try:
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(d)))
+    except (OSError, RuntimeError) as e:
+      if not is_disk_full(e):
+        raise
+      raise casme2.Casme2Error(disk_full_message(e, config, d, root, options.get("sheet"))) \
+          from e
     q = read_quality(b.data_dir)
     log(f"  built in {time.perf_counter() - start:.0f} s: {quality_line(q)}")
   return str(b.data_dir)
+
+
+def find_build(config: str, manual_dir: str, data_dir: str | pathlib.Path | None = None, *,
+               log=print, **options) -> pathlib.Path | None:
+  """The build of `config` whose fingerprint is that of `manual_dir` now (with
+  this code and `options`' sheet), or None. Without a CASME II at `manual_dir`,
+  the newest build from that path by this code (said in `log`)."""
+  root = pathlib.Path(data_dir or default_data_dir())
+  src = pathlib.Path(manual_dir).expanduser()
+  if not _has_casme2(src):
+    d = build_of_absent_source(config, src, root)
+    if d is not None:
+      log(f"{src} is not there to check its coding sheet; using the {config} built from it "
+          f"at {d} ({fingerprint.describe(fingerprint.read(d))})")
+    return d
+  want = builder(config, str(root), **options).source_fingerprint(src)
+  same = [b for b in built_dirs(root, config) if same_fingerprint(fingerprint.read(b), want)]
+  return same[-1] if same else None
+
+
+def built_dirs(data_dir: str | pathlib.Path | None = None, config: str = "*") -> list[pathlib.Path]:
+  """Every complete build of `config` (a glob) under `data_dir`: ensure_built's
+  (SOURCES/KEY/casme2/CONFIG/VERSION) and TFDS's own (casme2/CONFIG/VERSION),
+  oldest first."""
+  root = pathlib.Path(data_dir or default_data_dir())
+  infos = [p for pattern in (f"casme2/{config}/*/dataset_info.json",
+                             f"{SOURCES}/*/casme2/{config}/*/dataset_info.json")
+           for p in root.glob(pattern) if not p.parent.name.startswith("incomplete.")]
+  return [p.parent for p in sorted(infos, key=lambda p: p.stat().st_mtime)]
+
+
+def same_fingerprint(a: dict | None, b: dict) -> bool:
+  return a is not None and all(a.get(f) == b.get(f) for f in fingerprint.FIELDS)
+
+
+def build_of_absent_source(config: str, src: pathlib.Path, root: pathlib.Path):
+  """The newest build from the path `src` by this code, or None."""
+  found = [d for d in built_dirs(root, config)
+           if (fp := fingerprint.read(d)) and fp["source"] == str(src.resolve())
+           and fp["code"] == fingerprint.code_version()]
+  return found[-1] if found else None
+
+
+def why_new(config: str, root: pathlib.Path, want: dict) -> str:
+  """Why a build is made: none yet, or how the newest build of `config` differs."""
+  others = built_dirs(root, config)
+  if not others:
+    return "no earlier build of it here"
+  old = fingerprint.read(others[-1])
+  if old is None:
+    return (f"the build at {others[-1]} has no {fingerprint.FILE} (made before builds "
+            "recorded their source), so it is not reused")
+  return (f"the build at {others[-1]} differs ({'; '.join(fingerprint.differences(old, want))})"
+          " and stays there (see --list)")
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether `e`, or an exception it wraps, is ENOSPC ("No space left on device")."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or \
+        os.strerror(errno.ENOSPC) in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def disk_full_message(e: BaseException, config: str, manual_dir: pathlib.Path,
+                      root: pathlib.Path, sheet=None) -> str:
+  """One line: where the disk filled, about how much to free (the build's frames
+  x their uncompressed bytes, an upper bound: PNG compresses)."""
+  from mer_jax.data import dataset_configs, preprocess
+  method, phase = dataset_configs.parse_config_name(config)
+  videos = casme2.load_casme2(manual_dir, sheet).videos
+  frames = sum(len(preprocess.phase_frames(v, phase.value, method.value)) for v in videos)
+  need = frames * math.prod(method.image_shape)
+  where = root
+  filename = getattr(e, "filename", None)
+  if filename and not pathlib.Path(filename).resolve().is_relative_to(root.resolve()):
+    where = pathlib.Path(filename).parent  # another file system: the detection cache, /tmp
+  free = shutil.disk_usage(where if where.exists() else root).free
+  return (f"no space left on device while building {config} into {root}: free about "
+          f"{size_text(max(need - free, 1e8))} under {where} (the build needs about "
+          f"{size_text(need)} for {frames} images; {size_text(free)} are free) and rerun")
+
+
+def size_text(n: float) -> str:
+  return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def listing(data_dir: str | pathlib.Path | None = None) -> str:
+  """What is built under `data_dir` and from where, one build per three lines."""
+  root = pathlib.Path(data_dir or default_data_dir())
+  lines = []
+  for d in sorted(built_dirs(root), key=lambda d: (d.parent.name, d.stat().st_mtime)):
+    fp = fingerprint.read(d)
+    q = json.loads((d / "quality.json").read_text()) if (d / "quality.json").exists() else {}
+    size = size_text(sum(f.stat().st_size for f in d.rglob("*") if f.is_file()))
+    when = time.localtime((d / "dataset_info.json").stat().st_mtime)
+    lines += [f"{d.parent.name}  {d}",
+              "  " + (fingerprint.describe(fp) if fp else
+                      f"no {fingerprint.FILE}: built before builds recorded their source; "
+                      "never reused (delete it)"),
+              f"  {q.get('videos', '?')} videos, {q.get('frames', '?')} images, {size}, "
+              f"built {time.strftime('%Y-%m-%d %H:%M', when)}"]
+  return "\n".join(lines) if lines else f"nothing built under {root}"
 
 
 def read_quality(dataset_dir) -> dict:
@@ -172,18 +332,24 @@ def main(argv=None) -> int:
                  help="default ~/.cache/mer_jax/detections (see mer_jax.paths); '' = off")
   p.add_argument("--skip_unreadable", action="store_true",
                  help="skip (and report) unreadable frames instead of stopping")
-  p.add_argument("--quality", action="store_true", help="print Table I of built configs")
+  p.add_argument("--quality", action="store_true",
+                 help="print Table I of the configs built from --manual_dir")
+  p.add_argument("--list", action="store_true",
+                 help="list every build under --data_dir: config, source, size, date")
   args = cli.parse(p, argv)
+  if args.list:
+    print(listing(args.data_dir or None))
+    return 0
   names = parse_configs(args.configs)
   data_dir = args.data_dir or None
   if args.quality:
     qs = []
     for n in names:
-      b = builder(n, data_dir)
-      if is_built(b):
-        qs.append(read_quality(b.data_dir))
+      d = find_build(n, args.manual_dir, data_dir, log=lambda *a: None)
+      if d is not None:
+        qs.append(read_quality(d))
       else:
-        print(f"{n}: not built", file=sys.stderr)
+        print(f"{n}: not built from {args.manual_dir}", file=sys.stderr)
     print(quality_table(qs))
     return 0 if qs else 1
   for n in names:

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import multiprocessing
 import pathlib
 
 import numpy as np
 
+from mer_jax.data import fingerprint
 from mer_jax.data.casme2 import FRAMES_DIR
 
 REAL_COUNTS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25,
@@ -388,6 +390,12 @@ def write_synthetic_casme2(out: str | pathlib.Path, videos: int = 255, subjects:
       bar and bar.update()
   if bar:
     bar.close()
+  # What made this tree, for the fingerprint of a build from it (written
+  # before the sheet, whose presence marks a complete tree).
+  (out / fingerprint.SYNTHETIC_FILE).write_text(json.dumps({
+      "generator": "mer_jax.data.synthetic", "videos": videos, "subjects": subjects,
+      "seed": seed, "intensity": intensity, "quirks": quirks, "faceless_frames": faceless_frames,
+      "faceless_videos": faceless_videos, "code": fingerprint.code_version(("synthetic",))}))
   if quirks:
     (out / FRAMES_DIR / "sub01").mkdir(parents=True, exist_ok=True)
     (out / FRAMES_DIR / "sub01" / "Desktop - Shortcut.lnk").write_bytes(b"L\x00\x00\x00")

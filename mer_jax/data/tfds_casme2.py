@@ -23,7 +23,8 @@ video split. For leave-one-subject-out, read all three splits and select by
 Files are array_record (random access through `tfds.data_source`, no
 TensorFlow at read time). The build also writes `quality.json` (the paper's
 Table I figures and what the preprocessing did: borrowed detections,
-fallback videos, skipped frames) into the dataset directory. A failed build
+fallback videos, skipped frames) and `fingerprint.json` (what it was built
+from: mer_jax.data.fingerprint) into the dataset directory. A failed build
 leaves no dataset directory (TFDS builds in a temporary one and renames it
 only on success).
 
@@ -42,7 +43,7 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mer_jax.data import casme2, dataset_configs, phases, preprocess, runner, splits
+from mer_jax.data import casme2, dataset_configs, fingerprint, phases, preprocess, runner, splits
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 
@@ -99,6 +100,12 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._sheet = sheet or os.environ.get("MER_JAX_SHEET") or None
     self._reports: dict[str, tuple[preprocess.PreprocessReport, float]] = {}  # + seconds
     self._build_info: dict = {}
+    self._fingerprint: dict = {}
+
+  def source_fingerprint(self, manual_dir) -> dict:
+    """The fingerprint (mer_jax.data.fingerprint) of this builder's build from `manual_dir`."""
+    sheet = self._sheet or casme2.find_sheet(manual_dir)
+    return fingerprint.of_source(manual_dir, sheet, str(VERSION))
 
   def _info(self) -> tfds.core.DatasetInfo:
     shape = Method.parse(self.builder_config.method).image_shape
@@ -129,6 +136,7 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     manual_dir = dl_manager.manual_dir  # TFDS raises with the instructions when missing
     index = casme2.load_casme2(manual_dir, self._sheet)  # its errors say what to do
+    self._fingerprint = self.source_fingerprint(manual_dir)
     split = splits.paper_split(index.videos)
     by_id = {v.video_id: v for v in index.videos}
     self._build_info = {
@@ -180,10 +188,12 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                     **kwargs)
     quality = quality_dict(self._reports, self.builder_config)
     quality.update(self._build_info, build_seconds=time.perf_counter() - start)
-    # self.data_dir is TFDS's temporary directory here: quality.json lands
-    # together with the dataset, or not at all.
+    # self.data_dir is TFDS's temporary directory here: quality.json and
+    # fingerprint.json land together with the dataset, or not at all.
     with open(os.path.join(self.data_dir, "quality.json"), "w") as f:
       json.dump(quality, f, indent=1)
+    with open(os.path.join(self.data_dir, fingerprint.FILE), "w") as f:
+      json.dump(fingerprint.stamped(self._fingerprint), f, indent=1)
 
 
 def quality_dict(reports: dict, cfg) -> dict:
