@@ -106,7 +106,7 @@ def gather(root: pathlib.Path) -> list[dict]:
                 "seed": int(c["seed"]), "fold": int(d.get("fold", -1)) if protocol == "loso"
                 else -1, "protocol": protocol, "split": d.get("split", "video"),
                 "split_seed": int(d.get("split_seed", 0)),
-                "val_f1": _score(m.get("validation")),
+                "val_f1": _score(m.get("validation")), "dataset": m.get("dataset"),
                 "video_ids": ids, "y": y, "pred": p, "subjects": subjects, "workdir": str(w)})
   kinds = {(r["protocol"], r["split"]) for r in out}
   if len(kinds) > 1:
@@ -320,8 +320,7 @@ def table_one(runs: list[dict]) -> list[str]:
   """Table I from the quality.json of the builds the runs trained on (metrics.json's
   `dataset`), so it describes their data and no other build of the same name."""
   from mer_jax.data import build
-  built = {(r["method"], r["phase"]): r["metrics"]["dataset"]["dir"] for r in runs
-           if r["metrics"].get("dataset")}
+  built = {(r["method"], r["phase"]): r["dataset"]["dir"] for r in runs if r["dataset"]}
   lines = ["| method | resolution | colour | face-centring rate | information density "
            "| training samples AF / KFS / MFS |", "|---|---|---|---:|---:|---|"]
   for method in METHODS:
