@@ -9,8 +9,9 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
 
 A cell is (model, method, phase, seed[, LOSO fold]); its run directory is
 WORKDIR/<model>_<method>_<phase>/seed<S>[/fold<K>]. Cells with a metrics.json
-are skipped, and a cell interrupted mid-training resumes from its checkpoint,
-so rerunning the command continues an interrupted study. Under a SLURM array
+of the same config are skipped, and a cell interrupted mid-training resumes
+from its checkpoint, so rerunning the command continues an interrupted study;
+a cell holding a run of another config stops the command (`--force` retrains it). Under a SLURM array
 (or with --task_index/--num_tasks) each task runs its share of the cells
 (cell i goes to task i mod N); `--report_only` then gathers them. A cell
 another process is training (its workdir lock is held) is left to it: the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import pathlib
 
@@ -96,21 +98,27 @@ def loso_fold_count(config) -> int:
 
 
 def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_index=0,
-              num_tasks=1, log=print) -> list[Cell]:
+              num_tasks=1, log=print, force=False) -> list[Cell]:
   """Trains this task's unfinished cells in turn; returns those it ran.
-  Cells another live process is training are left to it; WorkdirBusy at the
-  end names them."""
-  from mer_jax import train
+  A cell is finished when its metrics.json holds a run of the cell's config
+  (experiment.config_changes, paths and cadence aside); one of another config
+  stops with ConfigChanged unless `force` (train's) retrains it. Cells another
+  live process is training are left to it; WorkdirBusy at the end names them."""
+  from mer_jax import experiment, train
   mine = [c for i, c in enumerate(cells) if i % num_tasks == task_index]
   ran, busy = [], []
   for n, cell in enumerate(mine):
     w = cell.workdir(root)
-    if (w / "metrics.json").exists():
+    config = cell_config(cell, overrides, protocol)
+    done = w / "metrics.json"
+    if done.exists() and not experiment.config_changes(
+        json.loads(done.read_text())["config"], config.to_dict(),
+        ignore=experiment.NEUTRAL_FIELDS):
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: done, skipped")
       continue
     log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: training")
     try:
-      train.train_and_evaluate(cell_config(cell, overrides, protocol), str(w))
+      train.train_and_evaluate(config, str(w), force=force)
     except WorkdirBusy as e:
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: left to its holder ({e})")
       busy.append(str(w.relative_to(root)))
@@ -140,6 +148,9 @@ def main(argv=None) -> int:
   p.add_argument("--num_tasks", type=int,
                  default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1")))
   p.add_argument("--report_only", action="store_true")
+  p.add_argument("--force", action="store_true",
+                 help="retrain afresh the cells whose workdir holds a run of another config "
+                      "(which stops the command otherwise); see mer_jax.train --force")
   p.add_argument("--bootstrap", type=int, default=1000)
   args = cli.parse(p, argv)
   root = pathlib.Path(args.workdir).absolute()
@@ -160,7 +171,8 @@ def main(argv=None) -> int:
           list(range(loso_fold_count(probe)))
     cells = make_cells(models, methods, phases, seeds, folds)
     print(f"{len(cells)} cells; task {args.task_index} of {args.num_tasks}", flush=True)
-    run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks)
+    run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks,
+              force=args.force)
     if args.num_tasks > 1 and args.task_index != 0:
       print("Cells done; run with --report_only once every task has finished.")
       return 0
