@@ -11,6 +11,15 @@ checkpoints (latest + best) -> early stopping -> test of the best -> report.
 The same command runs on one CPU, N GPUs or many hosts: the batch is split on
 the `data` axis of a Mesh of every device of every process, parameters are
 replicated, and each process feeds its share of every global batch.
+
+Rerunning the command on the same --workdir resumes from the newest intact
+checkpoint (a corrupt one is passed over, and said so). The run must be of the
+same config: paths, logging and checkpoint cadence may differ
+(experiment.NEUTRAL_FIELDS), and num_epochs and the bootstrap may change
+(experiment.RERUN_FIELDS; num_epochs only under the constant schedule, never
+below the epochs already trained). Any other difference stops with one line
+naming it; --force deletes the old run and trains afresh instead. metrics.json
+says which checkpoint was tested (`evaluated_checkpoint`).
 """
 from __future__ import annotations
 
