@@ -3,7 +3,8 @@
 `make_setup(config)` builds the config's TFDS dataset if it is missing, loads
 its splits, makes the model and the mesh; `evaluate_split` predicts every frame
 of a split and summarises it; `load_run_config` and `restore_state` read a
-trained run's directory back (predict and evaluate need no dataset for that).
+trained run's directory back (predict and evaluate need no dataset for that);
+`config_changes` and `claim_workdir` keep a workdir's run to one config.
 """
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
+import shutil
+from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from mer_jax import checkpointing
+from mer_jax import cli
 from mer_jax import input_pipeline
 from mer_jax import report
 from mer_jax import runtime
@@ -96,25 +100,124 @@ def load_run_config(workdir: str | pathlib.Path):
 
 
 def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mesh, *,
-                  checkpoint: str = "best"):
-  """(state, meta, which) of a run's best checkpoint (else its latest).
+                  checkpoint: str = "best", say=print) -> checkpointing.Restored:
+  """A run's best checkpoint (else its latest), or with checkpoint="latest"
+  its newest intact one.
 
-  `which` says which one was restored; raises FileNotFoundError when the run
-  saved none yet. Needs only the model, not the dataset.
+  A corrupt checkpoint is passed over for the next intact one (said, and
+  recorded in the result); raises FileNotFoundError when the run saved none
+  yet. Needs only the model, not the dataset.
   """
   workdir = pathlib.Path(workdir).absolute()
   ckpt = checkpointing.Checkpoints(workdir, config.checkpoint_keep)
   abstract = steps.abstract_state(model, config, in_chans, steps.make_optimizer(config, 1),
                                   runtime.replicated(mesh))
   try:
-    restored = ckpt.restore_best(abstract) if checkpoint == "best" else None
-    which = "best"
-    if restored is None:
-      restored, which = ckpt.restore_latest(abstract), "latest"
-    if restored is None:
-      raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: the run saved "
-                              "nothing yet (it saves at the end of each epoch).")
+    restored = ckpt.restore_best(abstract, say=say) if checkpoint == "best" \
+        else ckpt.restore_latest(abstract, say=say)
   finally:
     ckpt.close()
-  state, meta = restored
-  return state, meta, which
+  if restored is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: the run saved "
+                            "nothing yet (it saves at the end of each epoch).")
+  return restored
+
+
+# --- a workdir's run and the requested config -----------------------------------------
+
+# Fields that cannot change a run's numbers: where the data and caches lie
+# (what the data are, metrics.json's dataset fingerprint says), how fast the
+# input is fed, how often the run logs and checkpoints, and two that change
+# only float rounding (the batch size of evaluation, recomputing activations
+# to save memory). A run resumes, and a finished study cell is skipped,
+# whatever their values; the run's config.json then records the new ones.
+NEUTRAL_FIELDS = ("data.manual_dir", "data.data_dir", "init.cache_dir", "data.prefetch",
+                  "log_every_steps", "checkpoint_every_steps", "checkpoint_keep",
+                  "eval_batch_size", "model.remat")
+# Fields that change what a run reports but not what it trained so far: a
+# resumed run takes the new value (num_epochs: a larger one continues the
+# run; the bootstrap: its intervals are computed anew), a finished study
+# cell is rerun rather than skipped. num_epochs counts only with the
+# constant schedule: the cosine schedule decays over it, so another value
+# is another run.
+RERUN_FIELDS = ("num_epochs", "bootstrap_resamples", "ci_level")
+# What train and its report write into a workdir: --force deletes these.
+RUN_FILES = ("checkpoints", "tensorboard", "config.json", "metrics.json", "metrics.jsonl",
+             "report.md", "confusion_test.png", "predictions_*.csv")
+
+
+class ConfigChanged(cli.UsageError):
+  """A workdir holds a run of another config."""
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_changes(saved: Mapping, requested: Mapping, *,
+                   ignore: Sequence[str] = NEUTRAL_FIELDS + RERUN_FIELDS) -> list[str]:
+  """'field: old -> new' for each field of two configs (nested dicts) that
+  differs, but those in `ignore`; num_epochs is not ignored under a schedule
+  that depends on it (see RERUN_FIELDS). A field only one of them has is
+  '(absent)' in the other."""
+  a, b = _flat(saved), _flat(requested)
+  constant = a.get("optim.schedule") == b.get("optim.schedule") == "constant"
+  skip = {f for f in ignore if f != "num_epochs" or constant}
+  absent = object()
+  changes = []
+  for field in sorted(a.keys() | b.keys()):
+    old, new = a.get(field, absent), b.get(field, absent)
+    if field not in skip and old != new:
+      changes.append(f"{field}: {'(absent)' if old is absent else repr(old)} -> "
+                     f"{'(absent)' if new is absent else repr(new)}")
+  return changes
+
+
+def claim_workdir(workdir: str | pathlib.Path, config, *, force: bool = False,
+                  say=print) -> None:
+  """Lets a run of `config` use WORKDIR: nothing there, or a run whose saved
+  config differs from it only in NEUTRAL_FIELDS and RERUN_FIELDS (and has not
+  trained more epochs than num_epochs). Otherwise raises ConfigChanged, one
+  line naming the differences; with `force`, deletes the old run (RUN_FILES)
+  instead, so that the run starts afresh. Every process calls it."""
+  workdir = pathlib.Path(workdir).absolute()
+  cfg = workdir / "config.json"
+  checkpoints = [d for d in (workdir / "checkpoints").glob("*/*") if d.name.isdigit()]
+  if cfg.exists():
+    changes = config_changes(json.loads(cfg.read_text()), config.to_dict())
+    if not changes and checkpoints:
+      ckpt = checkpointing.Checkpoints(workdir, config.checkpoint_keep)
+      meta = ckpt.latest_meta()
+      ckpt.close()
+      if meta is not None and meta["epoch"] > config.num_epochs:
+        changes = [f"num_epochs: {config.num_epochs} is fewer than the {meta['epoch']} "
+                   "epochs it has trained"]
+  elif checkpoints:
+    changes = ["config.json is missing, so which config trained its checkpoints is unknown"]
+  else:
+    return
+  if not changes:
+    return
+  if not force:
+    raise ConfigChanged(
+        f"{workdir} holds a run of another config ({'; '.join(changes)}): rerun with "
+        "--force to delete that run and train afresh, or use another workdir")
+  _sync_processes("mer_jax.claim_workdir.read")
+  if runtime.is_main_process():
+    say(f"--force: deleting the run of another config in {workdir} ({'; '.join(changes)})")
+    for pattern in RUN_FILES:
+      for path in workdir.glob(pattern):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+  _sync_processes("mer_jax.claim_workdir.deleted")
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

@@ -195,8 +195,9 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
   in_chans = method.image_shape[-1]
   model = steps.build_model(config, in_chans)
   mesh = runtime.make_mesh()
-  state, meta, which = experiment.restore_state(workdir, config, model, in_chans, mesh,
-                                                checkpoint=checkpoint)
+  restored = experiment.restore_state(workdir, config, model, in_chans, mesh,
+                                      checkpoint=checkpoint)
+  state, meta, which = restored.state, restored.meta, restored.kind
   detector = detector if detector is not None else (
       faces.FaceDetector() if method.crops_face else None)
 

@@ -182,15 +182,17 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
   return report
 
 
-def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict, say=print, *,
-               dataset: dict) -> dict:
+def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict,
+               checkpoint: Mapping[str, Any], say=print, *, dataset: dict) -> dict:
   """Writes a trained run's report (main process) and prints its summary;
-  returns the metrics.json dict. `dataset`: the build's fingerprint and dir
-  (experiment.Setup.dataset), metrics.json's `dataset`."""
+  returns the metrics.json dict. `meta` is the run's latest (its whole
+  history); `checkpoint` the evaluated one (checkpointing.Restored.record());
+  `dataset` the build's fingerprint and dir (experiment.Setup.dataset)."""
   from mer_jax import runtime
   stop = meta["early_stopping"]
   best_epoch = stop["best_epoch"] + 1 if stop["best_epoch"] >= 0 else None
-  extra = {"epochs_run": meta["epoch"], "history": meta["history"], "dataset": dataset}
+  extra = {"epochs_run": meta["epoch"], "history": meta["history"],
+           "evaluated_checkpoint": dict(checkpoint), "dataset": dataset}
   if runtime.is_main_process():
     write_report(workdir, results, best_epoch=best_epoch, config=c.to_dict(),
                  history=meta["history"], extra=extra,
@@ -202,7 +204,8 @@ def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict, say=print, *
         "",
         f"== {c.model.name} {c.data.method.upper()} {c.data.phase.upper()} ==",
         f"best epoch {best_epoch} of {meta['epoch']} "
-        f"(validation macro-F1 {stop['best']:.4f})",
+        f"(validation macro-F1 {stop['best']:.4f}); tested: the {checkpoint['kind']} "
+        f"checkpoint, step {checkpoint['step']}",
         f"test (video level, {results['test']['num_videos']} videos): macro-F1 "
         f"{t['macro_f1']:.4f} [{lo:.4f}, {hi:.4f}], UAR {t['uar']:.4f}, "
         f"accuracy {t['accuracy']:.4f}",

@@ -14,15 +14,16 @@ directory is WORKDIR/<model>_<method>_<phase>/seed<S>[/fold<K>] on the paper's
 split, WORKDIR/<model>_<method>_<phase>/split<K>/seed<S> on another split seed
 (`--split_seeds 0,1,2`; `data.split_seed`) and .../subject<K>/seed<S> on a
 subject-independent split (`--split subject`; `data.split`). Cells with a
-metrics.json are skipped, and a cell interrupted mid-training resumes from its
-checkpoint, so rerunning the command continues an interrupted study. Under a
-SLURM array (or with --task_index/--num_tasks) each task runs its share of the
-cells (cell i goes to task i mod N) and writes no report; `--report_only` then
-gathers them. WORKDIR/study_plan.json records every cell of the study and the
-LOSO fold count, so a report of an unfinished study (or a LOSO cell missing
-folds) says so. A cell another process is training (its workdir lock is held)
-is left to it: the other cells still run, and the command then exits 2 naming
-it.
+metrics.json of the same config are skipped, and a cell interrupted
+mid-training resumes from its checkpoint, so rerunning the command continues an
+interrupted study; a cell holding a run of another config stops the command
+(`--force` retrains it). Under a SLURM array (or with --task_index/--num_tasks)
+each task runs its share of the cells (cell i goes to task i mod N) and writes
+no report; `--report_only` then gathers them. WORKDIR/study_plan.json records
+every cell of the study and the LOSO fold count, so a report of an unfinished
+study (or a LOSO cell missing folds) says so. A cell another process is training
+(its workdir lock is held) is left to it: the other cells still run, and the
+command then exits 2 naming it.
 
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
 the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import pathlib
 
@@ -124,23 +126,29 @@ def loso_fold_count(config) -> int:
 
 
 def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_index=0,
-              num_tasks=1, log=print) -> list[Cell]:
+              num_tasks=1, log=print, force=False) -> list[Cell]:
   """Trains this task's unfinished cells in turn; returns those it ran.
-  Cells another live process is training are left to it; WorkdirBusy at the
-  end names them."""
-  from mer_jax import steps, train
+  A cell is finished when its metrics.json holds a run of the cell's config
+  (experiment.config_changes, paths and cadence aside); one of another config
+  stops with ConfigChanged unless `force` (train's) retrains it. Cells another
+  live process is training are left to it; WorkdirBusy at the end names them."""
+  from mer_jax import experiment, steps, train
   mine = [c for i, c in enumerate(cells) if i % num_tasks == task_index]
   for cell in mine:  # a contradiction stops the study before its first cell, not hours in
     steps.check_method_fields(cell_config(cell, overrides, protocol))
   ran, busy = [], []
   for n, cell in enumerate(mine):
     w = cell.workdir(root)
-    if (w / "metrics.json").exists():
+    config = cell_config(cell, overrides, protocol)
+    done = w / "metrics.json"
+    if done.exists() and not experiment.config_changes(
+        json.loads(done.read_text())["config"], config.to_dict(),
+        ignore=experiment.NEUTRAL_FIELDS):
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: done, skipped")
       continue
     log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: training")
     try:
-      train.train_and_evaluate(cell_config(cell, overrides, protocol), str(w))
+      train.train_and_evaluate(config, str(w), force=force)
     except WorkdirBusy as e:
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: left to its holder ({e})")
       busy.append(str(w.relative_to(root)))
@@ -176,6 +184,9 @@ def main(argv=None) -> int:
   p.add_argument("--num_tasks", type=int,
                  default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1")))
   p.add_argument("--report_only", action="store_true")
+  p.add_argument("--force", action="store_true",
+                 help="retrain afresh the cells whose workdir holds a run of another config "
+                      "(which stops the command otherwise); see mer_jax.train --force")
   p.add_argument("--bootstrap", type=int, default=1000)
   args = cli.parse(p, argv)
   root = pathlib.Path(args.workdir).absolute()
@@ -201,7 +212,8 @@ def main(argv=None) -> int:
     cells = make_cells(models, methods, phases, seeds, folds, split_seeds, args.split)
     write_plan(root, plan(cells, args.protocol, args.split, n_folds))
     print(f"{len(cells)} cells; task {args.task_index} of {args.num_tasks}", flush=True)
-    run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks)
+    run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks,
+              force=args.force)
     if args.num_tasks > 1:
       # Other tasks may still be training: no task writes a partial report.
       print("Cells done; run with --report_only once every task has finished.")

@@ -11,6 +11,15 @@ checkpoints (latest + best) -> early stopping -> test of the best -> report.
 The same command runs on one CPU, N GPUs or many hosts: the batch is split on
 the `data` axis of a Mesh of every device of every process, parameters are
 replicated, and each process feeds its share of every global batch.
+
+Rerunning the command on the same --workdir resumes from the newest intact
+checkpoint (a corrupt one is passed over, and said so). The run must be of the
+same config: paths, logging and checkpoint cadence may differ
+(experiment.NEUTRAL_FIELDS), and num_epochs and the bootstrap may change
+(experiment.RERUN_FIELDS; num_epochs only under the constant schedule, never
+below the epochs already trained). Any other difference stops with one line
+naming it; --force deletes the old run and trains afresh instead. metrics.json
+says which checkpoint was tested (`evaluated_checkpoint`).
 """
 from __future__ import annotations
 
@@ -112,11 +121,14 @@ def _say(*args):
     print(*args, flush=True)
 
 
-def train_and_evaluate(config, workdir: str, on_epoch=None) -> dict:
+def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = False) -> dict:
   """Trains with early stopping, tests the best checkpoint, writes the report.
 
-  Resumes from WORKDIR/checkpoints/latest if present (a finished run is only
-  re-tested; a larger num_epochs continues it unless it stopped early).
+  Resumes from WORKDIR/checkpoints if present (a finished run is only
+  re-tested; a larger num_epochs continues it unless it stopped early or the
+  schedule decays over num_epochs). A workdir holding a run of another config
+  (experiment.claim_workdir) stops with ConfigChanged, or with `force` is
+  emptied first. A corrupt checkpoint is passed over for the newest intact one.
   `on_epoch(record)`, if given, is called with each epoch's history record
   after its checkpoint is saved (the tuner prunes from it by raising).
   Raises WorkdirBusy if another live run holds the workdir.
@@ -127,6 +139,7 @@ def train_and_evaluate(config, workdir: str, on_epoch=None) -> dict:
   is_main = runtime.is_main_process()
   held = workdir_lock.hold(workdir, log=_say) if is_main else contextlib.nullcontext()
   with held:
+    experiment.claim_workdir(workdir, config, force=force, say=_say)
     return _train_and_evaluate(config, workdir, on_epoch, is_main)
 
 
@@ -142,13 +155,13 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   if is_main:
     _write_json(workdir / "config.json", c.to_dict())
 
-  # The state: restored from the latest checkpoint, else fresh (ImageNet or random).
+  # The state: restored from the newest intact checkpoint, else fresh (ImageNet or random).
   rep = runtime.replicated(setup.mesh)
   ckpt = checkpointing.Checkpoints(workdir, c.checkpoint_keep)
-  meta = ckpt.latest_meta()
-  if meta is not None:
-    state, meta = ckpt.restore_latest(
-        steps.abstract_state(setup.model, c, setup.in_chans, tx, rep))
+  restored = ckpt.restore_latest(steps.abstract_state(setup.model, c, setup.in_chans, tx, rep),
+                                 say=_say, discard=True)
+  if restored is not None:
+    state, meta = restored.state, restored.meta
     _say(f"Resuming from step {int(state['step'])} (epoch {meta['epoch']}, "
          f"step {meta['step_in_epoch']} of it)")
   else:
@@ -241,15 +254,17 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     ckpt.wait()
 
     # Test the best checkpoint.
-    restored = ckpt.restore_best(jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state))
-    best_state = restored[0] if restored is not None else state
-    results = {split: experiment.evaluate_split(setup, best_state["params"], split, predict_fn)
+    best = ckpt.restore_best(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state), say=_say)
+    if best is None:   # no epoch improved on -inf (a NaN metric): the final state
+      best = checkpointing.Restored(state, meta, "latest", int(state["step"]))
+    results = {split: experiment.evaluate_split(setup, best.state["params"], split, predict_fn)
                for split in ("validation", "test")}
   finally:
     logger.close()
     ckpt.close()
-  return report.finish_run(workdir, c, results, meta, say=_say, dataset=setup.dataset)
+  return report.finish_run(workdir, c, results, meta, best.record(), say=_say,
+                           dataset=setup.dataset)
 
 
 def _check_finite(finite, ckpt, workdir):
@@ -269,12 +284,16 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", default=None,
                  help="run directory: checkpoints, logs, metrics and report; rerunning "
                       "with the same workdir resumes (default runs/MODEL_METHOD_PHASE)")
+  p.add_argument("--force", action="store_true",
+                 help="if the workdir holds a run of another config (which stops the "
+                      "command otherwise), delete that run's checkpoints and results and "
+                      "train afresh; a run of the same config resumes as without it")
   args = cli.parse(p, argv)
   runtime.maybe_initialize_distributed()
   config = args.config
   workdir = args.workdir or os.path.join(
       "runs", f"{config.model.name}_{config.data.method}_{config.data.phase}")
-  train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir, force=args.force)
   return 0
 
 

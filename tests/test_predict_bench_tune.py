@@ -54,7 +54,7 @@ def _dataset_probs(run, video_id):
   """The run's frame probabilities on one video, from the built TFDS dataset."""
   config = experiment.load_run_config(run)
   setup = experiment.make_setup(config, log=lambda *a: None)
-  state, _, _ = experiment.restore_state(run, config, setup.model, setup.in_chans, setup.mesh)
+  state = experiment.restore_state(run, config, setup.model, setup.in_chans, setup.mesh).state
   for split, d in setup.data.items():
     rows = np.flatnonzero(d.video_ids == video_id)
     if len(rows):

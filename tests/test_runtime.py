@@ -74,14 +74,15 @@ def test_checkpoints_latest_and_best_roundtrip(tmp_path):
   ckpt.close()
 
   again = checkpointing.Checkpoints(tmp_path, keep=2)
-  state, meta = again.restore_latest(_state(0.0))
-  assert meta == {"epoch": 3, "best": 0.5}
+  r = again.restore_latest(_state(0.0))
+  state, meta = r.state, r.meta
+  assert meta == {"epoch": 3, "best": 0.5} and (r.kind, r.step, r.corrupt) == ("latest", 3, [])
   expected = _state(3.0)
   assert jax.tree.structure(state) == jax.tree.structure(expected)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  best, best_meta = again.restore_best(_state(0.0))
-  assert best_meta["epoch"] == 1 and int(best["step"]) == 1
+  best = again.restore_best(_state(0.0))
+  assert best.meta["epoch"] == 1 and int(best.state["step"]) == 1 and best.kind == "best"
   assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()
                 if p.name.isdigit()) == ["2", "3"]
   again.close()

@@ -55,6 +55,8 @@ def test_run_writes_the_promised_workdir(reference):
     for k in ("macro_f1", "macro_f1_ci", "uar", "accuracy", "per_class_f1"):
       assert k in m[split]
   assert len(m["history"]) == 3 and 1 <= m["best_epoch"] <= 3
+  [best] = [int(d.name) for d in (w / "checkpoints" / "best").iterdir() if d.name.isdigit()]
+  assert m["evaluated_checkpoint"] == {"kind": "best", "step": best, "corrupt": []}
   best = max(h["val_macro_f1"] for h in m["history"])
   assert m["history"][m["best_epoch"] - 1]["val_macro_f1"] == best
   rows = (w / "predictions_test.csv").read_text().strip().splitlines()
@@ -181,6 +183,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(reference, data, tmp_
   w = tmp_path / "nan"
   shutil.copytree(reference[0], w)  # 3 good epochs
   good = _steps(w)
+  # A fourth epoch at a diverging lr: the saved config says so, or the resume would stop.
+  cfg = json.loads((w / "config.json").read_text())
+  cfg["num_epochs"], cfg["optim"]["lr"] = 4, 1e12
+  (w / "config.json").write_text(json.dumps(cfg))
   out = run(train_cmd(w, data, num_epochs=4, checkpoint_every_steps=0, **{"optim.lr": 1e12}))
   assert out.returncode == 2
   assert "NaN or inf" in out.stderr and f"step {good[-1]}" in out.stderr
@@ -215,9 +221,61 @@ def test_evaluate_cli_rewrites_the_report(reference, tmp_path):
   assert (w / "report.md").exists()
   after = metrics(w)
   assert after["test"] == before["test"] and after["best_epoch"] == before["best_epoch"]
+  # The whole history, not the best checkpoint's share of it; which checkpoint it tested.
+  assert after["history"] == before["history"] and after["epochs_run"] == 3
+  best_step = int(next((w / "checkpoints" / "best").glob("[0-9]*")).name)
+  assert after["evaluated_checkpoint"] == before["evaluated_checkpoint"] == {
+      "kind": "best", "step": best_step, "corrupt": []}
+  assert f"Evaluating the best checkpoint (step {best_step}," in out.stdout
   (tmp_path / "empty").mkdir()
   out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(tmp_path / "empty")])
   assert out.returncode == 2 and "config.json" in out.stderr
+
+
+def test_resume_with_another_config_stops_in_one_line(reference, data, tmp_path):
+  w = tmp_path / "run"
+  shutil.copytree(reference[0], w)
+  steps = _steps(w)
+  # The quickstart's cosine schedule decays over num_epochs: 4 is another run, as is the lr.
+  out = run(train_cmd(w, data, num_epochs=4, log_every_steps=3, **{"optim.lr": 0.01}))
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  [line] = out.stderr.strip().splitlines()
+  assert line == (f"error: {w} holds a run of another config (num_epochs: 3 -> 4; optim.lr: "
+                  "0.001 -> 0.01): rerun with --force to delete that run and train afresh, "
+                  "or use another workdir")
+  assert _steps(w) == steps and metrics(w) == metrics(reference[0])
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoints_give_way_to_the_newest_intact_ones(reference, data, tmp_path):
+  """Flipped bytes in the best and the newest latest checkpoint (orbax reads them back
+  silently; the checksum does not match): the rerun resumes from the older latest one,
+  trains to the uninterrupted run's losses, and tests the newest intact checkpoint,
+  saying so on stdout and in metrics.json."""
+  from test_run_faults import corrupt
+  w = tmp_path / "run"
+  shutil.copytree(reference[0], w)
+  root = w / "checkpoints"
+  newest, older = _steps(w)[-1], _steps(w)[-2]
+  [best] = [d for d in (root / "best").iterdir() if d.name.isdigit()]
+  corrupt(best)
+  corrupt(root / "latest" / str(newest))
+  out = run(train_cmd(w, data))
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "Traceback" not in out.stderr
+  lines = out.stdout.splitlines()
+  assert f"checkpoint {root / 'latest' / str(newest)} is corrupt (its state does not match " \
+      f"the checksum saved with it); deleted: using {root / 'latest' / str(older)} (step " \
+      f"{older}) instead" in lines
+  assert f"Resuming from step {older} " in out.stdout
+  assert any(l.startswith(f"checkpoint {best} is corrupt (") and l.endswith(
+      f"using {root / 'latest' / str(newest)} (step {newest}) instead, the newest intact "
+      "checkpoint, not the one selected on validation") for l in lines), out.stdout[-3000:]
+  a, b = metrics(reference[0]), metrics(w)
+  assert b["evaluated_checkpoint"] == {"kind": "latest", "step": newest, "corrupt": [str(best)]}
+  np.testing.assert_array_equal([h["train_loss"] for h in a["history"]],
+                                [h["train_loss"] for h in b["history"]])
+  assert _steps(w)[-1] == newest   # saved anew
 
 
 def test_bad_config_values_list_the_valid_ones(data, tmp_path):
