@@ -20,6 +20,7 @@ from mer_jax import input_pipeline
 from mer_jax import report
 from mer_jax import runtime
 from mer_jax import steps
+from mer_jax.errors import NotFound
 
 
 def dataset_dir(config, log=print) -> str:
@@ -90,8 +91,8 @@ def load_run_config(workdir: str | pathlib.Path):
   import ml_collections
   cfg_path = pathlib.Path(workdir).absolute() / "config.json"
   if not cfg_path.exists():
-    raise FileNotFoundError(f"{cfg_path} not found: is {cfg_path.parent} a mer_jax run "
-                            "directory (the --workdir of python -m mer_jax.train)?")
+    raise NotFound(f"{cfg_path} not found: is {cfg_path.parent} a mer_jax run "
+                   "directory (the --workdir of python -m mer_jax.train)?")
   return ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
 
 
@@ -112,8 +113,8 @@ def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mes
     if restored is None:
       restored, which = ckpt.restore_latest(abstract), "latest"
     if restored is None:
-      raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: the run saved "
-                              "nothing yet (it saves at the end of each epoch).")
+      raise NotFound(f"No checkpoint in {workdir / 'checkpoints'}: the run saved "
+                     "nothing yet (it saves at the end of each epoch).")
   finally:
     ckpt.close()
   state, meta = restored

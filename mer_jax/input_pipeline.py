@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mer_jax.data import casme2, flow, splits
+from mer_jax.errors import UsageError
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
 # uses their means, as timm does for in_chans=1.
@@ -165,7 +166,7 @@ def steps_per_epoch(n: int, global_batch: int) -> int:
 def process_slice(global_batch: int) -> slice:
   p, count = jax.process_index(), jax.process_count()
   if global_batch % count:
-    raise ValueError(f"batch_size {global_batch} is not divisible by the {count} processes")
+    raise UsageError(f"batch_size {global_batch} is not divisible by the {count} processes")
   per = global_batch // count
   return slice(p * per, (p + 1) * per)
 

@@ -22,6 +22,7 @@ from mer_jax.data import splits
 from mer_jax.data.casme2 import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import UsageError
 from mer_jax.models.layers import REMAT_POLICIES
 
 PROTOCOLS = ("paper", "loso")
@@ -31,7 +32,7 @@ SCHEDULES = ("constant", "cosine")
 
 def _valid(field: str, value, valid) -> None:
   if value not in valid:
-    raise ValueError(f"Unknown {field} {value!r}; valid: {', '.join(map(str, valid))}")
+    raise UsageError(f"Unknown {field} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
 def check_config(config) -> None:
@@ -47,12 +48,12 @@ def check_config(config) -> None:
   _valid("model.dtype", config.model.dtype, DTYPES)
   _valid("optim.schedule", config.optim.schedule, SCHEDULES)
   if config.model.get("remat", "") not in REMAT_POLICIES:
-    raise ValueError(f"Unknown model.remat {config.model.remat!r}; valid: "
+    raise UsageError(f"Unknown model.remat {config.model.remat!r}; valid: "
                      f"{', '.join(repr(r) for r in REMAT_POLICIES)}")
   n = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % n:
-      raise ValueError(f"{field}={config[field]} must be divisible by the {n} devices "
+      raise UsageError(f"{field}={config[field]} must be divisible by the {n} devices "
                        f"(all processes); use a multiple of {n}.")
 
 

@@ -50,6 +50,7 @@ import pathlib
 
 from mer_jax import cli
 from mer_jax import configs as recipe
+from mer_jax.errors import UsageError
 from mer_jax.study_tables import (METHODS, PAPER_METHODS, PHASES, cell_coordinates, report,
                                   write_plan)
 from mer_jax.workdir import WorkdirBusy
@@ -86,7 +87,7 @@ def parse_list(s: str, valid=None) -> list[str]:
   if valid is not None:
     for x in items:
       if x not in valid:
-        raise ValueError(f"Unknown value {x!r}; valid: {', '.join(valid)}")
+        raise UsageError(f"Unknown value {x!r}; valid: {', '.join(valid)}")
   return items
 
 
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     models = parse_list(args.models, registry.MODEL_NAMES) if args.models else \
         list(GRIDS.get(args.grid or "paper", ()))
     if args.grid and args.grid not in GRIDS:
-      raise ValueError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
+      raise UsageError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
     methods = parse_list(args.methods, METHODS)
     phases = parse_list(args.phases, PHASES)
     seeds = [int(s) for s in parse_list(args.seeds)]

@@ -37,6 +37,7 @@ from mer_jax import report as run_report
 from mer_jax.data.casme2 import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import NotFound
 
 METHODS = Method.names()                                   # m1, m2, m2a, m3
 PAPER_METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
@@ -388,7 +389,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   report.md's text. An unfinished plan or a LOSO cell missing folds is said at the top."""
   runs = gather(root)
   if not runs:
-    raise FileNotFoundError(f"No finished runs under {root} (no */seed*/metrics.json).")
+    raise NotFound(f"No finished runs under {root} (no */seed*/metrics.json).")
   plan = read_plan(root)
   cells = summarise_cells(runs, n_resamples, plan.get("loso_folds") if plan else None)
   models = sorted({k[0] for k in cells})

@@ -37,10 +37,11 @@ from mer_jax import steps
 from mer_jax import workdir as workdir_lock
 from mer_jax.data import casme2
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import UserError
 from mer_jax.progress import StepProgress
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 

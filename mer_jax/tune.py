@@ -27,6 +27,7 @@ import os
 import pathlib
 
 from mer_jax import cli
+from mer_jax.errors import UsageError
 from mer_jax.losses import Loss
 
 DEFAULT_SPACE = {"drop_path": ("0.05", "0.3"), "dropout": ("0.0", "0.2"),
@@ -39,9 +40,9 @@ def _range(values, name) -> tuple[float, float]:
   try:
     lo, hi = (float(v) for v in values)
   except ValueError:
-    raise ValueError(f"--{name} takes two numbers LOW,HIGH, got {','.join(values)}") from None
+    raise UsageError(f"--{name} takes two numbers LOW,HIGH, got {','.join(values)}") from None
   if not lo <= hi:
-    raise ValueError(f"--{name}: LOW {lo} is above HIGH {hi}")
+    raise UsageError(f"--{name}: LOW {lo} is above HIGH {hi}")
   return lo, hi
 
 
@@ -55,9 +56,9 @@ def search_space(drop_path=DEFAULT_SPACE["drop_path"], dropout=DEFAULT_SPACE["dr
   valid = Loss.names()
   bad = [l for l in space["loss.name"] if l not in valid]
   if bad or not space["loss.name"]:
-    raise ValueError(f"--losses: unknown {bad}; valid: {', '.join(valid)}")
+    raise UsageError(f"--losses: unknown {bad}; valid: {', '.join(valid)}")
   if space["optim.lr"][0] <= 0:
-    raise ValueError("--lr: the learning rate must be positive")
+    raise UsageError("--lr: the learning rate must be positive")
   return space
 
 
@@ -233,13 +234,13 @@ def main(argv=None) -> int:
   args = cli.parse(p, argv)
   import jax
   if jax.process_count() > 1:
-    raise ValueError("tune runs one JAX process per worker; start several workers with the "
+    raise UsageError("tune runs one JAX process per worker; start several workers with the "
                      "same --workdir instead of a multi-process launch.")
   config = args.config
   workdir = args.workdir or os.path.join(
       "runs", f"tune_{config.model.name}_{config.data.method}_{config.data.phase}")
   if args.trials < 1:
-    raise ValueError("--trials must be >= 1")
+    raise UsageError("--trials must be >= 1")
   from mer_jax import steps
   steps.check_config(config)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
