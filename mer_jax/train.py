@@ -175,6 +175,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   def save(best=False):
     ckpt.save(int(state["step"]), state, meta, best=best)
 
+  feed = None  # the epoch's input thread, stopped however the epoch ends
   try:
     # Epochs until early stopping: train, validate, checkpoint.
     epoch = meta["epoch"]
@@ -248,6 +249,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     results = {split: experiment.evaluate_split(setup, best_state["params"], split, predict_fn)
                for split in ("validation", "test")}
   finally:
+    if feed is not None:
+      feed.close()
     logger.close()
     ckpt.close()
   return report.finish_run(workdir, c, results, meta, say=_say, dataset=setup.dataset)
