@@ -161,6 +161,33 @@ def apply_overrides(config, overrides: Sequence[str], *, flag: str = "") -> None
                        f"({e})") from None
 
 
+def override_flags(base, config) -> list[str]:
+  """The `--config.FIELD=VALUE` flags that turn `base` into `config`: one per
+  leaf field whose value differs, in field order, each value written so that
+  `apply_overrides` reads it back as the same value."""
+  flags = []
+  for field in field_names(config):
+    value, old = _get(config, field), _get(base, field)
+    if value != old or type(value) is not type(old):
+      flags.append(f"{CONFIG_PREFIX}{field}={format_value(value)}")
+  return flags
+
+
+def _get(config, field: str):
+  for part in field.split("."):
+    config = config[part]
+  return config
+
+
+def format_value(value) -> str:
+  """A config value as the command line writes it (`parse_value`'s inverse)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, str):
+    return value
+  return repr(value)
+
+
 def _closest(config, field: str) -> str:
   match = difflib.get_close_matches(field, field_names(config), n=1, cutoff=0.5)
   return f"; did you mean {match[0]}?" if match else ""

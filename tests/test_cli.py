@@ -36,6 +36,22 @@ def test_both_spellings_of_a_flag_and_config_overrides_of_every_type():
     p.add_argument("--bad-spelling")
 
 
+def test_override_flags_rebuild_the_config_they_describe():
+  """cli.override_flags(base, config) read back by cli.parse gives config again
+  (the command tune prints); a field equal to the base's is not written."""
+  base = cli.load_config(QUICKSTART)
+  config = cli.load_config(QUICKSTART, [
+      "optim.lr=3.3e-4", "num_epochs=3", "aug.flip=false", "data.manual_dir=/a dir/x",
+      "init.weights=timm/x", "model.drop_rate=0.125", "seed=0"])
+  flags = cli.override_flags(base, config)
+  assert len(flags) == 6 and not any(f.startswith("--config.seed=") for f in flags)
+  p = cli.parser("mer_jax.x", None)
+  cli.add_config(p)
+  rebuilt = cli.parse(p, ["--config", QUICKSTART] + flags).config
+  assert rebuilt.to_dict() == config.to_dict()
+  assert cli.override_flags(base, base) == []
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.nam=x", "--config.model.nam: unknown config field; did you mean model.name?"),
     ("optim=1", "--config.optim is a group of fields; set one of them, e.g. --config.optim."),
