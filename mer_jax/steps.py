@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mer_jax import cli
 from mer_jax import input_pipeline
 from mer_jax import losses
 from mer_jax import models
@@ -58,7 +57,7 @@ def check_config(config) -> None:
 
 
 def check_method_fields(config) -> None:
-  """Training fields that contradict each other -> cli.UsageError (one line): M3
+  """Training fields that contradict each other -> UsageError (one line): M3
   flow with an augmentation that has no rule for vectors (rotation, brightness,
   contrast; the flip and the crop have one), and class-balanced sampling with a
   class-weighted loss (focal's alpha and weighted_ce both weight by inverse
@@ -69,13 +68,13 @@ def check_method_fields(config) -> None:
     on = [f"aug.{k}={config.aug[k]}" for k in ("rotate_deg", "brightness", "contrast")
           if config.aug[k]]
     if on:
-      raise cli.UsageError(
+      raise UsageError(
           f"{', '.join(on)} with data.method=m3: a flow image's codes are motion vectors "
           "(rotation would turn the pixels, not the vectors; brightness and contrast would "
           "change the motion); set " + ", ".join(f"{o.split('=')[0]}=0" for o in on))
   loss = losses.Loss.parse(config.loss.name)
   if config.data.class_balanced and loss is not losses.Loss.CE:
-    raise cli.UsageError(
+    raise UsageError(
         f"data.class_balanced=True with loss.name={loss.value}, which weights classes by "
         "inverse frequency: two corrections of the same imbalance; use loss.name=ce or "
         "data.class_balanced=False")

@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     folds, n_folds = [-1], None
     if args.protocol == "loso":
       if split_seeds != [0] or args.split != "video":
-        raise ValueError("--split_seeds and --split choose a holdout split; LOSO's folds are "
+        raise UsageError("--split_seeds and --split choose a holdout split; LOSO's folds are "
                          "fixed. Drop them, or use --protocol paper.")
       probe = cell_config(Cell(models[0], methods[0], phases[0], seeds[0]), args.set, "loso")
       n_folds = loso_fold_count(probe)
