@@ -14,13 +14,24 @@ shape right would pass the rest of the suite.
 """
 from __future__ import annotations
 
+import csv
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from e2e import ROOT, subprocess_env
 from parity import FAMILIES, TINY, family_module, tiny_archs
 from mer_jax import configs, steps
+from mer_jax.data.casme2 import EMOTIONS
 
 assert tiny_archs  # a fixture, used by name
 
@@ -67,3 +78,67 @@ def test_one_batch_is_overfit_in_a_few_steps(tiny_archs, family):
   losses = overfit(family)
   assert np.all(np.isfinite(losses))
   assert losses[-1] < OVERFIT_FACTOR * losses[0], losses
+
+
+# --- above chance ----------------------------------------------------------------
+
+
+def chance_macro_f1(labels) -> float:
+  """The best macro-F1 over the present classes that a constant prediction
+  gets on these labels (always the majority class, or any other): what a
+  model that ignores its input scores at most."""
+  from sklearn.metrics import f1_score
+  present = sorted(set(labels))
+  return max(f1_score(labels, [c] * len(labels), labels=present, average="macro",
+                      zero_division=0) for c in present)
+
+
+def test_chance_is_the_best_constant_prediction():
+  # 27 "others" and 1 "sadness": always "others" -> (54/55 + 0) / 2.
+  assert chance_macro_f1(["others"] * 27 + ["sadness"]) == pytest.approx(27 / 55)
+  assert chance_macro_f1(["a", "b", "c", "d"]) == pytest.approx((2 / 5) / 4)
+
+
+def video_labels(workdir: pathlib.Path, split: str) -> list[str]:
+  with open(workdir / f"predictions_{split}.csv") as f:
+    return [r["label"] for r in csv.DictReader(f)]
+
+
+# --- README's quickstart ------------------------------------------------------------
+
+# The quickstart's validation macro-F1 is above chance by at least this much
+# (README quotes 0.64 against a chance of about 0.1 on its 26 videos).
+QUICKSTART_MARGIN = 0.3
+
+
+def readme_quickstart() -> tuple[str, list[str]]:
+  """(the train command, the quoted end of its output) from README.md's
+  Quickstart section, read at test time: README is where the numbers live."""
+  text = (ROOT / "README.md").read_text()
+  section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+  command = re.search(r"(python -m mer_jax\.train --config configs/quickstart\.py[^\n]*)",
+                      section).group(1)
+  quoted = re.search(r"^```\n(best epoch .*?)^```", section, re.S | re.M).group(1)
+  return command, quoted.strip().splitlines()
+
+
+@pytest.mark.slow
+def test_readme_quotes_what_the_quickstart_prints(tmp_path):
+  """README's quickstart command, run as given in a fresh directory (its
+  relative data/ and runs/ paths land there; configs/ is this checkout's),
+  prints the lines README quotes, paths aside; it learns (validation
+  macro-F1 above chance by QUICKSTART_MARGIN)."""
+  command, quoted = readme_quickstart()
+  os.symlink(ROOT / "configs", tmp_path / "configs")
+  argv = shlex.split(command)
+  assert argv[:2] == ["python", "-m"]
+  out = subprocess.run([sys.executable] + argv[1:], cwd=tmp_path,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=1800)
+  assert out.returncode == 0, out.stderr[-4000:]
+  printed = out.stdout.strip().splitlines()[-len(quoted):]
+  assert printed == [q.replace("/path/to/", f"{tmp_path}/") for q in quoted]
+  workdir = tmp_path / "runs" / "quickstart"
+  m = json.loads((workdir / "metrics.json").read_text())
+  labels = video_labels(workdir, "validation")
+  assert set(labels) <= set(EMOTIONS) and len(labels) == m["validation"]["num_videos"]
+  assert m["validation"]["macro_f1"] > chance_macro_f1(labels) + QUICKSTART_MARGIN
