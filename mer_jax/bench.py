@@ -31,6 +31,7 @@ import numpy as np
 
 from mer_jax import cli
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import UsageError
 
 PAPER_MODELS = ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")
 # Each method's network input: (side, channels).
@@ -166,11 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   bad = [m for m in names if m not in models.MODEL_NAMES]
   bad_methods = [m for m in methods if m not in METHODS]
   if bad:
-    raise ValueError(f"unknown model(s) {bad} (valid: {', '.join(models.MODEL_NAMES)})")
+    raise UsageError(f"unknown model(s) {bad} (valid: {', '.join(models.MODEL_NAMES)})")
   if bad_methods:
-    raise ValueError(f"unknown method(s) {bad_methods} (valid: {', '.join(METHODS)})")
+    raise UsageError(f"unknown method(s) {bad_methods} (valid: {', '.join(METHODS)})")
   if args.batch < 1 or args.repeats < 1:
-    raise ValueError("--batch and --repeats must be >= 1")
+    raise UsageError("--batch and --repeats must be >= 1")
   print(f"device: {device_line()}", flush=True)
   rows = []
   for name in names:

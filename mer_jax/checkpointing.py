@@ -31,14 +31,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from mer_jax import cli
+from mer_jax.errors import UserError
 
 CHECKSUM = "checksum"   # the meta field holding state_checksum(state)
 
 
-class CheckpointError(cli.UsageError):
-  """A checkpoint that cannot be written (disk full) or read (every one corrupt).
-  A UsageError, so that every program prints it as one `error:` line."""
+class CheckpointError(UserError):
+  """A checkpoint that cannot be written (disk full) or read (every one corrupt):
+  a UserError, so that every program prints it as one `error:` line."""
 
 
 class CorruptCheckpoint(Exception):

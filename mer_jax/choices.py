@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
+from mer_jax.errors import UsageError
+
 C = TypeVar("C", bound="Choice")
 
 
@@ -23,7 +25,7 @@ class Choice(enum.Enum):
     try:
       return cls(str(value).strip().lower())
     except ValueError:
-      raise ValueError(f"Unknown {cls.noun()} {value!r}; valid: "
+      raise UsageError(f"Unknown {cls.noun()} {value!r}; valid: "
                        f"{', '.join(cls.names())}") from None
 
   @classmethod

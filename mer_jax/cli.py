@@ -10,9 +10,9 @@ reads them with `parse()` and runs its `main` through `run()`:
   any field is overridden with `--config.FIELD=VALUE` (`--config.optim.lr=1e-4`),
   as ml_collections' config_flags does; an unknown field is one line naming the
   closest valid field;
-- an error the user can fix (`USER_ERRORS`) is printed as one line,
-  `error: ...`, and the program exits 2; anything else is a bug and keeps its
-  traceback.
+- an error the user can fix (`mer_jax.errors.UserError`) is printed as one
+  line, `error: ...`, and the program exits 2; anything else is a bug and
+  keeps its traceback.
 """
 from __future__ import annotations
 
@@ -26,19 +26,9 @@ from typing import Callable, Sequence
 
 import ml_collections
 
-# Errors a user can act on: bad flags, configs, data, weights, a NaN loss, a
-# held workdir. The project's own errors derive from these (Casme2Error and
-# ConversionError: ValueError; WeightsNotFound: FileNotFoundError;
-# NonFiniteLossError: FloatingPointError; WorkdirBusy: FileExistsError), so
-# one tuple serves every program.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
-               FloatingPointError)
+from mer_jax.errors import NotFound, UsageError, UserError
 
 CONFIG_PREFIX = "--config."
-
-
-class UsageError(ValueError):
-  """A flag or config field the program cannot take."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -122,7 +112,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path).expanduser()
   if not file.is_file():
-    raise FileNotFoundError(f"Config file {path} not found; the paper's configs are in "
+    raise NotFound(f"Config file {path} not found; the paper's configs are in "
                             "configs/ (e.g. configs/pool_m36_mfs.py).")
   spec_ = importlib.util.spec_from_file_location(f"mer_jax_config_{file.stem}", file)
   module = importlib.util.module_from_spec(spec_)
@@ -171,6 +161,33 @@ def apply_overrides(config, overrides: Sequence[str], *, flag: str = "") -> None
                        f"({e})") from None
 
 
+def override_flags(base, config) -> list[str]:
+  """The `--config.FIELD=VALUE` flags that turn `base` into `config`: one per
+  leaf field whose value differs, in field order, each value written so that
+  `apply_overrides` reads it back as the same value."""
+  flags = []
+  for field in field_names(config):
+    value, old = _get(config, field), _get(base, field)
+    if value != old or type(value) is not type(old):
+      flags.append(f"{CONFIG_PREFIX}{field}={format_value(value)}")
+  return flags
+
+
+def _get(config, field: str):
+  for part in field.split("."):
+    config = config[part]
+  return config
+
+
+def format_value(value) -> str:
+  """A config value as the command line writes it (`parse_value`'s inverse)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, str):
+    return value
+  return repr(value)
+
+
 def _closest(config, field: str) -> str:
   match = difflib.get_close_matches(field, field_names(config), n=1, cutoff=0.5)
   return f"; did you mean {match[0]}?" if match else ""
@@ -204,9 +221,10 @@ def parse_value(text: str, like):
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv=None, *,
         tuned_malloc: bool = False) -> None:
-  """Runs a program's `main(argv)` and exits with its code; USER_ERRORS are
-  one line on stderr and exit 2. `tuned_malloc` first restarts the process
-  under the CPU malloc settings of `mer_jax.runtime` (training programs)."""
+  """Runs a program's `main(argv)` and exits with its code; a UserError is
+  one line on stderr and exit 2, anything else keeps its traceback.
+  `tuned_malloc` first restarts the process under the CPU malloc settings of
+  `mer_jax.runtime` (training programs)."""
   if tuned_malloc:
     from mer_jax import runtime
     runtime.reexec_with_tuned_malloc()
@@ -215,7 +233,7 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv=None, *,
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
   try:
     code = main(argv)
-  except USER_ERRORS as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     code = 2
   sys.exit(code or 0)

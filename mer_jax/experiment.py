@@ -19,11 +19,11 @@ import jax
 import numpy as np
 
 from mer_jax import checkpointing
-from mer_jax import cli
 from mer_jax import input_pipeline
 from mer_jax import report
 from mer_jax import runtime
 from mer_jax import steps
+from mer_jax.errors import NotFound, UsageError
 
 
 def dataset_dir(config, log=print) -> str:
@@ -94,8 +94,8 @@ def load_run_config(workdir: str | pathlib.Path):
   import ml_collections
   cfg_path = pathlib.Path(workdir).absolute() / "config.json"
   if not cfg_path.exists():
-    raise FileNotFoundError(f"{cfg_path} not found: is {cfg_path.parent} a mer_jax run "
-                            "directory (the --workdir of python -m mer_jax.train)?")
+    raise NotFound(f"{cfg_path} not found: is {cfg_path.parent} a mer_jax run "
+                   "directory (the --workdir of python -m mer_jax.train)?")
   return ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
 
 
@@ -105,7 +105,7 @@ def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mes
   its newest intact one.
 
   A corrupt checkpoint is passed over for the next intact one (said, and
-  recorded in the result); raises FileNotFoundError when the run saved none
+  recorded in the result); raises NotFound when the run saved none
   yet. Needs only the model, not the dataset.
   """
   workdir = pathlib.Path(workdir).absolute()
@@ -118,8 +118,8 @@ def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mes
   finally:
     ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}: the run saved "
-                            "nothing yet (it saves at the end of each epoch).")
+    raise NotFound(f"No checkpoint in {workdir / 'checkpoints'}: the run saved "
+                   "nothing yet (it saves at the end of each epoch).")
   return restored
 
 
@@ -146,7 +146,7 @@ RUN_FILES = ("checkpoints", "tensorboard", "config.json", "metrics.json", "metri
              "report.md", "confusion_test.png", "predictions_*.csv")
 
 
-class ConfigChanged(cli.UsageError):
+class ConfigChanged(UsageError):
   """A workdir holds a run of another config."""
 
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mer_jax.data import casme2, flow, splits
+from mer_jax.errors import UsageError
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
 # uses their means, as timm does for in_chans=1.
@@ -165,7 +166,7 @@ def steps_per_epoch(n: int, global_batch: int) -> int:
 def process_slice(global_batch: int) -> slice:
   p, count = jax.process_index(), jax.process_count()
   if global_batch % count:
-    raise ValueError(f"batch_size {global_batch} is not divisible by the {count} processes")
+    raise UsageError(f"batch_size {global_batch} is not divisible by the {count} processes")
   per = global_batch // count
   return slice(p * per, (p + 1) * per)
 
@@ -196,7 +197,13 @@ def eval_batches(data: SplitData, global_batch: int) -> Iterator[dict]:
 
 class Prefetcher:
   """Runs a batch iterator (and the host-to-device copy) `size` batches ahead
-  in a thread; `wait_seconds` is the time the consumer spent blocked on it."""
+  in a thread; `wait_seconds` is the time the consumer spent blocked on it.
+
+  A context manager: leaving the block, normally or by an exception (a NaN
+  loss, an interrupt, a pruned trial), stops the thread, closes the source
+  iterator and drops the batches it holds, so that nothing keeps the
+  training split alive.
+  """
 
   _END = object()
 
@@ -206,18 +213,21 @@ class Prefetcher:
     self.wait_seconds = 0.0
     self._error = None
     self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, args=(it,), daemon=True)
+    self._thread = threading.Thread(target=self._run, args=(it,), daemon=True,
+                                    name="mer_jax-prefetch")
     self._thread.start()
 
   def _run(self, it):
     try:
       for batch in it:
         if self._stop.is_set():
-          return
+          break
         self._q.put(self._put(batch))
     except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
       self._error = e
     finally:
+      if hasattr(it, "close"):  # a generator: run its finally now, in this thread
+        it.close()
       self._q.put(self._END)
 
   def __iter__(self):
@@ -233,13 +243,23 @@ class Prefetcher:
       raise StopIteration
     return item
 
+  def __enter__(self) -> "Prefetcher":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   def close(self):
+    """Stops the thread (it ends after the batch in hand) and empties the queue."""
     self._stop.set()
     while self._thread.is_alive():
       try:
         self._q.get(timeout=0.1)
       except queue.Empty:
         pass
+    while not self._q.empty():
+      self._q.get_nowait()
+    self._error = None
 
 
 # --- on device ---------------------------------------------------------------

@@ -37,12 +37,13 @@ import numpy as np
 from mer_jax import cli
 from mer_jax.data import casme2, faces, phases, preprocess
 from mer_jax.data.pixels import centre_square, expand_box, read_frame
+from mer_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
   """Bad input for prediction; the message says what to do."""
 
 

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mer_jax import cli
 from mer_jax import input_pipeline
 from mer_jax import losses
 from mer_jax import models
@@ -22,6 +21,7 @@ from mer_jax.data import splits
 from mer_jax.data.casme2 import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import UsageError
 from mer_jax.models.layers import REMAT_POLICIES
 
 PROTOCOLS = ("paper", "loso")
@@ -31,7 +31,7 @@ SCHEDULES = ("constant", "cosine")
 
 def _valid(field: str, value, valid) -> None:
   if value not in valid:
-    raise ValueError(f"Unknown {field} {value!r}; valid: {', '.join(map(str, valid))}")
+    raise UsageError(f"Unknown {field} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
 def check_config(config) -> None:
@@ -47,17 +47,17 @@ def check_config(config) -> None:
   _valid("model.dtype", config.model.dtype, DTYPES)
   _valid("optim.schedule", config.optim.schedule, SCHEDULES)
   if config.model.get("remat", "") not in REMAT_POLICIES:
-    raise ValueError(f"Unknown model.remat {config.model.remat!r}; valid: "
+    raise UsageError(f"Unknown model.remat {config.model.remat!r}; valid: "
                      f"{', '.join(repr(r) for r in REMAT_POLICIES)}")
   n = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % n:
-      raise ValueError(f"{field}={config[field]} must be divisible by the {n} devices "
+      raise UsageError(f"{field}={config[field]} must be divisible by the {n} devices "
                        f"(all processes); use a multiple of {n}.")
 
 
 def check_method_fields(config) -> None:
-  """Training fields that contradict each other -> cli.UsageError (one line): M3
+  """Training fields that contradict each other -> UsageError (one line): M3
   flow with an augmentation that has no rule for vectors (rotation, brightness,
   contrast; the flip and the crop have one), and class-balanced sampling with a
   class-weighted loss (focal's alpha and weighted_ce both weight by inverse
@@ -68,13 +68,13 @@ def check_method_fields(config) -> None:
     on = [f"aug.{k}={config.aug[k]}" for k in ("rotate_deg", "brightness", "contrast")
           if config.aug[k]]
     if on:
-      raise cli.UsageError(
+      raise UsageError(
           f"{', '.join(on)} with data.method=m3: a flow image's codes are motion vectors "
           "(rotation would turn the pixels, not the vectors; brightness and contrast would "
           "change the motion); set " + ", ".join(f"{o.split('=')[0]}=0" for o in on))
   loss = losses.Loss.parse(config.loss.name)
   if config.data.class_balanced and loss is not losses.Loss.CE:
-    raise cli.UsageError(
+    raise UsageError(
         f"data.class_balanced=True with loss.name={loss.value}, which weights classes by "
         "inverse frequency: two corrections of the same imbalance; use loss.name=ce or "
         "data.class_balanced=False")

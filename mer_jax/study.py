@@ -52,6 +52,7 @@ import pathlib
 
 from mer_jax import cli
 from mer_jax import configs as recipe
+from mer_jax.errors import UsageError
 from mer_jax.study_tables import (METHODS, PAPER_METHODS, PHASES, cell_coordinates, report,
                                   write_plan)
 from mer_jax.workdir import WorkdirBusy
@@ -88,7 +89,7 @@ def parse_list(s: str, valid=None) -> list[str]:
   if valid is not None:
     for x in items:
       if x not in valid:
-        raise ValueError(f"Unknown value {x!r}; valid: {', '.join(valid)}")
+        raise UsageError(f"Unknown value {x!r}; valid: {', '.join(valid)}")
   return items
 
 
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     models = parse_list(args.models, registry.MODEL_NAMES) if args.models else \
         list(GRIDS.get(args.grid or "paper", ()))
     if args.grid and args.grid not in GRIDS:
-      raise ValueError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
+      raise UsageError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
     methods = parse_list(args.methods, METHODS)
     phases = parse_list(args.phases, PHASES)
     seeds = [int(s) for s in parse_list(args.seeds)]
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
     folds, n_folds = [-1], None
     if args.protocol == "loso":
       if split_seeds != [0] or args.split != "video":
-        raise ValueError("--split_seeds and --split choose a holdout split; LOSO's folds are "
+        raise UsageError("--split_seeds and --split choose a holdout split; LOSO's folds are "
                          "fixed. Drop them, or use --protocol paper.")
       probe = cell_config(Cell(models[0], methods[0], phases[0], seeds[0]), args.set, "loso")
       n_folds = loso_fold_count(probe)

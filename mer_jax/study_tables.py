@@ -37,6 +37,7 @@ from mer_jax import report as run_report
 from mer_jax.data.casme2 import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import NotFound, UserError
 
 METHODS = Method.names()                                   # m1, m2, m2a, m3
 PAPER_METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
@@ -110,9 +111,9 @@ def gather(root: pathlib.Path) -> list[dict]:
                 "video_ids": ids, "y": y, "pred": p, "subjects": subjects, "workdir": str(w)})
   kinds = {(r["protocol"], r["split"]) for r in out}
   if len(kinds) > 1:
-    raise ValueError(f"{root} holds runs of several protocols or split kinds "
-                     f"({', '.join(sorted('/'.join(k) for k in kinds))}); give each study "
-                     "its own --workdir.")
+    raise UserError(f"{root} holds runs of several protocols or split kinds "
+                    f"({', '.join(sorted('/'.join(k) for k in kinds))}); give each study "
+                    "its own --workdir.")
   return out
 
 
@@ -251,8 +252,9 @@ def _on_same_videos(ua: dict, ub: dict):
   if not np.array_equal(ua["video_ids"], ub["video_ids"]):
     return None
   if not np.array_equal(ua["y"], ub["y"]):
-    raise ValueError(f"Runs disagree on the labels of the same test videos: "
-                     f"{ua.get('workdir', '')} {ub.get('workdir', '')}")
+    raise UserError(f"Runs disagree on the labels of the same test videos: "
+                    f"{ua.get('workdir', '')} {ub.get('workdir', '')} (runs on different "
+                    "datasets?); give each study its own --workdir.")
   return ua["y"], ua["pred"], ub["pred"], ua["subjects"]
 
 
@@ -388,7 +390,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   report.md's text. An unfinished plan or a LOSO cell missing folds is said at the top."""
   runs = gather(root)
   if not runs:
-    raise FileNotFoundError(f"No finished runs under {root} (no */seed*/metrics.json).")
+    raise NotFound(f"No finished runs under {root} (no */seed*/metrics.json).")
   plan = read_plan(root)
   cells = summarise_cells(runs, n_resamples, plan.get("loso_folds") if plan else None)
   models = sorted({k[0] for k in cells})

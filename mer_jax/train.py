@@ -46,10 +46,11 @@ from mer_jax import steps
 from mer_jax import workdir as workdir_lock
 from mer_jax.data import casme2
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import UserError
 from mer_jax.progress import StepProgress
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
@@ -187,6 +188,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   def save(best=False):
     ckpt.save(int(state["step"]), state, meta, best=best)
 
+  feed = None  # the epoch's input thread, stopped however the epoch ends
   try:
     # Epochs until early stopping: train, validate, checkpoint.
     epoch = meta["epoch"]
@@ -261,6 +263,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     results = {split: experiment.evaluate_split(setup, best.state["params"], split, predict_fn)
                for split in ("validation", "test")}
   finally:
+    if feed is not None:
+      feed.close()
     logger.close()
     ckpt.close()
   return report.finish_run(workdir, c, results, meta, best.record(), say=_say,

@@ -16,8 +16,10 @@ to --trials finished trials. A trial killed mid-run is detected by its missing
 heartbeat and re-run with the same parameters, resuming from its checkpoint.
 Several workers (e.g. a SLURM array, one process each) can share the study by
 running the same command with the same --workdir on a shared file system.
-At the end it prints the best parameters and the command that trains with them
-(also in WORKDIR/best.json; every trial in WORKDIR/trials.csv).
+At the end it prints the best parameters and the command that trains with them:
+the config file, every --config override the search was given and the best
+trial's values, so that it trains exactly the best trial's config (also in
+WORKDIR/best.json; every trial in WORKDIR/trials.csv).
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ import csv
 import json
 import os
 import pathlib
+import shlex
 
 from mer_jax import cli
+from mer_jax.errors import UsageError
 from mer_jax.losses import Loss
 
 DEFAULT_SPACE = {"drop_path": ("0.05", "0.3"), "dropout": ("0.0", "0.2"),
@@ -39,9 +43,9 @@ def _range(values, name) -> tuple[float, float]:
   try:
     lo, hi = (float(v) for v in values)
   except ValueError:
-    raise ValueError(f"--{name} takes two numbers LOW,HIGH, got {','.join(values)}") from None
+    raise UsageError(f"--{name} takes two numbers LOW,HIGH, got {','.join(values)}") from None
   if not lo <= hi:
-    raise ValueError(f"--{name}: LOW {lo} is above HIGH {hi}")
+    raise UsageError(f"--{name}: LOW {lo} is above HIGH {hi}")
   return lo, hi
 
 
@@ -55,9 +59,9 @@ def search_space(drop_path=DEFAULT_SPACE["drop_path"], dropout=DEFAULT_SPACE["dr
   valid = Loss.names()
   bad = [l for l in space["loss.name"] if l not in valid]
   if bad or not space["loss.name"]:
-    raise ValueError(f"--losses: unknown {bad}; valid: {', '.join(valid)}")
+    raise UsageError(f"--losses: unknown {bad}; valid: {', '.join(valid)}")
   if space["optim.lr"][0] <= 0:
-    raise ValueError("--lr: the learning rate must be positive")
+    raise UsageError("--lr: the learning rate must be positive")
   return space
 
 
@@ -108,6 +112,7 @@ def make_objective(config, workdir: pathlib.Path, space: dict):
     c = with_values(config, overrides)
     d = trial_dir(workdir, trial)
     trial.set_user_attr("workdir", str(d))
+    trial.set_user_attr("overrides", overrides)  # with fixed ranges, which are no params
     print(f"\n== trial {trial.number} ({d.name}): "
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in overrides.items()), flush=True)
@@ -158,8 +163,18 @@ def finished(study) -> int:
   return len(study.get_trials(deepcopy=False, states=states))
 
 
-def write_summary(study, workdir: pathlib.Path, config_path: str) -> dict | None:
-  """trials.csv, best.json and the printed summary; None before any trial completes."""
+def train_command(config_path: str, config) -> tuple[str, list[str]]:
+  """(the `mer_jax.train` command that trains `config`, its --config.FIELD
+  flags): every field where `config` differs from CONFIG_PATH's own."""
+  flags = cli.override_flags(cli.load_config(config_path), config)
+  return " ".join(["python -m mer_jax.train --config", shlex.quote(config_path)]
+                  + [shlex.quote(f) for f in flags]), flags
+
+
+def write_summary(study, workdir: pathlib.Path, config, config_path: str) -> dict | None:
+  """trials.csv, best.json and the printed summary; None before any trial completes.
+  best.json's command reproduces the best trial's config: the search's own
+  overrides of CONFIG_PATH (`config`) and the trial's values."""
   import optuna
   trials = study.get_trials(deepcopy=False)
   keys = sorted({k for t in trials for k in t.params})
@@ -177,10 +192,11 @@ def write_summary(study, workdir: pathlib.Path, config_path: str) -> dict | None
     print("No trial has completed yet.")
     return None
   best = study.best_trial
-  overrides = " ".join(f"--config.{k}={v}" for k, v in best.params.items())
+  command, flags = train_command(
+      config_path, with_values(config, best.user_attrs["overrides"]))
   best_info = {"trial": best.number, "validation_macro_f1": best.value, "params": best.params,
-               "workdir": best.user_attrs.get("workdir"),
-               "command": f"python -m mer_jax.train --config {config_path} {overrides}"}
+               "workdir": best.user_attrs.get("workdir"), "overrides": flags,
+               "command": command}
   (workdir / "best.json").write_text(json.dumps(best_info, indent=1))
   print(f"best: trial {best.number}, validation macro-F1 {best.value:.4f}")
   for k, v in best.params.items():
@@ -192,8 +208,9 @@ def write_summary(study, workdir: pathlib.Path, config_path: str) -> dict | None
 
 def tune(config, workdir: str, trials: int, *, space: dict | None = None,
          study_name: str = "mer_jax", seed: int = 0, prune_startup_trials: int = 3,
-         prune_warmup_epochs: int = 3, config_path: str = "CONFIG") -> dict | None:
-  """Runs trials until `trials` have finished; returns best.json's dict."""
+         prune_warmup_epochs: int = 3, config_path: str) -> dict | None:
+  """Runs trials until `trials` have finished; returns best.json's dict.
+  `config` is CONFIG_PATH's config with the search's fixed overrides."""
   import optuna
 
   workdir = pathlib.Path(workdir).absolute()
@@ -210,7 +227,7 @@ def tune(config, workdir: str, trials: int, *, space: dict | None = None,
                    callbacks=[optuna.study.MaxTrialsCallback(
                        trials, states=(optuna.trial.TrialState.COMPLETE,
                                        optuna.trial.TrialState.PRUNED))])
-  return write_summary(study, workdir, config_path)
+  return write_summary(study, workdir, config, config_path)
 
 
 def main(argv=None) -> int:
@@ -233,13 +250,13 @@ def main(argv=None) -> int:
   args = cli.parse(p, argv)
   import jax
   if jax.process_count() > 1:
-    raise ValueError("tune runs one JAX process per worker; start several workers with the "
+    raise UsageError("tune runs one JAX process per worker; start several workers with the "
                      "same --workdir instead of a multi-process launch.")
   config = args.config
   workdir = args.workdir or os.path.join(
       "runs", f"tune_{config.model.name}_{config.data.method}_{config.data.phase}")
   if args.trials < 1:
-    raise ValueError("--trials must be >= 1")
+    raise UsageError("--trials must be >= 1")
   from mer_jax import steps
   steps.check_config(config)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731

@@ -20,12 +20,14 @@ import socket
 import threading
 import time
 
+from mer_jax.errors import UserError
+
 LOCK_FILE = "lock"
 HEARTBEAT_S = 30.0
 STALE_S = 3 * HEARTBEAT_S
 
 
-class WorkdirBusy(FileExistsError):
+class WorkdirBusy(UserError, FileExistsError):
   """Another live process holds the workdir."""
 
 

@@ -9,9 +9,10 @@ import sys
 import textwrap
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from mer_jax import cli, progress, workdir
+from mer_jax import cli, errors, progress, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.py")
@@ -35,6 +36,22 @@ def test_both_spellings_of_a_flag_and_config_overrides_of_every_type():
     p.add_argument("--bad-spelling")
 
 
+def test_override_flags_rebuild_the_config_they_describe():
+  """cli.override_flags(base, config) read back by cli.parse gives config again
+  (the command tune prints); a field equal to the base's is not written."""
+  base = cli.load_config(QUICKSTART)
+  config = cli.load_config(QUICKSTART, [
+      "optim.lr=3.3e-4", "num_epochs=3", "aug.flip=false", "data.manual_dir=/a dir/x",
+      "init.weights=timm/x", "model.drop_rate=0.125", "seed=0"])
+  flags = cli.override_flags(base, config)
+  assert len(flags) == 6 and not any(f.startswith("--config.seed=") for f in flags)
+  p = cli.parser("mer_jax.x", None)
+  cli.add_config(p)
+  rebuilt = cli.parse(p, ["--config", QUICKSTART] + flags).config
+  assert rebuilt.to_dict() == config.to_dict()
+  assert cli.override_flags(base, base) == []
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.nam=x", "--config.model.nam: unknown config field; did you mean model.name?"),
     ("optim=1", "--config.optim is a group of fields; set one of them, e.g. --config.optim."),
@@ -42,18 +59,55 @@ def test_both_spellings_of_a_flag_and_config_overrides_of_every_type():
     ("data.synthetic=maybe", "--config.data.synthetic=maybe: expected type bool"),
 ])
 def test_bad_config_overrides_name_the_field(override, message):
-  with pytest.raises(cli.UsageError) as e:
+  with pytest.raises(errors.UsageError) as e:
     cli.load_config(QUICKSTART, [override])
   assert str(e.value).startswith(message)
 
 
 def test_run_prints_user_errors_as_one_line_and_exits_2(capsys):
   def main(argv):
-    raise FileNotFoundError("no such thing: do this instead")
+    raise errors.NotFound("no such thing: do this instead")
   with pytest.raises(SystemExit) as e:
     cli.run(main, [])
   assert e.value.code == 2
   assert capsys.readouterr().err == "error: no such thing: do this instead\n"
+
+
+@pytest.mark.parametrize("bug", [
+    lambda: np.zeros(3).reshape(2, 2),                       # numpy's ValueError
+    lambda: open("/nonexistent/mer_jax/file"),               # an unexpected missing file
+    lambda: int("x"),
+    lambda: {}["key"]])
+def test_run_keeps_the_traceback_of_anything_but_a_user_error(bug, capsys):
+  """A library's ValueError or FileNotFoundError is a bug to see, not a user error."""
+  with pytest.raises((ValueError, FileNotFoundError, KeyError)):
+    cli.run(lambda argv: bug(), [])
+  assert "error:" not in capsys.readouterr().err
+
+
+def test_the_projects_input_errors_are_user_errors(tmp_path, capsys):
+  """Each kind of bad input, raised by the code that checks it, is one line."""
+  from mer_jax import configs, experiment, steps, tune
+  from mer_jax.data import casme2, preprocess
+  from mer_jax.models import weights
+  c = configs.get_config()
+  c.model.name = "resnet50"
+  bad_model_config = c
+  cases = [
+      lambda: steps.check_config(bad_model_config),                 # unknown model name
+      lambda: preprocess.Method.parse("m9"),                       # unknown method
+      lambda: cli.load_config(QUICKSTART, ["model.nam=x"]),         # unknown field
+      lambda: cli.load_config(str(tmp_path / "none.py")),          # missing config file
+      lambda: tune.search_space(lr=("1e-3", "1e-5")),              # bad flag value
+      lambda: experiment.load_run_config(tmp_path),                # not a run directory
+      lambda: casme2.load_casme2(tmp_path / "none"),               # missing CASME II
+      lambda: weights.load_pretrained("poolformer_s12", str(tmp_path / "none.npz")),
+  ]
+  for case in cases:
+    with pytest.raises(SystemExit) as e:
+      cli.run(lambda argv: case(), [])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "Traceback" not in err
 
 
 @pytest.mark.parametrize("module", [

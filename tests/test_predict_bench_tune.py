@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import timm
 
-from mer_jax import bench, cli, configs, experiment, predict, steps, tune
+from e2e import train_overrides
+from mer_jax import bench, cli, experiment, predict, steps, tune
 from mer_jax.data import casme2, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,18 +32,6 @@ def exit_code(main, argv) -> int:
   with pytest.raises(SystemExit) as e:
     cli.run(main, argv)
   return e.value.code
-
-
-def small_config(data, **extra):
-  manual, tfds_dir = data
-  c = configs.get_config("poolformer_s12", "m2", "kfs")
-  with c.unlocked():
-    c.data.manual_dir, c.data.data_dir = str(manual), str(tfds_dir)
-    c.init.weights = ""
-    c.model.img_size, c.model.drop_path_rate = 32, 0.0
-    c.batch_size, c.eval_batch_size, c.num_epochs = 8, 16, 1
-    c.optim.lr, c.bootstrap_resamples = 1e-3, 50
-  return tune.with_values(c, extra)
 
 
 @pytest.fixture
@@ -182,10 +172,13 @@ def test_bench_rows_are_consistent(tmp_path, capsys):
 
 
 def _tune(workdir, data, trials, capsys):
-  c = small_config(data, num_epochs=2)
-  space = tune.search_space(lr=("1e-4", "3e-3"))
-  tune.tune(c, str(workdir), trials, space=space, prune_startup_trials=1,
-            prune_warmup_epochs=0, config_path="configs/x.py")
+  """The tune command, with the reference run's --config overrides (2 epochs)
+  and a fixed dropout (a range of one value, so no Optuna parameter)."""
+  argv = ["--config", str(ROOT / "configs/quickstart.py"), "--workdir", str(workdir),
+          "--trials", str(trials), "--lr", "1e-4,3e-3", "--dropout", "0.1,0.1",
+          "--prune_startup_trials", "1", "--prune_warmup_epochs", "0"]
+  assert tune.main(argv + train_overrides(data, num_epochs=2, bootstrap_resamples=50,
+                                          checkpoint_every_steps=0)) == 0
   return capsys.readouterr().out
 
 
@@ -225,12 +218,12 @@ def test_tune_searches_resumes_and_reports_the_best(data, tmp_path, capsys):
   assert sorted(p.name for p in w.glob("trial_*")) == ["trial_000", "trial_001"]
   for r in rows:
     assert 0.05 <= float(r["model.drop_path_rate"]) <= 0.3
-    assert 0.0 <= float(r["model.drop_rate"]) <= 0.2
+    assert "model.drop_rate" not in r   # fixed by --dropout 0.1,0.1: no parameter
     assert 1e-4 <= float(r["optim.lr"]) <= 3e-3
     assert r["loss.name"] in ("focal", "weighted_ce")
     cfg = json.loads((pathlib.Path(r["workdir"]) / "config.json").read_text())
     assert cfg["optim"]["lr"] == pytest.approx(float(r["optim.lr"]))
-    assert cfg["loss"]["name"] == r["loss.name"]
+    assert cfg["loss"]["name"] == r["loss.name"] and cfg["model"]["drop_rate"] == 0.1
   best = json.loads((w / "best.json").read_text())
   done = [r for r in rows if r["state"] == "COMPLETE"]
   # The score is the run's own validation macro-F1 (never the test split).
@@ -240,5 +233,14 @@ def test_tune_searches_resumes_and_reports_the_best(data, tmp_path, capsys):
   # trials.csv keeps 6 decimals.
   assert best["validation_macro_f1"] == pytest.approx(max(float(r["value"]) for r in done),
                                                       abs=1e-6)
-  assert best["command"].startswith("python -m mer_jax.train --config configs/x.py ")
-  assert f"--config.loss.name={best['params']['loss.name']}" in best["command"]
+  # The command trains the best trial's config exactly: the search's own
+  # overrides (num_epochs, data, ...), its fixed dropout and the trial's values.
+  cmd = shlex.split(best["command"])
+  assert cmd[:3] == ["python", "-m", "mer_jax.train"]
+  p = cli.parser("mer_jax.train", None)
+  cli.add_config(p)
+  rebuilt = cli.parse(p, cmd[3:]).config
+  trial = json.loads((pathlib.Path(best["workdir"]) / "config.json").read_text())
+  assert json.loads(json.dumps(rebuilt.to_dict())) == trial
+  assert trial["num_epochs"] == 2 and trial["model"]["drop_rate"] == 0.1
+  assert best["overrides"] == [a for a in cmd if a.startswith("--config.")]

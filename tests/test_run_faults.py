@@ -18,6 +18,7 @@ import pytest
 
 from mer_jax import checkpointing
 from mer_jax import cli
+from mer_jax import errors
 from mer_jax import configs as recipe
 from mer_jax import experiment
 
@@ -69,7 +70,7 @@ def test_claim_workdir_stops_on_another_config_and_force_empties_it(tmp_path):
   msg = str(e.value)
   assert "\n" not in msg and "optim.lr: 5e-05 -> 0.01; seed: 0 -> 3" in msg
   assert "--force" in msg and str(w) in msg
-  assert isinstance(e.value, cli.UsageError)    # one `error:` line from every program
+  assert isinstance(e.value, errors.UserError)    # one `error:` line from every program
   assert all((w / f).exists() for f in run_files)
   said = []
   experiment.claim_workdir(w, _config("seed=3"), force=True, say=said.append)
@@ -242,7 +243,7 @@ def test_disk_full_during_a_save_is_one_line_with_the_step_to_resume_from(tmp_pa
                         f"{root / 'latest' / '4'}: free space under ")
   assert msg.endswith("rerun the same command (it resumes from step 3, the last complete "
                       "checkpoint)")
-  assert "\n" not in msg and isinstance(e.value, cli.UsageError)
+  assert "\n" not in msg and isinstance(e.value, errors.UserError)
   # ... or at wait(), as an OSError of its own.
   monkeypatch.setattr(ckpt.best, "wait_until_finished",
                       _raise(OSError(28, "No space left on device")))

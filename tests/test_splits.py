@@ -279,10 +279,10 @@ def test_check_split_names_the_field():
 
 
 def test_a_bad_split_field_stops_the_config_check():
-  from mer_jax import cli, configs, steps
+  from mer_jax import configs, errors, steps
   c = configs.get_config("poolformer_s12", "m2", "af")
   c.data.protocol, c.data.split_seed = "loso", 3
-  with pytest.raises(cli.USER_ERRORS, match="LOSO"):
+  with pytest.raises(errors.UserError, match="LOSO"):
     steps.check_config(c)
 
 

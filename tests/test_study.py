@@ -435,8 +435,8 @@ def test_split_seeds_layout_and_summary(tmp_path):
 
 def test_a_contradicting_override_stops_the_study_before_its_first_cell(tmp_path):
   """--set aug.rotate_deg=10 suits M1 but not M3: the M1 cell is not trained first."""
-  from mer_jax import cli
+  from mer_jax import errors
   cells = study.make_cells(["poolformer_s12"], ["m1", "m3"], ["af"], [0])
-  with pytest.raises(cli.UsageError, match="aug.rotate_deg=10.0 with data.method=m3"):
+  with pytest.raises(errors.UsageError, match="aug.rotate_deg=10.0 with data.method=m3"):
     study.run_cells(cells, tmp_path, ["aug.rotate_deg=10.0"], "paper", log=lambda *a: None)
   assert not any(tmp_path.iterdir())

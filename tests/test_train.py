@@ -315,12 +315,12 @@ def test_check_config_names_the_field_and_the_valid_values(field, value, valid):
      "data.class_balanced=True with loss.name=focal")])
 def test_contradicting_method_fields_stop_with_one_line(method, overrides, message, capsys,
                                                          tmp_path):
-  from mer_jax import cli, steps, train
+  from mer_jax import cli, errors, steps, train
   c = recipe.get_config("pool_m36", method, "af")
   for field, value in overrides.items():
     section, key = field.split(".")
     c[section][key] = value
-  with pytest.raises(cli.UsageError, match=message):
+  with pytest.raises(errors.UsageError, match=message):
     steps.check_method_fields(c)
   # Through the train CLI: one `error:` line, exit 2, before any data or workdir.
   argv = ["--config", f"{ROOT / 'configs' / f'pool_m36_{method}_af.py'}",

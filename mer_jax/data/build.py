@@ -41,6 +41,7 @@ import time
 
 from mer_jax import cli
 from mer_jax.data import casme2, fingerprint
+from mer_jax.errors import NotFound
 # CONFIG_NAMES and config_name are also this module's: build.config_name(method, phase).
 from mer_jax.data.dataset_configs import (CONFIG_NAMES, check_config_name,  # noqa: F401
                                           config_name, parse_configs)
@@ -277,7 +278,7 @@ def listing(data_dir: str | pathlib.Path | None = None) -> str:
 def read_quality(dataset_dir) -> dict:
   p = pathlib.Path(dataset_dir) / "quality.json"
   if not p.exists():
-    raise FileNotFoundError(f"{p} not found: was this dataset built by mer_jax?")
+    raise NotFound(f"{p} not found: was this dataset built by mer_jax?")
   return json.loads(p.read_text())
 
 

@@ -43,6 +43,8 @@ import logging
 import pathlib
 import re
 
+from mer_jax.errors import UserError
+
 # Label order of the TFDS ClassLabel and of every model head.
 EMOTIONS = ("happiness", "disgust", "surprise", "repression", "sadness", "fear", "others")
 
@@ -92,7 +94,7 @@ _CANONICAL_HEADER = {"subject": "Subject", "filename": "Filename", "onset": "Ons
                      "action_units": "Action Units", "emotion": "Estimated Emotion"}
 
 
-class Casme2Error(ValueError):
+class Casme2Error(UserError, ValueError):
   """A problem with the user's CASME II copy; the message says what to do."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import UsageError
 
 
 def config_name(method: "Method | str", phase: "Phase | str") -> str:
@@ -21,7 +22,7 @@ CONFIG_NAMES = tuple(config_name(m, p) for m in Method for p in Phase)
 def check_config_name(name: str, *, or_all: bool = False) -> str:
   """`name` if it is a config's; else ValueError listing the valid names."""
   if name not in CONFIG_NAMES:
-    raise ValueError(f"Unknown CASME II config {name!r}; valid: {', '.join(CONFIG_NAMES)}"
+    raise UsageError(f"Unknown CASME II config {name!r}; valid: {', '.join(CONFIG_NAMES)}"
                      + (", all" if or_all else ""))
   return name
 

@@ -59,6 +59,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from mer_jax import paths
+from mer_jax.errors import NotFound
 
 DETECT_SCALES = (0.5, 1.0)     # tried in turn until one finds a face
 DETECT_UPSAMPLE = 0
@@ -135,12 +136,12 @@ def landmark_model_path(points: int = 5) -> pathlib.Path:
   # recent setuptools no longer ships.
   spec = importlib.util.find_spec("face_recognition_models")
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("dlib's landmark models come from the face_recognition_models "
-                            "package: pip install face-recognition-models==0.3.0")
+    raise NotFound("dlib's landmark models come from the face_recognition_models "
+                   "package: pip install face-recognition-models==0.3.0")
   path = (pathlib.Path(list(spec.submodule_search_locations)[0]) / "models"
           / LANDMARK_MODELS[points])
   if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing; reinstall face-recognition-models==0.3.0")
+    raise NotFound(f"{path} is missing; reinstall face-recognition-models==0.3.0")
   return path
 
 

@@ -35,6 +35,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mer_jax.data.casme2 import EMOTIONS, Video
+from mer_jax.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 PAPER_SIZES = (201, 26, 28)  # of 255 videos
@@ -42,7 +43,7 @@ PAPER_SEED = 0
 SPLIT_KINDS = ("video", "subject")  # data.split: paper_split | subject_split
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
   """A split the config or the data cannot give (a user error: one line)."""
 
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from mer_jax.data import fingerprint
 from mer_jax.data.casme2 import FRAMES_DIR
+from mer_jax.errors import UsageError
 
 REAL_COUNTS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25,
                "sadness": 7, "fear": 2}
@@ -366,7 +367,7 @@ def write_synthetic_casme2(out: str | pathlib.Path, videos: int = 255, subjects:
                            progress: bool = False) -> pathlib.Path:
   """Writes the synthetic CASME II under `out` and returns `out`."""
   if subjects < 1 or videos < subjects:
-    raise ValueError(f"need videos >= subjects >= 1 (got {videos} videos, {subjects} subjects)")
+    raise UsageError(f"need videos >= subjects >= 1 (got {videos} videos, {subjects} subjects)")
   out = pathlib.Path(out)
   vs = plan(videos, subjects, seed, intensity, quirks, faceless_frames, faceless_videos)
   (out / FRAMES_DIR).mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from types import ModuleType
 
 import jax.numpy as jnp
 
+from mer_jax.errors import UsageError
+
 # name -> module in this package that defines it.
 _FAMILY = {
     "vit_b32": "vit",
@@ -32,7 +34,7 @@ def family(name: str) -> str:
   try:
     return _FAMILY[name]
   except KeyError:
-    raise ValueError(
+    raise UsageError(
         f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
 
 

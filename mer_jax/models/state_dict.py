@@ -13,10 +13,11 @@ import logging
 import jax
 import numpy as np
 
+from mer_jax.errors import UserError
 from mer_jax.models import layers
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """A checkpoint that does not fit the model; the message names the keys."""
 
 

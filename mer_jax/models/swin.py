@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mer_jax.errors import UsageError
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, Mlp, PatchEmbed, check_nhwc, classifier,
                                    drop_path_rates, layer_norm, materialize, remat_block,
@@ -348,7 +349,7 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
   """
   arch = _arch(name)
   if img_size % arch.patch_size or img_size < arch.patch_size:
-    raise ValueError(
+    raise UsageError(
         f"img_size {img_size} is not a positive multiple of the patch size "
         f"{arch.patch_size} of {name}; use e.g. 224 or 384 (the paper's sizes).")
   if window_size is None:

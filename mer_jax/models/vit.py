@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mer_jax.errors import UsageError
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, PatchEmbed, check_nhwc,
                                    classifier, drop_path_rates, layer_norm, materialize,
@@ -176,7 +177,7 @@ def create(name: str, *, num_classes: int = 7, img_size: int = 224, in_chans: in
   """The Flax ViT for a registry name (see `mer_jax.models.create_model`)."""
   arch = _arch(name)
   if img_size % arch.patch_size:
-    raise ValueError(
+    raise UsageError(
         f"img_size {img_size} is not a multiple of the patch size {arch.patch_size} "
         f"of {name}; use e.g. 224 or 384 (the paper's sizes).")
   return VisionTransformer(

@@ -21,13 +21,14 @@ import numpy as np
 
 from mer_jax import models
 from mer_jax import paths
+from mer_jax.errors import NotFound
 from mer_jax.models import vit
 from mer_jax.models.state_dict import ConversionError
 
 _HUB = "https://huggingface.co"
 
 
-class WeightsNotFound(FileNotFoundError):
+class WeightsNotFound(NotFound):
   """A weight source that is neither a readable file nor a reachable hub id."""
 
 
