@@ -24,7 +24,7 @@ def pytest_unconfigure(config):
 # pyproject's addopts run two pytest-xdist workers, each taking whole modules
 # (--dist loadscope) in collection order; the long end-to-end and model-matrix
 # modules go first so that the workers finish together.
-LONG_MODULES = ("test_train.py", "test_models.py", "test_study.py",
+LONG_MODULES = ("test_train.py", "test_learning.py", "test_models.py", "test_study.py",
                 "test_predict_bench_tune.py", "test_gpu_check.py")
 
 
