@@ -45,8 +45,8 @@ def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[s
       vtrue, vpred, NUM_CLASSES, n_resamples=n_resamples, level=level, seed=seed))
   frame = metrics.classification_report(labels, frame_probs.argmax(-1), NUM_CLASSES)
   return {
-      "video": _jsonable(video),
-      "frame": _jsonable(frame),
+      "video": jsonable(video),
+      "frame": jsonable(frame),
       "num_videos": int(len(vids)),
       "num_frames": int(len(labels)),
       "predictions": [{"video_id": str(v), "subject": str(s), "label": EMOTIONS[t],
@@ -54,12 +54,13 @@ def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[s
   }
 
 
-def _jsonable(x):
+def jsonable(x):
+  """`x` with numpy scalars and arrays as Python values and NaN as None (strict JSON)."""
   if isinstance(x, Mapping):
-    return {k: _jsonable(v) for k, v in x.items()}
+    return {k: jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple, np.ndarray)):
-    return [_jsonable(v) for v in np.asarray(x, dtype=object).tolist()] if isinstance(
-        x, np.ndarray) else [_jsonable(v) for v in x]
+    return [jsonable(v) for v in np.asarray(x, dtype=object).tolist()] if isinstance(
+        x, np.ndarray) else [jsonable(v) for v in x]
   if isinstance(x, (np.floating, float)):
     return None if math.isnan(float(x)) else float(x)
   if isinstance(x, (np.integer,)):

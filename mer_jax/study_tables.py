@@ -580,14 +580,14 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   chosen = {me: {p: {"model": k[0], "val_macro_f1": cells[k]["val_f1"],
                      "test_macro_f1": cells[k]["macro_f1"]}
                  for (me2, p), k in best.items() if me2 == me and k} for me in methods}
-  (root / "study.json").write_text(json.dumps(
+  (root / "study.json").write_text(json.dumps(run_report.jsonable(
       {"complete": complete, "missing_cells": missing, "selection": CHOICE, "best": chosen,
        "m1_m2": heads,
        "test_selected": {"best": {me: {p: by_test[(me, p)][0] for p in phases
                                        if by_test[(me, p)]} for me in methods},
                          "m1_m2": test_diff},
-       "cells": summary, "paired_methods": pairs, "paired_m1_m2": paired_m1_m2(pairs)},
-      indent=1, default=float))
+       "cells": summary, "paired_methods": pairs, "paired_m1_m2": paired_m1_m2(pairs)}),
+      indent=1, default=float, allow_nan=False))
   return text
 
 
