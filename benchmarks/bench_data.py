@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout, installed or not
   sys.path.insert(0, str(ROOT))
 
-from mer_jax.data import build, synthetic
+from mer_jax.data import build, dataset_configs, synthetic
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 
@@ -73,10 +73,10 @@ def main():
   shutil.rmtree(cache, ignore_errors=True)
   rows, total = [], 0.0
   # M2's MFS first: it detects every frame that the other configs need.
-  order = [build.config_name(m, p) for m in (Method.M2, Method.M1)
+  order = [dataset_configs.config_name(m, p) for m in (Method.M2, Method.M1)
            for p in (Phase.MFS, Phase.KFS, Phase.AF)]
   if args.configs:
-    wanted = build.parse_configs(args.configs)
+    wanted = dataset_configs.parse_configs(args.configs)
     if order[0] not in wanted:
       timed_build(order[0], manual, root / "tfds", detection_cache=str(cache))
     order = [c for c in order if c in wanted] + [c for c in wanted if c not in order]
@@ -101,7 +101,7 @@ def main():
                                                       "cores": cores}, indent=1))
     return
 
-  kfs = build.config_name(Method.M2, Phase.KFS)
+  kfs = dataset_configs.config_name(Method.M2, Phase.KFS)
   warm, _ = timed_build(kfs, manual, root / "tfds", detection_cache=str(cache))
   cold_all, _ = timed_build(kfs, manual, root / "tfds", detection_cache="")
   cold_one, _ = timed_build(kfs, manual, root / "tfds", detection_cache="", workers=1)

@@ -1,10 +1,10 @@
 r"""Start N processes of a mer_jax command on this machine, as N hosts would run it.
 
-  python launch/local.py --processes 2 --devices-per-process 2 -- \
+  python launch/local.py --processes 2 --devices_per_process 2 -- \
       python -m mer_jax.train --config configs/quickstart.py --workdir runs/q2
 
 Each process gets the coordinator address and its rank (see mer_jax.runtime),
-and CPU processes `--devices-per-process` emulated devices, so the multi-host
+and CPU processes `--devices_per_process` emulated devices, so the multi-host
 code paths (global mesh, per-process data feeding, CPU collectives) run and
 can be tested on one machine. Output lines are prefixed with the rank; the
 launcher exits with the first non-zero exit code and stops the others.
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--processes", type=int, default=2, help="number of processes (hosts)")
-  parser.add_argument("--devices-per-process", type=int, default=1,
+  parser.add_argument("--devices_per_process", type=int, default=1,
                       help="emulated CPU devices per process")
   parser.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
   parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command to run")

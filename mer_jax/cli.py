@@ -3,8 +3,7 @@ r"""One command-line convention for every mer_jax program.
 Every `python -m mer_jax.*` program builds its flags with `parser()` (argparse),
 reads them with `parse()` and runs its `main` through `run()`:
 
-- flags are spelled with underscores (`--manual_dir`); the hyphenated spelling
-  (`--manual-dir`) is accepted too, so older commands keep working;
+- flags are spelled with underscores (`--manual_dir`);
 - `--help` prints the program's docstring and flags and exits 0;
 - a config file flag (`add_config`) takes `path[:arg]` (`get_config(arg)`), and
   any field is overridden with `--config.FIELD=VALUE` (`--config.optim.lr=1e-4`),
@@ -31,33 +30,9 @@ from mer_jax.errors import NotFound, UsageError, UserError
 CONFIG_PREFIX = "--config."
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose long flags are written with underscores (`--manual_dir`)
-  and also read with hyphens (`--manual-dir`), the spelling some older
-  commands used."""
-
-  def add_argument(self, *names, **kwargs):
-    for n in names:
-      if n.startswith("--") and "-" in n[2:]:
-        raise ValueError(f"flag {n}: spell flags with underscores")
-    return super().add_argument(*names, **kwargs)
-
-  def parse_known_args(self, args=None, namespace=None):
-    args = sys.argv[1:] if args is None else args
-    return super().parse_known_args([underscored(a) for a in args], namespace)
-
-
-def underscored(arg: str) -> str:
-  """'--manual-dir=x' -> '--manual_dir=x'; values and config overrides unchanged."""
-  if not arg.startswith("--") or arg.startswith(CONFIG_PREFIX):
-    return arg
-  name, eq, value = arg.partition("=")
-  return "--" + name[2:].replace("-", "_") + eq + value
-
-
-def parser(module: str, doc: str | None) -> ArgumentParser:
+def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
   """The parser of `python -m MODULE`, its description the module docstring."""
-  return ArgumentParser(prog=f"python -m {module}", description=doc,
+  return argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 

@@ -35,7 +35,7 @@ class Loss(Choice):
     return "loss.name"
 
 
-def class_weights(counts, normalize=True, *, num_classes=None) -> np.ndarray:
+def class_weights(counts, normalize=True) -> np.ndarray:
   """Inverse-frequency class weights as np.float32.
 
   ``w_c = N / (K * n_c)`` for classes with ``n_c > 0``, where ``N = sum n_c``
@@ -44,20 +44,10 @@ def class_weights(counts, normalize=True, *, num_classes=None) -> np.ndarray:
   (``n_c == 0``) gets weight 0 (it has no training examples, so its weight
   never enters a loss; 0 avoids an inf). With ``normalize=False`` the raw
   ``1 / n_c`` (0 for absent classes).
-
-  For compatibility with ``class_weights(counts, num_classes)`` calls, an int
-  (not bool) second argument is taken as ``num_classes``: counts are then
-  zero-padded to that length (and normalize stays True).
   """
-  if isinstance(normalize, (int, np.integer)) and not isinstance(normalize, (bool, np.bool_)):
-    num_classes, normalize = int(normalize), True
   counts = np.asarray(counts, np.float64).ravel()
   if np.any(counts < 0):
     raise ValueError("class counts must be non-negative")
-  if num_classes is not None:
-    if num_classes < counts.size:
-      raise ValueError(f"{counts.size} counts for num_classes={num_classes}")
-    counts = np.pad(counts, (0, num_classes - counts.size))
   present = counts > 0
   if not present.any():
     raise ValueError("class_weights needs at least one class with a positive count")
@@ -77,8 +67,7 @@ def _prepare(logits, labels, mask):
   return logp, onehot, m, num_classes
 
 
-def weighted_cross_entropy(logits, labels, weights=None, label_smoothing=0.0, mask=None,
-                           *, class_weights=None):
+def weighted_cross_entropy(logits, labels, weights=None, label_smoothing=0.0, mask=None):
   """PyTorch-convention (optionally class-weighted, label-smoothed) cross-entropy.
 
   Without smoothing: ``sum_i m_i w_{y_i} nll_i / sum_i m_i w_{y_i}``.
@@ -89,12 +78,8 @@ def weighted_cross_entropy(logits, labels, weights=None, label_smoothing=0.0, ma
         + eps / C * sum_i m_i sum_c w_c (-log p_ic) / sum_i m_i w_{y_i}
 
   ``weights=None`` means all ones (then it is the plain mean over unmasked
-  samples). ``class_weights`` is a keyword alias of ``weights``.
+  samples).
   """
-  if class_weights is not None:
-    if weights is not None:
-      raise ValueError("pass weights or class_weights, not both")
-    weights = class_weights
   logp, onehot, m, c = _prepare(logits, labels, mask)
   w = jnp.ones((c,), logp.dtype) if weights is None else jnp.asarray(weights, logp.dtype)
   w_y = (onehot * w).sum(-1) * m                        # [B] weight of each sample

@@ -366,32 +366,6 @@ def video_vote(frame_probs, video_ids) -> tuple[np.ndarray, np.ndarray]:
   return vids, pred.astype(np.int64)
 
 
-def video_probs(frame_probs, video_ids) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted video ids and the mean frame probability per video [V, C]."""
-  probs = _as_probs(frame_probs)
-  vids, inv = _group(video_ids, probs.shape[0])
-  psum = np.zeros((len(vids), probs.shape[1]), np.float64)
-  np.add.at(psum, inv, probs)
-  counts = np.bincount(inv, minlength=len(vids))
-  return vids, psum / counts[:, None]
-
-
-def video_labels(frame_labels, video_ids) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted video ids and the label per video; ValueError if a video's frames disagree."""
-  labels = np.asarray(frame_labels).astype(np.int64)
-  if labels.ndim != 1:
-    raise ValueError(f"frame_labels must be 1-D, got shape {labels.shape}")
-  vids, inv = _group(video_ids, labels.shape[0])
-  lo = np.full(len(vids), np.iinfo(np.int64).max)
-  hi = np.full(len(vids), np.iinfo(np.int64).min)
-  np.minimum.at(lo, inv, labels)
-  np.maximum.at(hi, inv, labels)
-  bad = np.nonzero(lo != hi)[0]
-  if bad.size:
-    raise ValueError(f"Frames of video(s) {list(vids[bad[:5]])} disagree on the label")
-  return vids, lo
-
-
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   """(mean, sample std with ddof=1) ignoring NaN; std is 0 for one value, nan for none."""
   x = np.asarray(values, np.float64).ravel()

@@ -76,7 +76,7 @@ def metrics_json(results: Mapping[str, dict], *, best_epoch: int | None,
     v = r["video"]
     out[split] = {
         "macro_f1": v["macro_f1"], "macro_f1_ci": v["macro_f1_ci"], "uar": v["uar"],
-        "uf1": v.get("uf1", v["macro_f1"]), "accuracy": v["accuracy"],
+        "accuracy": v["accuracy"],
         "per_class_f1": v["per_class_f1"], "confusion": v["confusion"],
         "num_videos": r["num_videos"], "num_frames": r["num_frames"],
         "frame": {k: r["frame"][k] for k in ("macro_f1", "uar", "accuracy")},

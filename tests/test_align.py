@@ -161,16 +161,3 @@ def test_no_face_no_transform(astronaut, detector, landmarker):
   assert align.landmarks(background, None, landmarker) is None
   assert align.landmarks(astronaut, (600, 600, 700, 700), landmarker) is None  # outside
   assert align.landmarks(astronaut, (100, 100, 103, 103), landmarker) is None  # degenerate
-
-
-def test_per_video_transform_is_the_onsets(astronaut, detector, landmarker):
-  frames = [_rotated(astronaut, d)[0] for d in (0.0, 6.0, 12.0)]
-  boxes = [_face_box(detector, f) for f in frames]
-  per_video = align.frame_transforms(frames, boxes, landmarker, onset=0)
-  assert all(m is per_video[0] for m in per_video)
-  np.testing.assert_allclose(per_video[0], align.video_transform(frames[0], boxes[0], landmarker))
-  per_frame = align.frame_transforms(frames, boxes, landmarker, per_frame=True)
-  angles = [_angle(m) for m in per_frame]
-  assert angles[0] - angles[2] == pytest.approx(-12.0, abs=1.5)
-  no_onset_face = align.frame_transforms(frames, [None] + boxes[1:], landmarker, onset=0)
-  assert no_onset_face == [None] * 3

@@ -33,8 +33,6 @@ def test_class_weights():
   np.testing.assert_allclose(losses.class_weights(counts, normalize=False),
                              [0.1, 0.0, 1 / 30, 1 / 60], rtol=1e-6)
   np.testing.assert_allclose(losses.class_weights([5, 5, 5]), [1, 1, 1])
-  # compatibility: an int second argument is num_classes (counts zero-padded)
-  np.testing.assert_allclose(losses.class_weights([10, 30], 3), [2.0, 2 / 3, 0.0], rtol=1e-6)
   with pytest.raises(ValueError):
     losses.class_weights([0, 0])
 
@@ -45,7 +43,6 @@ def test_ce_hand_values():
   _close(losses.weighted_cross_entropy(LOGITS, LABELS), 1.5 * LN2)
   # w_y = [1, 2]: (1*ln2 + 2*2ln2) / 3
   _close(losses.weighted_cross_entropy(LOGITS, LABELS, W), 5 / 3 * LN2)
-  _close(losses.weighted_cross_entropy(LOGITS, LABELS, class_weights=W), 5 / 3 * LN2)
   # eps = .3: q0 = [.1,.8,.1] -> 1.2 ln2 ; q1 = [.8,.1,.1] -> 1.9 ln2
   _close(losses.weighted_cross_entropy(LOGITS, LABELS, label_smoothing=0.3), 1.55 * LN2)
   # weighted + smoothed (torch): .7 * 5/3 ln2 + .1 * (6 + 6.5) ln2 / 3

@@ -373,18 +373,6 @@ def test_video_vote_ties():
   assert pred3.tolist() == [0]
 
 
-def test_video_probs_and_labels():
-  probs = np.array([[0.2, 0.8], [0.6, 0.4], [1.0, 0.0]])
-  ids = np.array(["b", "b", "a"])
-  vids, mp = metrics.video_probs(probs, ids)
-  assert vids.tolist() == ["a", "b"]
-  np.testing.assert_allclose(mp, [[1.0, 0.0], [0.4, 0.6]])
-  vids, lab = metrics.video_labels([1, 1, 0], ids)
-  assert vids.tolist() == ["a", "b"] and lab.tolist() == [0, 1]
-  with pytest.raises(ValueError):
-    metrics.video_labels([1, 0, 0], ids)
-
-
 def test_mean_std():
   assert metrics.mean_std([1.0, 2.0, 3.0, float("nan")]) == pytest.approx((2.0, 1.0))
   assert metrics.mean_std([0.5]) == (0.5, 0.0)

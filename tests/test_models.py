@@ -35,7 +35,7 @@ from parity import (FAMILIES, TINY, TINY_SIZE, TOL, family_module, images, model
                     rel_err, timm_features, timm_logits, timm_model, timm_name, tiny_archs,
                     tiny_timm, torch_sd)
 from mer_jax import cli, models
-from mer_jax.models import convert, weights
+from mer_jax.models import weights
 from mer_jax.models.state_dict import ConversionError
 from mer_jax.models.swin import SwinArch
 from mer_jax.models.vit import ViTArch
@@ -465,23 +465,13 @@ def test_hub_id_offline_fails_fast_with_instructions(monkeypatch):
     weights.load_state_dict("timm/poolformer_m36.sail_in1k")
 
 
-def test_old_convert_names_still_work():
-  """`mer_jax.models.convert` keeps the names callers imported from it."""
-  assert convert.from_timm is models.from_timm
-  assert convert.load_pretrained is weights.load_pretrained
-  assert issubclass(convert.WeightsNotFound, FileNotFoundError)
-  assert issubclass(convert.ConversionError, ValueError)
-
-
 def test_convert_cli(s12_file, tmp_path, capsys):
   from mer_jax import convert as program
   out = tmp_path / "p.msgpack"
-  # Underscored flags, and the hyphenated spelling older commands used.
-  for chans_flag, cache_flag in (("--in_chans", "--cache_dir"), ("--in-chans", "--cache-dir")):
-    assert program.main(["--model", "poolformer_s12", "--weights", str(s12_file[1]),
-                         chans_flag, "1", cache_flag, str(tmp_path / "c"),
-                         "--out", str(out)]) == 0
-    assert out.exists() and "M parameters" in capsys.readouterr().out
+  assert program.main(["--model", "poolformer_s12", "--weights", str(s12_file[1]),
+                       "--in_chans", "1", "--cache_dir", str(tmp_path / "c"),
+                       "--out", str(out)]) == 0
+  assert out.exists() and "M parameters" in capsys.readouterr().out
   # A missing file is the user's to fix: one line, exit 2 (cli.run).
   with pytest.raises(SystemExit) as e:
     cli.run(program.main, ["--model", "poolformer_s12", "--weights",

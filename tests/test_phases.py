@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mer_jax.data.casme2 import Video
-from mer_jax.data.phases import ROLES, Phase, PhaseFrame, missing_frames, select_frames
+from mer_jax.data.phases import ROLES, Phase, PhaseFrame, select_frames
 
 
 def video(onset, apex, offset, frames=None):
@@ -52,12 +52,6 @@ def test_frames_outside_onset_offset_never_used():
     for phase in Phase:
       sel = select_frames(video(onset, apex, offset), phase)
       assert all(onset <= i <= offset for i in idx(sel))
-
-
-def test_missing_frames_reported():
-  v = video(10, 15, 30, frames=[n for n in range(10, 31) if n not in (14, 28)])
-  assert missing_frames(v, Phase.MFS) == [14, 28]
-  assert missing_frames(v, Phase.AF) == []
 
 
 def test_parse_lists_valid_values():

@@ -152,7 +152,7 @@ def test_predict_bad_input_says_what_to_do(run, tmp_path, capsys):
 
 def test_bench_rows_are_consistent(tmp_path, capsys):
   out = tmp_path / "bench.json"
-  assert bench.main(["--models", "poolformer_s12", "--methods", "m1,m2", "--img-size", "32",
+  assert bench.main(["--models", "poolformer_s12", "--methods", "m1,m2", "--img_size", "32",
                      "--repeats", "3", "--batch", "4", "--json", str(out)]) == 0
   text = capsys.readouterr().out
   assert text.startswith("device: cpu") and "| poolformer_s12 | M2 | 32x32x1 |" in text

@@ -36,7 +36,7 @@ def test_local_launcher_two_processes_form_one_mesh(tmp_path):
   prog.write_text(_PROG)
   out = subprocess.run(
       [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", "2",
-       "--devices-per-process", "2", "--", sys.executable, str(prog)],
+       "--devices_per_process", "2", "--", sys.executable, str(prog)],
       capture_output=True, text=True, timeout=180)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   results = [l for l in out.stdout.splitlines() if "RESULT" in l]

@@ -96,12 +96,6 @@ def test_loso_never_leaks_a_subject():
   assert sorted(i for f in folds for i in f.test) == sorted(subject)
 
 
-def test_split_lookup():
-  s = splits.paper_split(casme2_like())
-  look = splits.split_lookup(s)
-  assert len(look) == 255 and collections.Counter(look.values())["test"] == 28
-
-
 def test_real_counts_allocation_by_hand():
   """Largest remainder by hand. Test, 28 of 255: quotas c*28/255 = others 10.87, disgust
   6.92, happiness 3.51, repression 2.96, surprise 2.75, sadness 0.77, fear 0.22; floors
@@ -155,15 +149,14 @@ def test_loso_val_fraction_zero_and_bad_inputs():
     splits.paper_split(bad)
 
 
-def test_fold_lookup_and_splits():
+def test_fold_splits_partition_the_videos():
   vs = casme2_like()
   fold = splits.loso_folds(vs)[3]
-  look = splits.split_lookup(fold)
-  assert len(look) == 255
-  assert {k: tuple(sorted(i for i, n in look.items() if n == k)) for k in splits.SPLITS} \
-      == fold.splits()
-  with pytest.raises(ValueError, match="both"):
-    splits.split_lookup({"train": ("a",), "test": ("a",)})
+  s = fold.splits()
+  assert tuple(s) == splits.SPLITS
+  assert (s["train"], s["validation"], s["test"]) == (fold.train, fold.validation, fold.test)
+  ids = [i for name in splits.SPLITS for i in s[name]]
+  assert sorted(ids) == sorted(v.video_id for v in vs)
 
 
 # --- the subject-independent holdout -----------------------------------------

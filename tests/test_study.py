@@ -152,7 +152,7 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
   with pytest.raises(ValueError, match="valid: af, kfs, mfs"):
     study.main(["--workdir", str(tmp_path), "--phases", "apex"])
   with pytest.raises(FileNotFoundError):
-    study.main(["--workdir", str(tmp_path / "empty"), "--report-only"])
+    study.main(["--workdir", str(tmp_path / "empty"), "--report_only"])
 
 
 # --- the report's statistics on hand-written runs (no training) -------------------

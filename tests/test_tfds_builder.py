@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -186,15 +187,19 @@ def test_missing_frame_stops_the_build_and_names_it(manual, tmp_path):
   assert total == sum(len(phases.select_frames(x, Phase.KFS)) for x in index) - 1
 
 
-def test_tfds_cli_builds_from_the_datasets_folder(manual, cache, m2_mfs, tmp_path):
+def test_registered_builder_builds_what_training_reuses(manual, cache, m2_mfs, tmp_path,
+                                                      monkeypatch):
+  """datasets/casme2 (what TFDS's own `tfds build` loads), with the options the `tfds`
+  command cannot pass read from the environment."""
   # m2_mfs has filled the detection cache with every frame this build needs.
-  env = dict(os.environ, MER_JAX_DETECTION_CACHE=cache, MER_JAX_WORKERS="1",
-             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  out = subprocess.run(
-      [sys.executable, "-m", "mer_jax.data.tfds_cli", "build",
-       str(ROOT / "datasets" / "casme2"), "--config", "m1_kfs", "--manual_dir", str(manual),
-       "--data_dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
+  monkeypatch.setenv("MER_JAX_DETECTION_CACHE", cache)
+  monkeypatch.setenv("MER_JAX_WORKERS", "1")
+  spec = importlib.util.spec_from_file_location(
+      "casme2_dataset_builder", ROOT / "datasets" / "casme2" / "casme2_dataset_builder.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  module.Builder(config="m1_kfs", data_dir=str(tmp_path)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
   d = tmp_path / "casme2" / "m1_kfs" / str(tfds_casme2.VERSION)
   assert json.loads((d / "quality.json").read_text())["detected"] == 0  # the env's cache
   assert list(d.glob("*.array_record*"))

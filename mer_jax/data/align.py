@@ -18,8 +18,7 @@ centre lands near the image's centre.
 
 Per video. One transform, from the onset frame, serves every frame of a video
 (`video_transform`), so alignment does not jitter from frame to frame and add
-motion to M3's flow; the per-frame option computes one for each frame
-(`frame_transforms(..., per_frame=True)`). Measured on the synthetic CASME II
+motion to M3's flow. Measured on the synthetic CASME II
 (60 videos, onset -> apex and onset -> offset), per-frame alignment nearly
 doubles the flow on the still parts of the face (median |flow| over the face
 1.06 px against 0.56 px per video): the landmarks' own frame-to-frame noise is
@@ -163,14 +162,3 @@ def video_transform(onset_gray: np.ndarray, box: Box | None, landmarker: Landmar
     if again is not None:
       matrix = _compose(similarity_to_template(*eye_centres(again), size=size), matrix)
   return matrix
-
-
-def frame_transforms(frames: Sequence[np.ndarray], boxes: Sequence[Box | None],
-                     landmarker: Landmarker, onset: int = 0, per_frame: bool = False,
-                     size: int = SIZE) -> list[np.ndarray | None]:
-  """Each frame's matrix: the onset frame's for all (default) or each frame's own."""
-  if len(frames) != len(boxes):
-    raise ValueError(f"{len(frames)} frames but {len(boxes)} boxes")
-  if not per_frame:
-    return [video_transform(frames[onset], boxes[onset], landmarker, size)] * len(frames)
-  return [video_transform(f, b, landmarker, size) for f, b in zip(frames, boxes)]

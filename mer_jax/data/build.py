@@ -6,9 +6,9 @@ r"""Build the CASME II TFDS configs from Python, on first use, and report their 
   python -m mer_jax.data.build --quality --configs all --manual_dir ~/casme2   # Table I
   python -m mer_jax.data.build --list          # every build: config, source, size, date
 
-This is the documented way to build the dataset (mer_jax.data.tfds_cli is
-TFDS's own `build`, for those who prefer it). Training calls `ensure_built`,
-so that one command is enough.
+This is the one build command (TFDS's own `tfds build datasets/casme2`
+builds the same datasets where apache-beam is installed). Training calls
+`ensure_built`, so that one command is enough.
 
 A build records its fingerprint (mer_jax.data.fingerprint: the resolved
 source directory, the coding sheet's sha256, the synthetic settings, the
@@ -42,9 +42,7 @@ import time
 from mer_jax import cli
 from mer_jax.data import casme2, fingerprint
 from mer_jax.errors import NotFound
-# CONFIG_NAMES and config_name are also this module's: build.config_name(method, phase).
-from mer_jax.data.dataset_configs import (CONFIG_NAMES, check_config_name,  # noqa: F401
-                                          config_name, parse_configs)
+from mer_jax.data.dataset_configs import CONFIG_NAMES, check_config_name, parse_configs
 
 
 SOURCES = "casme2_by_source"  # DATA_DIR/SOURCES/KEY/casme2/CONFIG/VERSION (fingerprint.key)

@@ -27,7 +27,7 @@ Quirks handled (each one that occurs is listed in `Casme2Index.notes`):
   trailing 'f'; subject folders sub1 vs sub01;
 - frame numbers that do not start at 1; extra frames and stray non-image files
   (a `Desktop - Shortcut.lnk` ships inside sub01); key frames without a file
-  are noted (`phases.missing_frames` says which a phase needs).
+  are noted.
 Errors (`Casme2Error`) name the row, column or folder and say what to do.
 
 One file, though long: it is the only place that knows CASME II's quirks, and

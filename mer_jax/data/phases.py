@@ -71,8 +71,3 @@ def select_frames(video: Video, phase: "Phase | str") -> tuple[PhaseFrame, ...]:
     indices = {getattr(video, anchor) + d for anchor, ds in _MFS_WINDOWS for d in ds}
   indices = {i for i in indices if video.onset <= i <= video.offset}
   return tuple(PhaseFrame(i, keys.get(i, "window")) for i in sorted(indices))
-
-
-def missing_frames(video: Video, phase: "Phase | str") -> list[int]:
-  """Selected frames with no image file in the video's folder."""
-  return [f.frame_index for f in select_frames(video, phase) if f.frame_index not in video.frames]

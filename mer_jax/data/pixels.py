@@ -7,11 +7,12 @@ PIL antialiases when it shrinks (its kernel widens with the scale factor);
 bicubic because every backbone of the paper was pretrained on bicubic-resized
 ImageNet (timm's `pretrained_cfg.interpolation`). M1's RGB squares resize with
 OpenCV's area average (`INTER_AREA`, antialiased too; OpenCV has no antialiased
-bicubic): faster than PIL's bicubic and close to it (tests/test_opencv_paths.py
+bicubic): faster than PIL's bicubic and close to it (tests/test_pixels.py
 holds it to its tolerance). Gray is taken before the resize (less to resize;
 both steps are linear, so the order changes pixels by rounding only). JPEG
 frames are decoded by OpenCV, the same pixels as PIL gives (both are
-libjpeg-turbo), faster; see `read_frame`. Speeds: BENCHMARKS.md.
+libjpeg-turbo; benchmarks/check_decoders.py checks it), faster; see
+`read_frame`. Speeds: BENCHMARKS.md.
 """
 from __future__ import annotations
 

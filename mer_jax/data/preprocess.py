@@ -71,7 +71,6 @@ from mer_jax.data.casme2 import Casme2Error, Video
 from mer_jax.data.faces import Box, box_area
 from mer_jax.data.pixels import (aligned_crop, centre_crop, centre_square, expand_box,
                                 face_crop, fallback_crop, read_frame, to_gray)
-from mer_jax.data.pixels import MARGIN, encode_png  # noqa: F401 (also at their earlier place)
 
 CENTRED_WITHIN = 0.10          # of the output side, for the face-centring rate
 

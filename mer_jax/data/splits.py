@@ -307,19 +307,6 @@ def loso_folds(videos: Sequence[Video], val_fraction: float = 0.1,
   return folds
 
 
-def split_lookup(split: Mapping[str, Iterable[str]] | Fold) -> dict[str, str]:
-  """video_id -> split name, for tagging examples while the dataset is written."""
-  if isinstance(split, Fold):
-    split = split.splits()
-  out = {}
-  for name, ids in split.items():
-    for vid in ids:
-      if vid in out:
-        raise ValueError(f"video {vid} is in both {out[vid]!r} and {name!r}.")
-      out[vid] = name
-  return out
-
-
 def class_counts(ids: Iterable[str], videos: Sequence[Video]) -> dict[str, int]:
   """Videos per emotion (in EMOTIONS order) among `ids`: for reports and checks."""
   label = {v.video_id: v.emotion for v in videos}

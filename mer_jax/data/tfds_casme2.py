@@ -4,7 +4,7 @@
 directly, so Python code needs no path to the datasets/ folder. The
 registered builder `datasets/casme2/casme2_dataset_builder.py` is a subclass,
 for TFDS's own tools (`tfds build datasets/casme2 --config m2_mfs
---manual_dir DIR`; see mer_jax.data.tfds_cli). The builder is thin: it reads
+--manual_dir DIR`, where apache-beam is installed). The builder is thin: it reads
 CASME II, splits and preprocesses through mer_jax.data, and writes.
 
 Each example is one preprocessed frame:

@@ -1,6 +1,7 @@
-"""OpenCV where it replaced PIL or TensorFlow: decoding, M1's resize, the PNG bytes the
-dataset stores. M2's crops stay bit-identical to the previous (PIL) path; M1's are
-within the stated interpolation tolerance of it."""
+"""data/pixels.py against PIL, the previous path: which files reach PIL's decoder, M2's
+crops bit-identical, M1's within the stated interpolation tolerance, the PNG bytes the
+dataset stores. (That OpenCV decodes a JPEG to PIL's pixels is a check of OpenCV:
+benchmarks/check_decoders.py.)"""
 from __future__ import annotations
 
 import io
@@ -50,26 +51,6 @@ def frames(synthetic_casme2):
   return [v.frames[n] for v in index.videos for n in (v.onset, v.apex)]
 
 
-def test_jpeg_decode_is_pils_pixel_for_pixel(frames):
-  for path in frames:
-    np.testing.assert_array_equal(pixels.read_frame(path), pil_read(path))
-
-
-@pytest.mark.parametrize("options", [
-    {"quality": 90}, {"quality": 100, "subsampling": 0}, {"quality": 75, "subsampling": 1},
-    {"quality": 95, "progressive": True}, {"quality": 85, "optimize": True}])
-@pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_jpeg_decode_matches_pil_for_other_encoders_settings(tmp_path, options, mode):
-  # CASME II's frames come from another encoder than ours: 4:4:4, 4:2:2,
-  # progressive, optimised Huffman tables and gray all decode as PIL decodes them.
-  rng = np.random.default_rng(7)
-  rgb = make_frame([(face_patch(1.5), 200, 100)])
-  rgb = np.clip(rgb.astype(int) + rng.integers(-20, 21, rgb.shape), 0, 255).astype(np.uint8)
-  path = tmp_path / "f.jpg"
-  Image.fromarray(rgb).convert(mode).save(path, **options)
-  np.testing.assert_array_equal(pixels.read_frame(path), pil_read(path))
-
-
 def test_jpeg_with_trailing_bytes_and_non_jpeg_files_read_as_pil(tmp_path):
   rgb = make_frame([(face_patch(1.0), 100, 100)])
   Image.fromarray(rgb).save(tmp_path / "f.jpg", quality=90)
@@ -113,16 +94,12 @@ def test_m1_crops_are_within_the_interpolation_tolerance_of_the_previous_path(fr
 
 
 @pytest.mark.parametrize("shape", [(224, 224, 1), (384, 384, 3), (224, 224, 3), (5, 7)])
-def test_png_bytes_decode_to_the_image_through_tfds_and_pil(shape):
-  import tensorflow_datasets as tfds
+def test_png_bytes_decode_to_the_image(shape):
   rng = np.random.default_rng(3)
   image = rng.integers(0, 256, shape, dtype=np.uint8)
   png = pixels.encode_png(image)
   want = image if image.ndim == 3 else image[..., None]
   # PIL reads the channels in the array's order (a standard PNG, RGB not BGR).
   np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))).reshape(want.shape), want)
-  feature = tfds.features.Image(shape=want.shape, dtype=np.uint8, encoding_format="png")
-  assert feature.encode_example(png) == png  # TFDS stores the bytes as given
-  np.testing.assert_array_equal(feature.decode_example_np(png), want)
   with pytest.raises(ValueError, match="uint8"):
     pixels.encode_png(image.astype(np.float32))
