@@ -522,7 +522,7 @@ def _run_train(args, deadline: float, log, row: dict, work: pathlib.Path) -> dic
   if args.train_batch:
     opts["batch_size"] = args.train_batch
   cmd = [sys.executable, "-m", "mer_jax.train", "--config",
-         str(ROOT / "configs" / "pool_m36_m2_mfs.py"), "--workdir", str(work / "run")]
+         f"{ROOT / 'configs' / 'paper.py'}:model=pool_m36,method=m2,phase=mfs", "--workdir", str(work / "run")]
   cmd += [f"--config.{k}={v}" for k, v in opts.items()]
   env = dict(os.environ, JAX_LOG_COMPILES="1")
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

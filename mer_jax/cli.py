@@ -37,8 +37,8 @@ def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def add_config(p: argparse.ArgumentParser, *, required: bool = True,
-               help: str = "config file, e.g. configs/pool_m36_mfs.py "
-                           "(path:ARG passes ARG to its get_config)") -> None:
+               help: str = "config file, e.g. configs/paper.py:model=swin_b,method=m2,phase=af "
+                           "(FILE:ARG passes ARG to its get_config)") -> None:
   """A `--config path[:arg]` flag; `parse()` loads it and applies `--config.X=Y`."""
   p.add_argument("--config", required=required, metavar="FILE[:ARG]", help=help)
   p.set_defaults(_takes_config=True)
@@ -87,8 +87,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path).expanduser()
   if not file.is_file():
-    raise NotFound(f"Config file {path} not found; the paper's configs are in "
-                            "configs/ (e.g. configs/pool_m36_mfs.py).")
+    raise NotFound(f"Config file {path} not found; the paper's configs are "
+                   "configs/paper.py:model=...,method=...,phase=... (see its docstring).")
   spec_ = importlib.util.spec_from_file_location(f"mer_jax_config_{file.stem}", file)
   module = importlib.util.module_from_spec(spec_)
   spec_.loader.exec_module(module)

@@ -1,13 +1,17 @@
-"""The paper's training recipe, shared by every file in configs/.
+"""The paper's training recipe: `get_config(model, method, phase)` gives any cell.
 
-A config file is a `get_config()` over `mer_jax.configs.get_config(model,
-method, phase)` (it lives in the package so configs load from any directory);
-every field can be overridden on the command line, e.g.
+Users reach it through configs/paper.py (`--config
+configs/paper.py:model=swin_b,method=m2,phase=af`, parsed by `from_arg`),
+the study through `get_config` itself; it lives in the package so configs load
+from any directory. Every field can be overridden on the command line, e.g.
 `--config.optim.lr=1e-4 --config.data.manual_dir=/data/CASME2`.
 """
 import ml_collections
 
+from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
+from mer_jax.errors import UsageError
+from mer_jax.models import MODEL_NAMES
 
 # Paper-name shorthand used in config file names -> create_model() name.
 MODELS = {
@@ -36,9 +40,51 @@ IMG_SIZE = {m.value: m.image_shape[0] for m in Method}
 BATCH_SIZE = {"m1": 16, "m2": 8, "m2a": 8, "m3": 8}
 
 
+# The keys of a config argument (configs/paper.py:model=...,method=...,phase=...).
+ARG_KEYS = ("model", "method", "phase")
+
+
+def model_name(model: str) -> str:
+  """The registry name of a paper short name (MODELS) or a registry name."""
+  name = MODELS.get(model, model)
+  if name not in MODEL_NAMES:
+    valid = list(MODELS) + [n for n in MODEL_NAMES if n not in MODELS]
+    raise UsageError(f"Unknown model {model!r}; valid: {', '.join(valid)}")
+  return name
+
+
+def parse_arg(arg: str) -> dict[str, str]:
+  """{key: value} of a big_vision-style argument "model=swin_b,method=m2,phase=af";
+  keys are ARG_KEYS, each optional (get_config's defaults). The values are
+  checked by get_config."""
+  out = {}
+  for item in filter(None, (x.strip() for x in arg.split(","))):
+    key, eq, value = (x.strip() for x in item.partition("="))
+    if key not in ARG_KEYS or not eq:
+      raise UsageError(f"Config argument {item!r}: expected KEY=VALUE with KEY one of "
+                       f"{', '.join(ARG_KEYS)} (e.g. model=swin_b,method=m2,phase=af).")
+    if key in out:
+      raise UsageError(f"Config argument {arg!r} gives {key} twice; give it once.")
+    out[key] = value
+  return out
+
+
+def to_arg(model: str, method: str, phase: str) -> str:
+  """The argument that `from_arg` reads back as this cell."""
+  return f"model={model},method={method},phase={phase}"
+
+
+def from_arg(arg: str) -> ml_collections.ConfigDict:
+  """get_config of a parsed argument: configs/paper.py's `get_config(arg)`."""
+  return get_config(**parse_arg(arg))
+
+
 def get_config(model: str = "poolformer_m36", method: str = "m1",
                phase: str = "mfs") -> ml_collections.ConfigDict:
-  model = MODELS.get(model, model)
+  """The paper's recipe for one cell; an unknown model, method or phase is a
+  UsageError naming the valid ones."""
+  model = model_name(model)
+  method, phase = Method.parse(method).value, Phase.parse(phase).value
   c = ml_collections.ConfigDict()
   c.seed = 0
 

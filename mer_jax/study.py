@@ -17,9 +17,11 @@ subject-independent split (`--split subject`; `data.split`). Cells with a
 metrics.json of the same config are skipped, and a cell interrupted
 mid-training resumes from its checkpoint, so rerunning the command continues an
 interrupted study; a cell holding a run of another config stops the command
-(`--force` retrains it). Under a SLURM array (or with --task_index/--num_tasks)
-each task runs its share of the cells (cell i goes to task i mod N) and writes
-no report; `--report_only` then gathers them. WORKDIR/study_plan.json records
+(`--force` retrains it). A cell's "training" log line gives the command that
+reruns it by hand (configs/paper.py's config of the cell plus --config flags).
+Under a SLURM array (or with --task_index/--num_tasks) each task runs its share
+of the cells (cell i goes to task i mod N) and writes no report;
+`--report_only` then gathers them. WORKDIR/study_plan.json records
 every cell of the study and the LOSO fold count, so a report of an unfinished
 study (or a LOSO cell missing folds) says so. A cell another process is training
 (its workdir lock is held) is left to it: the other cells still run, and the
@@ -49,6 +51,7 @@ import itertools
 import json
 import os
 import pathlib
+import shlex
 
 from mer_jax import cli
 from mer_jax import configs as recipe
@@ -94,6 +97,8 @@ def parse_list(s: str, valid=None) -> list[str]:
 
 
 def cell_config(cell: Cell, overrides: list[str], protocol: str):
+  """The cell's config: the paper's recipe (configs/paper.py's, see cell_command), its
+  seed, split and fold, then the study's --set overrides."""
   c = recipe.get_config(cell.model, cell.method, cell.phase)
   c.seed = cell.seed
   c.data.protocol = protocol
@@ -102,6 +107,15 @@ def cell_config(cell: Cell, overrides: list[str], protocol: str):
   c.data.split = cell.split
   cli.apply_overrides(c, overrides, flag="--set ")
   return c
+
+
+def cell_command(cell: Cell, overrides: list[str], protocol: str, root: pathlib.Path) -> str:
+  """The train command that reruns `cell` by hand: configs/paper.py's config of the
+  cell plus the --config flags that make it the study's (cli.override_flags)."""
+  arg = recipe.to_arg(cell.model, cell.method, cell.phase)
+  flags = cli.override_flags(recipe.from_arg(arg), cell_config(cell, overrides, protocol))
+  return shlex.join(["python", "-m", "mer_jax.train", "--config", f"configs/paper.py:{arg}",
+                     *flags, "--workdir", str(cell.workdir(root))])
 
 
 def make_cells(models, methods, phases, seeds, folds=(-1,), split_seeds=(0,),
@@ -147,7 +161,8 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
         ignore=experiment.NEUTRAL_FIELDS):
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: done, skipped")
       continue
-    log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: training")
+    log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: training; by hand: "
+        f"{cell_command(cell, overrides, protocol, root)}")
     try:
       train.train_and_evaluate(config, str(w), force=force)
     except WorkdirBusy as e:

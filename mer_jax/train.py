@@ -1,6 +1,8 @@
 r"""Train, early-stop, test and report: the system's main job.
 
   python -m mer_jax.train --config configs/pool_m36_mfs.py --workdir runs/pool_m36_mfs
+  python -m mer_jax.train --config configs/paper.py:model=swin_b,method=m2,phase=af \
+      --workdir runs/swin_b_m2_af
 
 One flat loop a reader can follow top to bottom (big_vision's way):
 config -> (multi-host init) -> dataset (built on first use) -> mesh ->

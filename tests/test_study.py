@@ -441,3 +441,26 @@ def test_a_contradicting_override_stops_the_study_before_its_first_cell(tmp_path
   with pytest.raises(errors.UsageError, match="aug.rotate_deg=10.0 with data.method=m3"):
     study.run_cells(cells, tmp_path, ["aug.rotate_deg=10.0"], "paper", log=lambda *a: None)
   assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("cell, protocol", [
+    (study.Cell("swin_b", "m2", "af", 3), "paper"),
+    (study.Cell("poolformer_m36", "m3", "mfs", 1, split_seed=2, split="subject"), "paper"),
+    (study.Cell("poolformer_s12", "m1", "kfs", 0, fold=5), "loso")])
+def test_a_cells_logged_command_rebuilds_its_config_through_configs_paper_py(
+    cell, protocol, tmp_path):
+  """The command the study logs for a cell, read back as train reads it, is the cell's config."""
+  import shlex
+  from e2e import ROOT
+  from mer_jax import cli
+  overrides = ["num_epochs=3", "data.manual_dir=/data/my casme2"]
+  argv = shlex.split(study.cell_command(cell, overrides, protocol, tmp_path))
+  assert argv[:4] == ["python", "-m", "mer_jax.train", "--config"]
+  assert argv[4] == f"configs/paper.py:model={cell.model},method={cell.method},phase={cell.phase}"
+  assert argv[-2:] == ["--workdir", str(cell.workdir(tmp_path))]
+  flags = argv[5:-2]
+  assert all(f.startswith("--config.") for f in flags)
+  config = cli.load_config(str(ROOT / argv[4]), [f.removeprefix("--config.") for f in flags])
+  assert config.to_dict() == study.cell_config(cell, overrides, protocol).to_dict()
+  assert config.seed == cell.seed and config.data.fold == cell.fold
+  assert config.data.manual_dir == "/data/my casme2" and config.num_epochs == 3

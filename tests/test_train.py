@@ -323,7 +323,7 @@ def test_contradicting_method_fields_stop_with_one_line(method, overrides, messa
   with pytest.raises(errors.UsageError, match=message):
     steps.check_method_fields(c)
   # Through the train CLI: one `error:` line, exit 2, before any data or workdir.
-  argv = ["--config", f"{ROOT / 'configs' / f'pool_m36_{method}_af.py'}",
+  argv = ["--config", f"{ROOT / 'configs' / 'paper.py'}:model=pool_m36,method={method},phase=af",
           "--workdir", str(tmp_path / "w")] + [f"--config.{k}={v}" for k, v in overrides.items()]
   with pytest.raises(SystemExit) as e:
     cli.run(train.main, argv)
@@ -354,23 +354,67 @@ def test_missing_dataset_and_manual_dir_print_the_instructions(tmp_path):
   assert "CASME2_RAW_selected" in out.stderr and "casme.psych.ac.cn" in out.stderr
 
 
-@pytest.mark.parametrize("model", ["vit_b32", "swin_b", "pool_m36", "pool_m48"])
-def test_paper_configs_have_the_paper_settings(model):
+PAPER_PY = str(ROOT / "configs" / "paper.py")
+
+
+def paper_py(arg: str):
+  from mer_jax import cli
+  return cli.load_config(f"{PAPER_PY}:{arg}")
+
+
+@pytest.mark.parametrize("model, name", [("vit_b32", "vit_b32"), ("swin_b", "swin_b"),
+                                         ("pool_m36", "poolformer_m36"),
+                                         ("pool_m48", "poolformer_m48")])
+def test_paper_configs_have_the_paper_settings(model, name):
+  """Every cell of the grid through configs/paper.py: the paper's settings, and field for
+  field the recipe's get_config (by short and by registry name, keys in any order)."""
   loss = {"vit_b32": "focal", "pool_m36": "focal", "swin_b": "weighted_ce",
           "pool_m48": "weighted_ce"}[model]
-  for method in ("m1", "m2"):
+  for method in ("m1", "m2", "m2a", "m3"):
     for phase in ("af", "kfs", "mfs"):
-      import importlib.util
-      path = ROOT / "configs" / f"{model}_{method}_{phase}.py"
-      spec = importlib.util.spec_from_file_location("cfg", path)
-      mod = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(mod)
-      c = mod.get_config()
+      c = paper_py(f"model={model},method={method},phase={phase}")
+      assert c.model.name == name and c.data.method == method and c.data.phase == phase
+      assert c.to_dict() == recipe.get_config(model, method, phase).to_dict()
+      assert c.to_dict() == paper_py(f"phase={phase}, method={method}, model={name}").to_dict()
+      if method not in ("m1", "m2"):
+        continue
       assert c.optim.lr == 5e-5 and c.optim.weight_decay == 1e-3 and c.num_epochs == 50
       assert c.loss.name == loss and c.loss.gamma == 2.0
       assert 3 <= c.patience <= 5
       assert (16 <= c.batch_size <= 32) if method == "m1" else (4 <= c.batch_size <= 16)
       assert c.model.img_size == (384 if method == "m1" else 224)
-      assert c.data.method == method and c.data.phase == phase
       assert c.init.weights  # ImageNet init
-  assert recipe.get_config("pool_m36").model.name == "poolformer_m36"
+
+
+def test_paper_py_defaults_and_pool_m36_mfs_are_the_same_cells():
+  from mer_jax import cli
+  pool = str(ROOT / "configs" / "pool_m36_mfs.py")
+  cell = paper_py("").to_dict()
+  assert (cell["model"]["name"], cell["data"]["method"], cell["data"]["phase"]) == (
+      "poolformer_m36", "m1", "mfs")
+  assert cli.load_config(PAPER_PY).to_dict() == cell
+  assert cli.load_config(pool).to_dict() == cell
+  for method in ("m1", "m2", "m2a", "m3"):
+    want = paper_py(f"model=pool_m36,method={method},phase=mfs").to_dict()
+    assert cli.load_config(f"{pool}:{method}").to_dict() == want
+    assert paper_py(f"method={method}").to_dict() == want
+  assert paper_py("model=swin_b").to_dict() == paper_py(
+      "model=swin_b,method=m1,phase=mfs").to_dict()
+
+
+@pytest.mark.parametrize("arg, valid", [
+    ("model=resnet50", "vit_b32, swin_b, pool_m36, pool_m48, poolformer_s12"),
+    ("model=swin_b,method=m9", "m1, m2, m2a, m3"),
+    ("phase=apex", "af, kfs, mfs"),
+    ("size=384", "model, method, phase"),
+    ("swin_b", "model, method, phase"),
+    ("method=m1,method=m2", "method twice")])
+def test_a_bad_paper_py_argument_is_one_line_naming_the_valid_ones(arg, valid, capsys,
+                                                                   tmp_path):
+  from mer_jax import cli, train
+  with pytest.raises(SystemExit) as e:
+    cli.run(train.main, ["--config", f"{PAPER_PY}:{arg}", "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+  assert valid in err and "Traceback" not in err
+  assert not (tmp_path / "w").exists()

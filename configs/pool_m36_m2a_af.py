@@ -1,6 +1,0 @@
-"""pool_m36 / M2A / AF: aligned faces (beyond the paper) over mer_jax/configs.py."""
-from mer_jax import configs
-
-
-def get_config():
-  return configs.get_config("pool_m36", "m2a", "af")

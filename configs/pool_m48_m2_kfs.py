@@ -1,6 +1,0 @@
-"""pool_m48 / M2 / KFS: the paper's cell, over mer_jax/configs.py."""
-from mer_jax import configs
-
-
-def get_config():
-  return configs.get_config("pool_m48", "m2", "kfs")

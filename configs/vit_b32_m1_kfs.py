@@ -1,6 +1,0 @@
-"""vit_b32 / M1 / KFS: the paper's cell, over mer_jax/configs.py."""
-from mer_jax import configs
-
-
-def get_config():
-  return configs.get_config("vit_b32", "m1", "kfs")
