@@ -1,7 +1,8 @@
 r"""Can the host feed a GPU? Images/s the training input pipeline delivers to the device.
 
-  python benchmarks/bench_input.py [--root data/bench_input] [--videos 40] [--frames 2613]
-      [--batch 64] [--seconds 3] [--repeats 3] [--configs m2_mfs,m1_mfs]
+  env $(cat launch/malloc.env) python benchmarks/bench_input.py [--root data/bench_input]
+      [--videos 40] [--frames 2613] [--batch 64] [--seconds 3] [--repeats 3]
+      [--configs m2_mfs,m1_mfs]
 
 Builds once (under --root, gitignored) the M2 and M1 MFS configs of a small
 synthetic CASME II, tiles each training split to --frames (CASME II's MFS
@@ -216,7 +217,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  # The malloc settings mer_jax.train runs under (mer_jax.runtime).
-  from mer_jax import runtime
-  runtime.reexec_with_tuned_malloc()
   sys.exit(main())

@@ -1,7 +1,7 @@
 r"""Flax vs timm on this CPU: forward images/s and one training step, batch 8.
 
-  python benchmarks/bench_models.py [--models vit_b32,poolformer_m36,...] [--methods M1,M2]
-      [--batch 8] [--repeats 3]
+  env $(cat launch/malloc.env) python benchmarks/bench_models.py \
+      [--models vit_b32,poolformer_m36,...] [--methods M1,M2] [--batch 8] [--repeats 3]
   python benchmarks/bench_models.py --matmuls   # XLA vs torch on the models' dense layers
 
 Both run in one process (one per model and input) on the same threads, from the same random weights
@@ -16,6 +16,8 @@ which the process holds throughout). Prints a markdown table with the
 Flax/timm ratios (> 1 = Flax faster), the step's useful GFLOP/s (XLA's cost
 analysis of the compiled step over each framework's step time) and the float32
 matmul rate of XLA and torch on this CPU, so the gap left is a number.
+BENCHMARKS.md's tables ran under the CPU malloc settings of launch/malloc.env
+(`mer_jax.runtime.MALLOC_TUNABLES`); the header prints the GLIBC_TUNABLES in use.
 """
 from __future__ import annotations
 
@@ -256,8 +258,4 @@ def main():
 
 
 if __name__ == "__main__":
-  # Both frameworks run under the malloc settings training uses (mer_jax.runtime);
-  # MER_JAX_MALLOC_TUNING=0 measures glibc's defaults.
-  from mer_jax import runtime
-  runtime.reexec_with_tuned_malloc()
   main()

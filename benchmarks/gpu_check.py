@@ -386,9 +386,10 @@ def run_worker(kind: str, cases: list[Case], deadline: float, args, log) -> tupl
   """Runs a worker process until its cases are done or the deadline passes;
   a worker that dies is restarted on the cases it had not reached, and the
   case it died on is reported as its failure. Returns ({id: result}, info)."""
+  from mer_jax import runtime
   results, info = {}, {}
   todo = list(cases)
-  env = dict(os.environ)
+  env = runtime.with_malloc_tunables(os.environ)  # the settings of BENCHMARKS' tables
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
   if kind == "flax":
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")  # default 0.75 would OOM early
@@ -524,7 +525,9 @@ def _run_train(args, deadline: float, log, row: dict, work: pathlib.Path) -> dic
   cmd = [sys.executable, "-m", "mer_jax.train", "--config",
          f"{ROOT / 'configs' / 'paper.py'}:model=pool_m36,method=m2,phase=mfs", "--workdir", str(work / "run")]
   cmd += [f"--config.{k}={v}" for k, v in opts.items()]
-  env = dict(os.environ, JAX_LOG_COMPILES="1")
+  from mer_jax import runtime
+  env = runtime.with_malloc_tunables(os.environ)  # the settings of BENCHMARKS' tables
+  env["JAX_LOG_COMPILES"] = "1"
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
   log("[train] " + " ".join(cmd[1:]))
   t0 = time.perf_counter()
@@ -828,8 +831,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  if "--worker" not in sys.argv:
-    # Training's malloc settings (mer_jax.runtime), inherited by the workers.
-    from mer_jax import runtime
-    runtime.reexec_with_tuned_malloc()
   sys.exit(main())

@@ -3,8 +3,7 @@
 Writes the synthetic set (data/synthetic_casme2_quickstart) and its TFDS
 dataset (data/tfds_quickstart) on first use, trains poolformer_s12 from random
 init (no ImageNet weights needed) on the apex frames and reports on the test
-split, in under 4 minutes on a 2-core CPU, writing and building included (see
-BENCHMARKS.md).
+split. README's Quickstart gives its time on a 2-core CPU and its output.
 
 From scratch, on 201 training images and a few hundred steps, a network only
 learns motion it can see: the quickstart's synthetic clips move 3x more than

@@ -7,7 +7,10 @@ Each process gets the coordinator address and its rank (see mer_jax.runtime),
 and CPU processes `--devices_per_process` emulated devices, so the multi-host
 code paths (global mesh, per-process data feeding, CPU collectives) run and
 can be tested on one machine. Output lines are prefixed with the rank; the
-launcher exits with the first non-zero exit code and stops the others.
+launcher exits with the first non-zero exit code and stops the others. The
+processes start under the CPU malloc settings of the speed tables
+(`mer_jax.runtime.MALLOC_TUNABLES` in GLIBC_TUNABLES), unless GLIBC_TUNABLES
+already sets glibc.malloc.* of your own.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ import time
 
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # run from a checkout, installed or not
+  sys.path.insert(0, _REPO)
+
+from mer_jax import runtime
 
 
 def _free_port() -> int:
@@ -41,11 +48,11 @@ def launch(command: list[str], processes: int, devices_per_process: int = 1,
   port = port or _free_port()
   procs, pumps = [], []
   for rank in range(processes):
-    penv = dict(os.environ if env is None else env)
+    penv = runtime.with_malloc_tunables(os.environ if env is None else env)
     penv.update({
-        "MER_JAX_COORDINATOR": f"127.0.0.1:{port}",
-        "MER_JAX_NUM_PROCESSES": str(processes),
-        "MER_JAX_PROCESS_ID": str(rank),
+        runtime.ENV_COORDINATOR: f"127.0.0.1:{port}",
+        runtime.ENV_NUM_PROCESSES: str(processes),
+        runtime.ENV_PROCESS_ID: str(rank),
         "JAX_PLATFORMS": penv.get("JAX_PLATFORMS", "cpu"),
     })
     # The checkout's package is importable in the children even when not pip-installed.

@@ -191,4 +191,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  cli.run(main, tuned_malloc=True)
+  cli.run(main)

@@ -194,15 +194,9 @@ def parse_value(text: str, like):
     return text
 
 
-def run(main: Callable[[Sequence[str] | None], int | None], argv=None, *,
-        tuned_malloc: bool = False) -> None:
+def run(main: Callable[[Sequence[str] | None], int | None], argv=None) -> None:
   """Runs a program's `main(argv)` and exits with its code; a UserError is
-  one line on stderr and exit 2, anything else keeps its traceback.
-  `tuned_malloc` first restarts the process under the CPU malloc settings of
-  `mer_jax.runtime` (training programs)."""
-  if tuned_malloc:
-    from mer_jax import runtime
-    runtime.reexec_with_tuned_malloc()
+  one line on stderr and exit 2, anything else keeps its traceback."""
   from absl import logging
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
-import sys
 
 from absl import logging
 import jax
@@ -27,45 +25,25 @@ ENV_PROCESS_ID = "MER_JAX_PROCESS_ID"
 # not safe: once the freed block is split by small allocations, the next step's
 # block no longer fits and the heap grows by a whole step.) BENCHMARKS.md
 # ("Models") has the measurements.
+#
+# glibc reads GLIBC_TUNABLES only when a process starts, so no program can
+# apply them to itself: they belong in the environment of the command.
+# launch/malloc.env holds them as GLIBC_TUNABLES=... (a test keeps it equal to
+# this), for `env $(cat launch/malloc.env) python -m mer_jax.train ...` and the
+# SLURM scripts; launch/local.py sets them in the processes it starts.
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:"
                    "glibc.malloc.trim_threshold=68719476736:glibc.malloc.arena_max=1")
-# "0" turns the re-exec off; "applied" marks the re-executed process.
-ENV_MALLOC = "MER_JAX_MALLOC_TUNING"
 
 
-def malloc_tuned_env(environ, system: str | None = None, libc: str | None = None):
-  """The environment to re-execute a command under, or None to run as is.
-
-  Only on Linux with glibc, once (the marker variable), never when the user
-  turned it off (MER_JAX_MALLOC_TUNING=0) or already chose glibc.malloc
-  tunables; other GLIBC_TUNABLES the user set are kept.
-  """
-  system = platform.system() if system is None else system
-  libc = platform.libc_ver()[0] if libc is None else libc
-  if system != "Linux" or libc != "glibc" or environ.get(ENV_MALLOC) in ("0", "applied"):
-    return None
-  current = environ.get("GLIBC_TUNABLES", "")
-  if "glibc.malloc." in current:
-    return None
+def with_malloc_tunables(environ) -> dict:
+  """A copy of `environ` for a child process, its GLIBC_TUNABLES extended by
+  MALLOC_TUNABLES; a GLIBC_TUNABLES that already sets glibc.malloc.* is the
+  user's choice and stays as it is. Other systems ignore the variable."""
   env = dict(environ)
-  env["GLIBC_TUNABLES"] = f"{current}:{MALLOC_TUNABLES}" if current else MALLOC_TUNABLES
-  env[ENV_MALLOC] = "applied"
+  current = env.get("GLIBC_TUNABLES", "")
+  if "glibc.malloc." not in current:
+    env["GLIBC_TUNABLES"] = f"{current}:{MALLOC_TUNABLES}" if current else MALLOC_TUNABLES
   return env
-
-
-def reexec_with_tuned_malloc() -> None:
-  """Restarts this command (same interpreter, options and arguments) under
-  `malloc_tuned_env`; returns at once when there is nothing to change.
-
-  glibc reads its tunables only at process start, hence the re-exec. Call it
-  first thing in a command-line entry point, never from library code.
-  """
-  env = malloc_tuned_env(os.environ)
-  if env is None:
-    return
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def _int_env(name: str) -> int:

@@ -271,4 +271,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  cli.run(main, tuned_malloc=True)
+  cli.run(main)

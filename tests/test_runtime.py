@@ -1,7 +1,6 @@
 """Multi-process plumbing: the local launcher, global mesh, per-process feeding; checkpoints."""
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import textwrap
@@ -10,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from mer_jax import checkpointing
 
@@ -88,68 +86,38 @@ def test_checkpoints_latest_and_best_roundtrip(tmp_path):
   again.close()
 
 
-def test_malloc_tuned_env_rules():
+_PRINT_TUNABLES = "import os; print('TUNABLES', os.environ.get('GLIBC_TUNABLES'))"
+
+
+def _env_without_tunables():
+  return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+
+
+def test_local_launcher_starts_its_processes_under_the_malloc_settings():
   from mer_jax import runtime
-  env = runtime.malloc_tuned_env({"PATH": "/bin"}, system="Linux", libc="glibc")
-  assert env["GLIBC_TUNABLES"] == runtime.MALLOC_TUNABLES
-  assert env[runtime.ENV_MALLOC] == "applied" and env["PATH"] == "/bin"
-  # Once only, off on request, only glibc on Linux, the user's malloc choice wins.
-  assert runtime.malloc_tuned_env(env, system="Linux", libc="glibc") is None
-  assert runtime.malloc_tuned_env({runtime.ENV_MALLOC: "0"}, system="Linux", libc="glibc") is None
-  assert runtime.malloc_tuned_env({}, system="Darwin", libc="") is None
-  assert runtime.malloc_tuned_env({}, system="Linux", libc="musl") is None
-  assert runtime.malloc_tuned_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
-                                  system="Linux", libc="glibc") is None
-  # Other tunables are kept.
-  env = runtime.malloc_tuned_env({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"},
-                                 system="Linux", libc="glibc")
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", "2", "--",
+       sys.executable, "-c", _PRINT_TUNABLES],
+      env=_env_without_tunables(), capture_output=True, text=True, timeout=60, check=True)
+  lines = sorted(l for l in out.stdout.splitlines() if "TUNABLES" in l)
+  assert lines == [f"[{r}] TUNABLES {runtime.MALLOC_TUNABLES}" for r in (0, 1)]
+
+
+def test_with_malloc_tunables_keeps_the_users_tunables():
+  from mer_jax import runtime
+  env = runtime.with_malloc_tunables({"PATH": "/bin"})
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": runtime.MALLOC_TUNABLES}
+  # Other tunables are kept beside them; malloc settings of the user's own win.
+  env = runtime.with_malloc_tunables({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"})
   assert env["GLIBC_TUNABLES"] == "glibc.cpu.hwcaps=-AVX512F:" + runtime.MALLOC_TUNABLES
+  mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+  assert runtime.with_malloc_tunables(mine) == mine
 
 
-def test_reexec_restarts_the_command_with_the_tunables():
+def test_malloc_env_file_gives_a_command_the_runtime_settings():
+  # README's way to start a command under them: env $(cat launch/malloc.env) ...
   from mer_jax import runtime
-  prog = ("import os, sys; from mer_jax import runtime; runtime.reexec_with_tuned_malloc(); "
-          "print('ARGS', sys.argv[1:], os.environ.get('GLIBC_TUNABLES'), "
-          "os.environ.get('MER_JAX_MALLOC_TUNING'))")
-  env = {k: v for k, v in __import__("os").environ.items()
-         if k not in ("GLIBC_TUNABLES", runtime.ENV_MALLOC)}
-  out = subprocess.run([sys.executable, "-c", prog, "a", "--b=1"], capture_output=True,
-                       text=True, env=env, check=True).stdout
-  if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-    assert out.strip() == f"ARGS ['a', '--b=1'] {runtime.MALLOC_TUNABLES} applied"
-  else:
-    assert out.strip() == "ARGS ['a', '--b=1'] None None"
-  env[runtime.ENV_MALLOC] = "0"
-  out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env,
-                       check=True).stdout
-  assert out.strip() == "ARGS [] None 0"
-
-
-_STEP_ALLOCATIONS = """
-import numpy as np
-def hwm():
-  s = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
-  return int(s["VmHWM"].split()[0]) * 1024
-N = 256 << 20
-base = hwm()
-temps = np.ones(N, np.uint8)         # one step's temporaries (XLA: one block)
-kept = np.ones(1 << 20, np.uint8)    # allocated during the step, outlives it
-del temps                            # the step ends
-small = np.ones(64 << 10, np.uint8)  # small allocations before the next step
-temps = np.ones(N, np.uint8)         # the next step's temporaries
-print((hwm() - base) / N)
-"""
-
-
-@pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"),
-                    reason="glibc malloc tunables exist only with glibc on Linux")
-def test_malloc_settings_do_not_grow_memory_step_after_step():
-  # A step's block is mapped fresh and unmapped when freed, so a small
-  # allocation between steps cannot strand it and the next step's block does
-  # not grow the heap (settings that served it from the heap did: Swin-B 384
-  # ran out of 24 GiB on its second step).
-  from mer_jax import runtime
-  env = dict(os.environ, GLIBC_TUNABLES=runtime.MALLOC_TUNABLES)
-  out = subprocess.run([sys.executable, "-c", _STEP_ALLOCATIONS], env=env, capture_output=True,
-                       text=True, check=True)
-  assert float(out.stdout.split()[-1]) < 1.2
+  out = subprocess.run(["sh", "-c", f'env $(cat launch/malloc.env) "{sys.executable}" -c '
+                        f'"{_PRINT_TUNABLES}"'], cwd=ROOT, env=_env_without_tunables(),
+                       capture_output=True, text=True, timeout=60, check=True)
+  assert out.stdout.strip() == f"TUNABLES {runtime.MALLOC_TUNABLES}"
