@@ -15,7 +15,8 @@ import jax
 
 
 class StepProgress:
-  """`dispatched(out)` after each step; `finish()` at the epoch's end."""
+  """`dispatched(out)` after each step; `finish()` at the epoch's end, `close()` if it
+  ends in an exception."""
 
   def __init__(self, total: int, initial: int = 0, desc: str = "", *, lag: int = 2,
                enabled: bool = True):
@@ -37,6 +38,11 @@ class StepProgress:
   def finish(self) -> None:
     while self._pending:
       self._complete(self._pending.popleft())
+    self.close()
+
+  def close(self) -> None:
+    """Takes the bar off the terminal without waiting for pending steps (an epoch
+    that ends in an exception), so an `error:` line starts on a line of its own."""
     if self._bar is not None:
       self._bar.close()
 

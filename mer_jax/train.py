@@ -190,7 +190,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   def save(best=False):
     ckpt.save(int(state["step"]), state, meta, best=best)
 
-  feed = None  # the epoch's input thread, stopped however the epoch ends
+  feed = bar = None  # the epoch's input thread and progress bar, closed however it ends
   try:
     # Epochs until early stopping: train, validate, checkpoint.
     epoch = meta["epoch"]
@@ -267,6 +267,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   finally:
     if feed is not None:
       feed.close()
+    if bar is not None:
+      bar.close()
     logger.close()
     ckpt.close()
   return report.finish_run(workdir, c, results, meta, best.record(), say=_say,

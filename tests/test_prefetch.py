@@ -61,12 +61,16 @@ def test_the_thread_stops_and_the_source_is_closed(how):
 
 def test_a_nan_mid_epoch_leaves_no_input_thread(casme2_small, tmp_path):
   """The trainer's own loop: a NaN loss found mid-epoch (at a log step) ends
-  the run and its input thread, which would otherwise block on a full queue
+  the run, its progress bar and its input thread, which would otherwise block on a full queue
   holding the training split for the rest of the process (a tuner's trials)."""
   config = cli.load_config(str(ROOT / "configs/quickstart.py"), [
       o[len("--config."):] for o in train_overrides(
           casme2_small, **{"optim.lr": 1e12, "num_epochs": 1, "data.prefetch": 1})])
-  before = set(prefetch_threads())
-  with pytest.raises(train.NonFiniteLossError):
+  from tqdm import tqdm
+  before, bars = set(prefetch_threads()), set(getattr(tqdm, "_instances", ()))
+  with pytest.raises(train.NonFiniteLossError) as raised:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert set(prefetch_threads()) <= before
+  # Nor an open progress bar while the exception (and so the run's frames) is still
+  # alive, as when cli.run prints it: the `error:` line would follow the bar.
+  assert raised.traceback and set(getattr(tqdm, "_instances", ())) <= bars
