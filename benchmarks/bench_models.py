@@ -28,7 +28,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -40,6 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout, installed or not
   sys.path.insert(0, str(ROOT))
 
+from mer_jax import timing
 from mer_jax.models import create_model, from_timm
 
 TIMM = {("vit_b32", 224): "vit_base_patch32_224", ("vit_b32", 384): "vit_base_patch32_384",
@@ -50,31 +50,8 @@ TIMM = {("vit_b32", 224): "vit_base_patch32_224", ("vit_b32", 384): "vit_base_pa
 
 
 def best_of(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
-
-
-def _peak_rss_gb() -> float:
-  """Peak resident memory since the last `_reset_peak`, GB (Linux /proc)."""
-  status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
-  return int(status["VmHWM"].split()[0]) / 1e6
-
-
-def _reset_peak():
-  """Hand freed heap back to the OS, then restart the peak-RSS count (Linux)."""
-  import ctypes
-  import gc
-  gc.collect()
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-  except OSError:
-    pass
+  """Seconds of the fastest of `repeats` calls (the caller has warmed `fn` up)."""
+  return timing.summary(timing.durations(fn, repeats, warmup=0))["best"]
 
 
 def bench(name, size, chans, batch, repeats):
@@ -92,7 +69,7 @@ def bench(name, size, chans, batch, repeats):
   y = np.arange(batch) % 7
   xt = torch.from_numpy(np.repeat(x, 3, -1) if chans == 1 else x).permute(0, 3, 1, 2).contiguous()
   yt = torch.from_numpy(y)
-  _reset_peak()
+  timing.reset_peak_rss()
 
   # Flax: forward in eval mode, then the training step.
   # On the device first, as training holds them: numpy arguments would be
@@ -118,9 +95,8 @@ def bench(name, size, chans, batch, repeats):
 
   key = jax.random.PRNGKey(0)
   # XLA's own count of the step's floating-point work (its cost analysis).
-  cost = step.lower(params, opt_state, xj, yj, key).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  step_flop = float(cost.get("flops", float("nan")))
+  step_flop = timing.xla_flops(step.lower(params, opt_state, xj, yj, key).compile())
+  step_flop = float("nan") if step_flop is None else step_flop
   state = step(params, opt_state, xj, yj, key)
   jax.block_until_ready(state)
   def f_step():
@@ -128,10 +104,10 @@ def bench(name, size, chans, batch, repeats):
     state = step(*state, xj, yj, key)
     jax.block_until_ready(state)
   flax_s = best_of(f_step, repeats)
-  flax_peak = _peak_rss_gb()
+  flax_peak = timing.peak_rss_gb()
   del state, params, opt_state, variables, step, fwd, xj, yj
   jax.clear_caches()
-  _reset_peak()
+  timing.reset_peak_rss()
 
   # timm: the same, in eval mode then training.
   tm.eval()
@@ -148,7 +124,7 @@ def bench(name, size, chans, batch, repeats):
     opt.step()
   t_step()
   timm_s = best_of(t_step, repeats)
-  timm_peak = _peak_rss_gb()
+  timm_peak = timing.peak_rss_gb()
   return batch / flax_f, batch / timm_f, flax_s, timm_s, flax_peak, timm_peak, step_flop
 
 
@@ -188,12 +164,14 @@ MATMUL_SHAPES = {
 
 
 def matmul_table():
-  print("| matmul (batch 8) | M x K x N | XLA fwd / dx / dW GFLOP/s | torch fwd / dx / dW GFLOP/s |")
-  print("|---|---|---:|---:|")
+  rows = []
   for label, (m, k, n) in MATMUL_SHAPES.items():
     r = matmul_pass_gflops(m, k, n)
-    print(f"| {label} | {m} x {k} x {n} | {' / '.join(f'{a:.0f}' for a, _ in r)} | "
-          f"{' / '.join(f'{b:.0f}' for _, b in r)} |", flush=True)
+    rows.append([label, f"{m} x {k} x {n}", " / ".join(f"{a:.0f}" for a, _ in r),
+                 " / ".join(f"{b:.0f}" for _, b in r)])
+    print(f"{label}: done", file=sys.stderr, flush=True)
+  print(timing.markdown_table(["matmul (batch 8)", "M x K x N", "XLA fwd / dx / dW GFLOP/s",
+                               "torch fwd / dx / dW GFLOP/s"], rows, right_from=2))
 
 
 METHODS = {"M1": (384, 3), "M2": (224, 1)}
@@ -245,14 +223,14 @@ def main():
             f"step {r[6] / 1e9:.0f} GFLOP", flush=True)
   # Useful GFLOP/s: XLA's flop count of the step over each framework's step time
   # (the same work for both), beside the matmul rates above.
-  print(f"\n| model | input | fwd img/s Flax | fwd img/s timm | ratio | train step s Flax "
-        f"| train step s timm | ratio | step GFLOP | useful GFLOP/s Flax | useful GFLOP/s timm "
-        f"| peak RSS GB Flax | peak RSS GB timm |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for name, m, ff, tf, fs, ts, fm, tmem, flop in rows:
-    print(f"| {name} | {m} | {ff:.1f} | {tf:.1f} | {ff / tf:.2f} | {fs:.2f} | {ts:.2f} | "
-          f"{ts / fs:.2f} | {flop / 1e9:.0f} | {flop / fs / 1e9:.0f} | {flop / ts / 1e9:.0f} | "
-          f"{fm:.1f} | {tmem:.1f} |")
+  cells = [[name, m, f"{ff:.1f}", f"{tf:.1f}", f"{ff / tf:.2f}", f"{fs:.2f}", f"{ts:.2f}",
+            f"{ts / fs:.2f}", f"{flop / 1e9:.0f}", f"{flop / fs / 1e9:.0f}",
+            f"{flop / ts / 1e9:.0f}", f"{fm:.1f}", f"{tmem:.1f}"]
+           for name, m, ff, tf, fs, ts, fm, tmem, flop in rows]
+  print("\n" + timing.markdown_table(
+      ["model", "input", "fwd img/s Flax", "fwd img/s timm", "ratio", "train step s Flax",
+       "train step s timm", "ratio", "step GFLOP", "useful GFLOP/s Flax", "useful GFLOP/s timm",
+       "peak RSS GB Flax", "peak RSS GB timm"], cells, right_from=2))
   print(f"\nmatmul rate on this CPU (float32, 1568x512 @ 512x2048): XLA {xla_mm:.0f} GFLOP/s, "
         f"torch {torch_mm:.0f} GFLOP/s")
 

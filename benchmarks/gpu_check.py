@@ -4,7 +4,6 @@ r"""The GPU check: Flax vs timm speed of the paper's models, then a short real t
       [--methods M1,M2] [--batches paper,64] [--dtypes float32,bfloat16]
       [--time_budget 450] [--out gpu_check.md] [--skip_train] [--train_data_dir DIR]
   python benchmarks/gpu_check.py --tiny            # CPU, seconds: what the test suite runs
-  python benchmarks/gpu_check.py --make_bundle .gpu_bundle   # here: wheels + data for the GPU
 
 Part 1, model speed, for every model x method (M1 384 RGB, M2 224 gray) x
 batch ("paper" = 16 for M1, 8 for M2) x dtype (`create_model(dtype=...)`;
@@ -36,7 +35,7 @@ raw numbers in a .json beside it).
 On the project's GPU machine (Python 3.12, jax, flax, optax, orbax, timm,
 torch; no ml_collections, tensorflow-datasets, array_record; no network),
 part 1 needs nothing more. Part 2 needs the wheels and a prebuilt dataset
-that `--make_bundle DIR` puts in DIR here (21 MiB); see BENCHMARKS.md,
+that `python benchmarks/gpu_bundle.py DIR` puts in DIR here (21 MiB); see BENCHMARKS.md,
 "GPU check", for the device command.
 """
 from __future__ import annotations
@@ -47,7 +46,6 @@ import dataclasses
 import gc
 import importlib.util
 import json
-import math
 import os
 import pathlib
 import re
@@ -60,6 +58,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the GPU machine runs from a plain checkout, not installed
   sys.path.insert(0, str(ROOT))
+
+from mer_jax import timing
 
 METHODS = {"M1": (384, 3), "M2": (224, 1)}      # the paper's inputs
 TINY_METHODS = {"M1": (64, 3), "M2": (32, 1)}   # --tiny: same channels, small images
@@ -76,12 +76,8 @@ TIMM_NAMES = {
 NUM_CLASSES = 7
 LR, WEIGHT_DECAY = 5e-5, 1e-3      # the paper's AdamW
 # What part 2 needs beyond the GPU machine's own packages (found by running
-# mer_jax.train against that package list); `--make_bundle` fetches these.
+# mer_jax.train against that package list); benchmarks/gpu_bundle.py fetches them.
 TRAIN_MODULES = ("ml_collections", "tensorflow_datasets", "array_record")
-BUNDLE_WHEELS = ("ml_collections", "tensorflow-datasets", "tensorflow-metadata",
-                 "array-record", "dm-tree", "immutabledict", "toml", "protobuf")
-BUNDLE_SDISTS = ("promise",)       # no wheel on PyPI: built here (pure Python)
-BUNDLE_LIMIT_MIB = 40
 
 
 # --- the cases ---------------------------------------------------------------
@@ -135,35 +131,12 @@ def _emit(tag: str, obj) -> None:
   print(f"{tag} {json.dumps(obj)}", flush=True)
 
 
-def _timed(fn, block, warmup: int, iters: int, case_seconds: float) -> float:
-  """Seconds per call: `warmup` calls, one timed call to size the run, then
-  enough calls (2..iters) to last about `case_seconds`, timed together (the
-  device pipelines them, as in training)."""
-  for _ in range(max(1, warmup)):
-    block(fn())
-  t = time.perf_counter()
-  block(fn())
-  one = time.perf_counter() - t
-  n = max(2, min(iters, math.ceil(case_seconds / max(one, 1e-6))))
-  t = time.perf_counter()
-  for _ in range(n - 1):
-    fn()
-  block(fn())
-  return (time.perf_counter() - t) / n
+def _timing_args(args) -> dict:
+  """Each measurement's bounds (`timing.pipelined_seconds`) from the command line."""
+  return {"warmup": args.warmup, "iters": args.iters, "case_seconds": args.case_seconds}
 
 
 # --- Flax worker -------------------------------------------------------------
-
-
-def _flops(compiled) -> float | None:
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 - a backend without cost analysis
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  f = (cost or {}).get("flops")
-  return float(f) if f else None
 
 
 def _step_bytes(compiled) -> float | None:
@@ -226,7 +199,7 @@ def flax_worker(cases: list[Case], deadline: float, args) -> None:
                                                        key).compile()
       return {"status": "ok", "fwd": fwd, "step": stp, "variables": variables,
               "opt_state": opt_state, "compile_s": time.perf_counter() - t0,
-              "fwd_flops": _flops(fwd), "step_flops": _flops(stp),
+              "fwd_flops": timing.xla_flops(fwd), "step_flops": timing.xla_flops(stp),
               "step_bytes": _step_bytes(stp)}
     except Exception as e:  # noqa: BLE001 - one bad case must not end the check
       return {"status": "OOM" if _is_oom(e) else "error", "error": _short(e)}
@@ -276,8 +249,8 @@ def flax_worker(cases: list[Case], deadline: float, args) -> None:
       y = jax.device_put((np.arange(c.batch) % NUM_CLASSES).astype(np.int32))
       key = jax.device_put(np.array([0, c.id], np.uint32))
       fwd = r["fwd"]
-      t = _timed(lambda: fwd(variables, x), jax.block_until_ready, args.warmup, args.iters,
-                 args.case_seconds)
+      t = timing.pipelined_seconds(lambda: fwd(variables, x), jax.block_until_ready,
+                                   **_timing_args(args))
       out["fwd_img_s"] = c.batch / t
       params = variables["params"]
       rest = {k: v for k, v in variables.items() if k != "params"}
@@ -292,7 +265,7 @@ def flax_worker(cases: list[Case], deadline: float, args) -> None:
         p, o, loss = stp(state[0], state[1], rest, x, y, key)
         state[:] = [p, o]
         return loss
-      t = _timed(one_step, jax.block_until_ready, args.warmup, args.iters, args.case_seconds)
+      t = timing.pipelined_seconds(one_step, jax.block_until_ready, **_timing_args(args))
       out["step_img_s"] = c.batch / t
       out["step_s"] = t
     except Exception as e:  # noqa: BLE001
@@ -350,7 +323,7 @@ def timm_worker(cases: list[Case], deadline: float, args) -> None:
       def forward():
         with torch.no_grad(), autocast():
           return model(x)
-      t = _timed(forward, lambda _: sync(), args.warmup, args.iters, args.case_seconds)
+      t = timing.pipelined_seconds(forward, lambda _: sync(), **_timing_args(args))
       out["fwd_img_s"] = c.batch / t
       model.train()
       opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -364,7 +337,7 @@ def timm_worker(cases: list[Case], deadline: float, args) -> None:
         return loss
       if cuda:
         torch.cuda.reset_peak_memory_stats()
-      t = _timed(one_step, lambda _: sync(), args.warmup, args.iters, args.case_seconds)
+      t = timing.pipelined_seconds(one_step, lambda _: sync(), **_timing_args(args))
       out["step_img_s"] = c.batch / t
       out["step_s"] = t
       if cuda:
@@ -493,7 +466,7 @@ def run_train(args, deadline: float, log) -> dict:
   missing = [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
   if missing:
     return {**row, "status": "skipped", "error": f"missing {', '.join(missing)}: bring the "
-            "wheels (benchmarks/gpu_check.py --make_bundle)"}
+            "wheels (benchmarks/gpu_bundle.py)"}
   if args.train_workdir:
     return _run_train(args, deadline, log, row, pathlib.Path(args.train_workdir))
   with tempfile.TemporaryDirectory(prefix="gpu_check_train_") as tmp:
@@ -633,7 +606,8 @@ def _tflops(flops, r: dict | None, key: str) -> str:
   return _num(flops * r[key] / 1e12)
 
 
-def table(cases: list[Case], flax: dict, timm: dict, train: dict | None) -> list[list[str]]:
+def table(cases: list[Case], flax: dict, timm: dict, train: dict | None) -> str:
+  """The markdown table: a row per case, then the training run's."""
   rows = []
   for c in cases:
     f, t = flax.get(c.id), timm.get(c.id)
@@ -661,57 +635,7 @@ def table(cases: list[Case], flax: dict, timm: dict, train: dict | None) -> list
          else "~" + _num(train.get("compile_estimate_s"))) if ok else status,
         f"{100 * train['input_wait']:.1f} %" if ok and train.get("input_wait") is not None
         else ("—" if ok else status)])
-  return rows
-
-
-def markdown(rows: list[list[str]]) -> str:
-  lines = ["| " + " | ".join(COLUMNS) + " |",
-           "|" + "|".join("---" if i < 5 else "---:" for i in range(len(COLUMNS))) + "|"]
-  lines += ["| " + " | ".join(r) + " |" for r in rows]
-  return "\n".join(lines)
-
-
-# --- the bundle for the GPU machine ------------------------------------------------
-
-
-def make_bundle(args) -> int:
-  """Wheels (cp312, manylinux x86-64) of what part 2 needs and a prebuilt small
-  M2 MFS dataset, into one folder to carry to the GPU machine."""
-  from importlib import metadata
-  out = pathlib.Path(args.make_bundle).absolute()
-  wheels, tfds_dir = out / "wheels", out / "tfds"
-  wheels.mkdir(parents=True, exist_ok=True)
-  from mer_jax.data import build
-  if not build.built_dirs(tfds_dir, "m2_mfs"):
-    with tempfile.TemporaryDirectory() as tmp:
-      cmd = [sys.executable, "-m", "mer_jax.data.build", "--configs", "m2_mfs",
-             "--manual_dir", str(pathlib.Path(tmp) / "casme2"), "--data_dir", str(tfds_dir),
-             "--synthetic", "--videos", str(args.train_videos),
-             "--subjects", str(args.train_subjects)]
-      print("building the dataset:", " ".join(cmd[1:]), flush=True)
-      subprocess.run(cmd, check=True, cwd=ROOT, env=dict(
-          os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                               os.environ.get("PYTHONPATH")]))))
-    shutil.rmtree(tfds_dir / "downloads", ignore_errors=True)
-    for lock in tfds_dir.rglob(".*.lock"):
-      lock.unlink()
-  pyver = args.bundle_python
-  platforms = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
-               "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
-  pins = [f"{n}=={metadata.version(n)}" for n in BUNDLE_WHEELS]
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--python-version", pyver, "--implementation", "cp", "-d", str(wheels)]
-  cmd += [a for p in platforms for a in ("--platform", p)] + pins
-  print("fetching wheels:", " ".join(pins), flush=True)
-  subprocess.run(cmd, check=True)
-  sdists = [f"{n}=={metadata.version(n)}" for n in BUNDLE_SDISTS]
-  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "-w", str(wheels)] + sdists, check=True)
-  size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2 ** 20
-  print(f"\n{out}: {size:.1f} MiB (limit {BUNDLE_LIMIT_MIB})")
-  for p in sorted(wheels.iterdir()):
-    print(f"  {p.name}  {p.stat().st_size / 2 ** 20:.1f} MiB")
-  return 0 if size <= BUNDLE_LIMIT_MIB else 1
+  return timing.markdown_table(COLUMNS, rows, right_from=5)
 
 
 # --- main ------------------------------------------------------------------------
@@ -755,9 +679,6 @@ def parse_args(argv=None):
   ap.add_argument("--train_batch", type=int, default=0, help="0 = the config's (8)")
   ap.add_argument("--train_dtype", default="float32")
   ap.add_argument("--train_timeout", type=float, default=180.0)
-  ap.add_argument("--make_bundle", default="", metavar="DIR",
-                  help="(here, with pip's network) wheels + prebuilt dataset for the GPU machine")
-  ap.add_argument("--bundle_python", default="3.12", help=argparse.SUPPRESS)
   ap.add_argument("--worker", choices=("flax", "timm"), help=argparse.SUPPRESS)
   ap.add_argument("--cases_file", help=argparse.SUPPRESS)
   ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -785,8 +706,6 @@ def main(argv=None) -> int:
     cases = [Case(**d) for d in json.loads(pathlib.Path(args.cases_file).read_text())]
     (flax_worker if args.worker == "flax" else timm_worker)(cases, args.deadline, args)
     return 0
-  if args.make_bundle:
-    return make_bundle(args)
 
   t0 = time.time()
   deadline = t0 + args.time_budget - 5.0    # room to print
@@ -808,7 +727,6 @@ def main(argv=None) -> int:
   flax, info_f = run_worker("flax", cases, flax_deadline, args, log)
   timm, info_t = run_worker("timm", cases, deadline, args, log)
   info = {**info_f, **info_t}
-  rows = table(cases, flax, timm, train)
   header = (f"GPU check, {time.strftime('%Y-%m-%d %H:%M')}: Flax on {info.get('flax_device', '?')}"
             f" (jax {info.get('jax', '?')}), timm {info.get('timm', '?')} on "
             f"{info.get('timm_device', '?')} (torch {info.get('torch', '?')}, TF32 "
@@ -818,7 +736,7 @@ def main(argv=None) -> int:
             f"({args.compile_workers} threads)"
             + (f"; train: epoch 2 of {train['model']} M2 MFS, random init, "
                f"{train.get('data', '?')}." if train else "."))
-  md = markdown(rows)
+  md = table(cases, flax, timm, train)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(header + "\n\n" + md + "\n")

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import statistics
 import time
 from typing import Sequence
 
 import numpy as np
 
-from mer_jax import cli
+from mer_jax import cli, timing
 from mer_jax.data.preprocess import Method
 from mer_jax.errors import UsageError
 
@@ -45,15 +44,6 @@ def device_line() -> str:
   kind = getattr(d[0], "device_kind", d[0].platform)
   return (f"{jax.default_backend()} ({kind}) x{len(d)}, jax {jax.__version__}, "
           f"{jax.process_count()} process(es)")
-
-
-def _timed(fn, repeats: int) -> list[float]:
-  out = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    out.append(time.perf_counter() - t)
-  return out
 
 
 def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
@@ -80,18 +70,15 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
     t = time.perf_counter()
     compiled = fn.lower(params, x).compile()
     compile_s = time.perf_counter() - t
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", float("nan")))
-    compiled(params, x).block_until_ready()  # warm-up
-    times = _timed(lambda: compiled(params, x).block_until_ready(), repeats)
+    flops = timing.xla_flops(compiled)
+    flops = float("nan") if flops is None else flops
+    times = timing.summary(
+        timing.durations(lambda: compiled(params, x).block_until_ready(), repeats))
     if key == "latency":
-      row.update(compile_s=compile_s, gflops=flops / 1e9,
-                 latency_ms=1e3 * statistics.median(times),
-                 latency_p90_ms=1e3 * float(np.percentile(times, 90)))
+      row.update(compile_s=compile_s, gflops=flops / 1e9, latency_ms=1e3 * times["median"],
+                 latency_p90_ms=1e3 * times["p90"])
     else:
-      row.update(batch=b, images_per_s=b / statistics.median(times),
-                 batch_ms=1e3 * statistics.median(times))
+      row.update(batch=b, images_per_s=b / times["median"], batch_ms=1e3 * times["median"])
   return row
 
 
@@ -124,26 +111,25 @@ def bench_preprocess(repeats: int = 10) -> dict:
 
   m1 = lambda: pixels.centre_crop(frame, 384)  # noqa: E731
   fns = {"m1": m1, "m2": m2, "m2a": m2a, "m3": m3}
-  for fn in fns.values():
-    fn()
-  return {k: 1e3 * statistics.median(_timed(fn, repeats)) for k, fn in fns.items()}
+  return {k: 1e3 * timing.summary(timing.durations(fn, repeats))["median"]
+          for k, fn in fns.items()}
 
 
 def table(rows: Sequence[dict], preprocess_ms: dict | None = None) -> str:
-  head = ("| model | method | input | params (M) | GFLOPs/img | latency ms (b=1) | p90 ms | "
-          "throughput img/s | batch | compile s |")
+  columns = ["model", "method", "input", "params (M)", "GFLOPs/img", "latency ms (b=1)",
+             "p90 ms", "throughput img/s", "batch", "compile s"]
   if preprocess_ms:
-    head += " + preprocessing ms/frame |"
-  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    columns.append("+ preprocessing ms/frame")
+  cells = []
   for r in rows:
-    line = (f"| {r['model']} | {r['method'].upper()} | {r['img_size']}x{r['img_size']}x"
-            f"{r['in_chans']} | {r['params_m']:.1f} | {r['gflops']:.2f} | "
-            f"{r['latency_ms']:.1f} | {r['latency_p90_ms']:.1f} | {r['images_per_s']:.1f} | "
-            f"{r['batch']} | {r['compile_s']:.1f} |")
+    line = [r["model"], r["method"].upper(), f"{r['img_size']}x{r['img_size']}x{r['in_chans']}",
+            f"{r['params_m']:.1f}", f"{r['gflops']:.2f}", f"{r['latency_ms']:.1f}",
+            f"{r['latency_p90_ms']:.1f}", f"{r['images_per_s']:.1f}", str(r["batch"]),
+            f"{r['compile_s']:.1f}"]
     if preprocess_ms:
-      line += f" {preprocess_ms[r['method']]:.1f} |"
-    lines.append(line)
-  return "\n".join(lines)
+      line.append(f"{preprocess_ms[r['method']]:.1f}")
+    cells.append(line)
+  return timing.markdown_table(columns, cells)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

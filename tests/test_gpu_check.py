@@ -78,7 +78,7 @@ def test_failed_cases_show_their_cause_in_their_cells():
           1: {"id": 1, "status": "crash (exit -11)"}}
   train = {"model": "poolformer_s12", "input": "M2 MFS", "dtype": "float32", "status": "ok",
            "batch": 8, "img_s": 50.0, "input_wait": 0.125, "compile_s": 12.0}
-  header, rows = parse_table(gpu_check.markdown(gpu_check.table(cases, flax, timm, train)))
+  header, rows = parse_table(gpu_check.table(cases, flax, timm, train))
   first, second, last = rows
   assert first["fwd Flax/timm"] == "2.00" and first["step Flax/timm"] == "0.50"
   # Useful TFLOP/s: XLA's flops per step x steps per second (step_img_s / batch).
