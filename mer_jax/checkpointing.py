@@ -18,7 +18,6 @@ which it used.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from mer_jax.errors import UserError
+from mer_jax.errors import NO_SPACE_TEXT, UserError, disk_full
 
 CHECKSUM = "checksum"   # the meta field holding state_checksum(state)
 
@@ -72,25 +71,7 @@ def _checksum(state):
 
 # --- disk full ---------------------------------------------------------------------
 
-_NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
-_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")   # tensorstore's words
 _ORBAX_DIR = os.path.dirname(ocp.__file__)
-
-
-def disk_full(e: BaseException | None) -> str | None:
-  """'no space left on device' (or the quota's words) if `e` or its causes say
-  the disk is full, else None. orbax passes tensorstore's failures on as
-  ValueError('RESOURCE_EXHAUSTED: ... No space left on device ...')."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _NO_SPACE:
-      return _NO_SPACE[e.errno]
-    for text in _NO_SPACE_TEXT:
-      if text in str(e):
-        return text.lower()
-    e = e.__cause__ or e.__context__
-  return None
 
 
 class _QuietDiskFull(logging.Filter):
@@ -101,7 +82,7 @@ class _QuietDiskFull(logging.Filter):
     if not record.pathname.startswith(_ORBAX_DIR):
       return True
     cause = record.exc_info[1] if record.exc_info else None
-    return not (disk_full(cause) or any(t in record.getMessage() for t in _NO_SPACE_TEXT))
+    return not (disk_full(cause) or any(t in record.getMessage() for t in NO_SPACE_TEXT))
 
 
 _QUIET = _QuietDiskFull()

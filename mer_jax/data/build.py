@@ -29,7 +29,6 @@ saying how much to free.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import math
@@ -41,7 +40,7 @@ import time
 
 from mer_jax import cli
 from mer_jax.data import casme2, fingerprint
-from mer_jax.errors import NotFound
+from mer_jax.errors import NotFound, disk_full
 from mer_jax.data.dataset_configs import CONFIG_NAMES, check_config_name, parse_configs
 
 
@@ -157,7 +156,7 @@ def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
     try:
       b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(d)))
     except (OSError, RuntimeError) as e:
-      if not is_disk_full(e):
+      if disk_full(e) is None:
         raise
       raise casme2.Casme2Error(disk_full_message(e, config, d, root, options.get("sheet"))) \
           from e
@@ -218,18 +217,6 @@ def why_new(config: str, root: pathlib.Path, want: dict) -> str:
             "recorded their source), so it is not reused")
   return (f"the build at {others[-1]} differs ({'; '.join(fingerprint.differences(old, want))})"
           " and stays there (see --list)")
-
-
-def is_disk_full(e: BaseException) -> bool:
-  """Whether `e`, or an exception it wraps, is ENOSPC ("No space left on device")."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or \
-        os.strerror(errno.ENOSPC) in str(e):
-      return True
-    e = e.__cause__ or e.__context__
-  return False
 
 
 def disk_full_message(e: BaseException, config: str, manual_dir: pathlib.Path,
