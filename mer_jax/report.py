@@ -167,9 +167,12 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
   """metrics.json, predictions_<split>.csv, report.md and confusion_test.png; returns report.md."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  with open(workdir / "metrics.json", "w") as f:
-    json.dump(metrics_json(results, best_epoch=best_epoch, config=config, extra=extra), f,
-              indent=2)
+  # Written whole, then renamed: a reader (a study's report, another process) never
+  # sees half a file.
+  tmp = workdir / "metrics.json.tmp"
+  tmp.write_text(json.dumps(metrics_json(results, best_epoch=best_epoch, config=config,
+                                         extra=extra), indent=2))
+  tmp.replace(workdir / "metrics.json")
   for split, r in results.items():
     with open(workdir / f"predictions_{split}.csv", "w", newline="") as f:
       w = csv.DictWriter(f, fieldnames=["video_id", "subject", "label", "pred"])
@@ -212,5 +215,7 @@ def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict,
         f"accuracy {t['accuracy']:.4f}",
         f"report: {workdir / 'report.md'}",
     ]))
-  path = workdir / "metrics.json"
-  return json.loads(path.read_text()) if path.exists() else {}
+  # Every process returns what the main one wrote, without reading the file
+  # (which the main process may still be writing).
+  return json.loads(json.dumps(metrics_json(results, best_epoch=best_epoch,
+                                            config=c.to_dict(), extra=extra)))
