@@ -265,10 +265,17 @@ class Prefetcher:
 # --- on device ---------------------------------------------------------------
 
 
-def normalise(images, in_chans: int):
-  """uint8-range images -> ImageNet-normalised float32."""
+def normalisation(in_chans: int) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) per channel of `normalise`: ImageNet's, or their means for one
+  channel (an exported model's contract states them)."""
   mean = np.array(IMAGENET_MEAN if in_chans == 3 else [np.mean(IMAGENET_MEAN)], np.float32)
   std = np.array(IMAGENET_STD if in_chans == 3 else [np.mean(IMAGENET_STD)], np.float32)
+  return mean, std
+
+
+def normalise(images, in_chans: int):
+  """uint8-range images -> ImageNet-normalised float32."""
+  mean, std = normalisation(in_chans)
   return (images / 255.0 - mean) / std
 
 

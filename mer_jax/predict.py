@@ -2,6 +2,10 @@ r"""A trained run's emotion probabilities for a new clip.
 
   python -m mer_jax.predict --workdir runs/pool_m36_mfs --frames CLIP_DIR_OR_VIDEO \
       [--onset I --apex J --offset K] [--json out.json]
+  python -m mer_jax.predict --artifact runs/pool_m36_mfs/export --frames CLIP_DIR_OR_VIDEO
+
+With --artifact the network is the run's export (python -m mer_jax.export): the StableHLO
+model and the preprocessing its contract.json states, with no Flax model code.
 
 The clip goes through what training saw: the run's preprocessing method (M1
 centre crop 384 RGB / M2 dlib face crop 224 gray / M2A face aligned by the
@@ -26,18 +30,19 @@ is its apex has no motion to find: pass --apex.)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import re
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from mer_jax import cli
 from mer_jax.data import casme2, faces, phases, preprocess
 from mer_jax.data.pixels import centre_square, expand_box, read_frame
-from mer_jax.errors import UserError
+from mer_jax.errors import UsageError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -179,26 +184,81 @@ def clip_video(frames: dict[int, pathlib.Path], onset: int, apex: int, offset: i
                       emotion="others", frames=dict(frames))
 
 
+def clip_path(clip: str | pathlib.Path) -> pathlib.Path:
+  clip = pathlib.Path(clip).expanduser()
+  if not clip.exists():
+    raise PredictError(f"{clip} does not exist: pass a folder of frames or a video file.")
+  return clip
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A trained model as predict uses it: the preprocessing it was trained on, its labels in
+  head order, the probabilities of a batch of uint8 images, and where it comes from
+  (the result's checkpoint, step, model, workdir and, for an export, artifact)."""
+  method: preprocess.Method
+  phase: phases.Phase
+  labels: tuple[str, ...]
+  probabilities: Callable[[np.ndarray], np.ndarray]
+  source: dict
+
+
+def run_predictor(workdir: str | pathlib.Path, checkpoint: str = "best") -> Predictor:
+  """A run directory's best (else latest) checkpoint through the Flax model."""
+  import jax
+
+  from mer_jax import experiment, runtime, steps
+
+  config = experiment.load_run_config(workdir)
+  method = preprocess.Method.parse(config.data.method)
+  in_chans = method.image_shape[-1]
+  model = steps.build_model(config, in_chans)
+  restored = experiment.restore_state(workdir, config, model, in_chans, runtime.make_mesh(),
+                                      checkpoint=checkpoint)
+  params = restored.state["params"]
+  predict_fn = jax.jit(steps.make_predict_step(model, config.model.img_size))
+
+  def probabilities(batch):
+    return np.concatenate([np.asarray(predict_fn(params, batch[i:i + 32]))
+                           for i in range(0, len(batch), 32)])
+
+  return Predictor(method, phases.Phase.parse(config.data.phase), tuple(casme2.EMOTIONS),
+                   probabilities,
+                   {"workdir": str(pathlib.Path(workdir).absolute()), "checkpoint": restored.kind,
+                    "step": int(restored.state["step"]), "model": config.model.name})
+
+
+def artifact_predictor(path: str | pathlib.Path) -> Predictor:
+  """An export of mer_jax.export (no Flax, no model code): its contract gives the method,
+  phase, labels and the preprocessing before the StableHLO model."""
+  from mer_jax import artifact
+
+  a = artifact.load(path)
+  c = a.contract
+  return Predictor(preprocess.Method.parse(c["method"]), phases.Phase.parse(c["phase"]),
+                   tuple(c["labels"]), a.probabilities,
+                   {"workdir": c["workdir"], "checkpoint": c["checkpoint"]["kind"],
+                    "step": c["checkpoint"]["step"], "model": c["model"],
+                    "artifact": str(a.directory)})
+
+
 def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
                  onset: int | None = None, apex: int | None = None, offset: int | None = None,
                  checkpoint: str = "best", detector=None) -> dict:
   """The run's probabilities for a clip: per frame and for the clip."""
-  import jax
+  clip_path(clip)   # before the model is read
+  return predict_with(run_predictor(workdir, checkpoint), clip, onset=onset, apex=apex,
+                      offset=offset, detector=detector)
 
-  from mer_jax import experiment, metrics, runtime, steps
 
-  clip = pathlib.Path(clip).expanduser()
-  if not clip.exists():
-    raise PredictError(f"{clip} does not exist: pass a folder of frames or a video file.")
-  config = experiment.load_run_config(workdir)
-  method = preprocess.Method.parse(config.data.method)
-  phase = phases.Phase.parse(config.data.phase)
-  in_chans = method.image_shape[-1]
-  model = steps.build_model(config, in_chans)
-  mesh = runtime.make_mesh()
-  restored = experiment.restore_state(workdir, config, model, in_chans, mesh,
-                                      checkpoint=checkpoint)
-  state, meta, which = restored.state, restored.meta, restored.kind
+def predict_with(predictor: Predictor, clip: str | pathlib.Path, *,
+                 onset: int | None = None, apex: int | None = None, offset: int | None = None,
+                 detector=None) -> dict:
+  """A model's probabilities for a clip: per frame and for the clip."""
+  from mer_jax import metrics
+
+  clip = clip_path(clip)
+  method, phase = predictor.method, predictor.phase
   detector = detector if detector is not None else (
       faces.FaceDetector() if method.crops_face else None)
 
@@ -217,9 +277,7 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
     images, report = preprocess.preprocess_video(video, selected, method,
                                                  context_frames=context, detector=detector)
   batch = np.stack([im if im.ndim == 3 else im[..., None] for im in images])
-  predict_fn = jax.jit(steps.make_predict_step(model, config.model.img_size))
-  probs = np.concatenate([np.asarray(predict_fn(state["params"], batch[i:i + 32]))
-                          for i in range(0, len(batch), 32)])
+  probs = predictor.probabilities(batch)
   _, video_pred = metrics.video_vote(probs, [video.video_id] * len(probs))
   pred = int(video_pred[0])
   if method.crops_face and report.fallback:
@@ -233,24 +291,26 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
                  "nearest frame's box")
   if method.is_flow:
     notes.append(f"each frame's image is the optical flow from the onset frame {onset} to it")
+  labels = list(predictor.labels)
   return {
-      "clip": str(clip), "workdir": str(pathlib.Path(workdir).absolute()),
-      "checkpoint": which, "step": int(state["step"]),
-      "model": config.model.name, "method": method.value, "phase": phase.value,
+      "clip": str(clip), **predictor.source,
+      "method": method.value, "phase": phase.value,
       "onset": onset, "apex": apex, "offset": offset, "notes": notes,
-      "emotions": list(casme2.EMOTIONS),
+      "emotions": labels,
       "frames": [{"frame": f.frame_index, "role": f.role,
                   "probs": [float(p) for p in probs[i]]} for i, f in enumerate(selected)],
       "probs": [float(p) for p in probs.mean(0)],
-      "votes": [int(v) for v in np.bincount(probs.argmax(-1), minlength=len(casme2.EMOTIONS))],
-      "prediction": casme2.EMOTIONS[pred],
+      "votes": [int(v) for v in np.bincount(probs.argmax(-1), minlength=len(labels))],
+      "prediction": labels[pred],
   }
 
 
 def format_result(r: dict) -> str:
   em = r["emotions"]
-  lines = [f"{r['clip']}: {r['model']} {r['method'].upper()} {r['phase'].upper()} "
-           f"({r['checkpoint']} checkpoint of {r['workdir']}, step {r['step']})",
+  source = f"{r['checkpoint']} checkpoint of {r['workdir']}, step {r['step']}"
+  if "artifact" in r:
+    source = f"the export {r['artifact']} of the {source}"
+  lines = [f"{r['clip']}: {r['model']} {r['method'].upper()} {r['phase'].upper()} ({source})",
            f"onset {r['onset']}, apex {r['apex']}, offset {r['offset']}"]
   lines += [f"  {n}" for n in r["notes"]]
   head = f"{'frame':>7} {'role':>7} " + " ".join(f"{e[:10]:>10}" for e in em)
@@ -266,16 +326,26 @@ def format_result(r: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   p = cli.parser("mer_jax.predict", __doc__)
-  p.add_argument("--workdir", required=True, help="a run directory of mer_jax.train")
+  model = p.add_mutually_exclusive_group(required=True)
+  model.add_argument("--workdir", help="a run directory of mer_jax.train")
+  model.add_argument("--artifact", help="an export directory of mer_jax.export (needs no "
+                     "Flax: its contract.json gives the preprocessing)")
   p.add_argument("--frames", required=True, help="folder of frames, or a video file")
   p.add_argument("--onset", type=int)
   p.add_argument("--apex", type=int)
   p.add_argument("--offset", type=int)
-  p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  p.add_argument("--checkpoint", choices=("best", "latest"), default=None,
+                 help="which checkpoint of --workdir (default best)")
   p.add_argument("--json", help="also write the result here")
   args = cli.parse(p, argv)
-  r = predict_clip(args.workdir, args.frames, onset=args.onset, apex=args.apex,
-                   offset=args.offset, checkpoint=args.checkpoint)
+  if args.artifact and args.checkpoint:
+    raise UsageError("--checkpoint is for --workdir; an export holds one checkpoint "
+                     "(choose it with mer_jax.export --checkpoint).")
+  clip_path(args.frames)
+  predictor = (artifact_predictor(args.artifact) if args.artifact
+               else run_predictor(args.workdir, args.checkpoint or "best"))
+  r = predict_with(predictor, args.frames, onset=args.onset, apex=args.apex,
+                   offset=args.offset)
   print(format_result(r))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(r, indent=1))
