@@ -3,7 +3,7 @@ r"""Inference speed per model and method, on whatever device JAX sees.
   python -m mer_jax.bench [--models vit_b32,swin_b,poolformer_m36,poolformer_m48]
                           [--methods m1,m2[,m2a,m3]] [--batch 32] [--repeats 20]
                           [--dtype float32]
-                          [--preprocess] [--json out.json]
+                          [--preprocess] [--exported] [--json out.json]
 
 As the paper's section D: for each model at each method's input (M1 384x384
 RGB, M2 224x224 gray; beyond the paper M2A 224x224 gray, M3 224x224x3 flow)
@@ -16,8 +16,11 @@ random, which does not change the speed. `--preprocess` adds the host-side
 cost of getting a 640x480 frame to the network's input (M1 centre crop, M2
 dlib detection + crop, M2A detection + alignment warp, M3 M2A + DIS flow
 from the onset's face; M2A/M3's once-per-video landmarks on the onset are
-left out) on a synthetic CASME II frame. The device name and
-count head the table.
+left out) on a synthetic CASME II frame. `--exported` adds a table of the
+network alone (normalised float32 in, logits out) at --batch: images/s of the
+Flax model, of its `jax.export` artifact and of its ONNX copy under
+onnxruntime, as `mer_jax.export` writes them. The device name and count head
+the table.
 """
 from __future__ import annotations
 
@@ -82,6 +85,59 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
   return row
 
 
+def bench_exported(name: str, method: str, *, batch: int = 32, repeats: int = 20,
+                   img_size: int | None = None) -> dict:
+  """Images/s of the network alone (normalised float32 images in, logits out) at `batch`,
+  three ways: the Flax model jitted (params as arguments, as training and evaluation run
+  it), its `jax.export` artifact deserialised (params as constants, as mer_jax.export
+  writes it) and its ONNX copy under onnxruntime (when jax2onnx and onnxruntime are
+  installed; else None and the reason in `onnx_note`)."""
+  import jax
+  import jax.numpy as jnp
+
+  from mer_jax import artifact, models
+
+  size, chans = METHODS[method]
+  size = img_size or size
+  model = models.create_model(name, num_classes=7, img_size=size, in_chans=chans)
+  x = np.random.default_rng(0).uniform(-2, 2, (batch, size, size, chans)).astype(np.float32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.asarray(x[:1]))["params"]
+  fn = artifact.logits_fn(model, params)
+  flax = jax.jit(lambda p, v: model.apply({"params": p}, v, train=False))
+  exported = jax.export.deserialize(bytearray(artifact.export_logits(fn, size, chans)))
+  call = jax.jit(exported.call)
+  xd = jnp.asarray(x)
+
+  def images_per_s(f) -> float:
+    return batch / timing.summary(timing.durations(f, repeats))["median"]
+
+  row = {"model": name, "method": method, "img_size": size, "in_chans": chans, "batch": batch,
+         "flax_images_per_s": images_per_s(lambda: flax(params, xd).block_until_ready()),
+         "exported_images_per_s": images_per_s(lambda: call(xd).block_until_ready()),
+         "onnx_images_per_s": None, "onnx_note": None}
+  try:
+    import onnxruntime
+    sess = onnxruntime.InferenceSession(artifact.onnx_model(fn, size, chans, name=name),
+                                        providers=["CPUExecutionProvider"])
+    row["onnx_images_per_s"] = images_per_s(lambda: sess.run(["logits"], {"images": x}))
+  except ImportError:
+    row["onnx_note"] = "onnxruntime is not installed"
+  except artifact.OnnxSkipped as e:
+    row["onnx_note"] = str(e)
+  return row
+
+
+def exported_table(rows: Sequence[dict]) -> str:
+  columns = ["model", "method", "input", "batch", "Flax img/s", "jax.export img/s",
+             "exported / Flax", "onnxruntime img/s"]
+  cells = [[r["model"], r["method"].upper(), f"{r['img_size']}x{r['img_size']}x{r['in_chans']}",
+            str(r["batch"]), f"{r['flax_images_per_s']:.1f}", f"{r['exported_images_per_s']:.1f}",
+            f"{r['exported_images_per_s'] / r['flax_images_per_s']:.2f}",
+            "n/a" if r["onnx_images_per_s"] is None else f"{r['onnx_images_per_s']:.1f}"]
+           for r in rows]
+  return timing.markdown_table(columns, cells)
+
+
 def bench_preprocess(repeats: int = 10) -> dict:
   """ms per 640x480 frame: M1 centre crop + resize; M2 dlib detection + crop; M2A
   detection + aligned warp; M3 that + DIS flow from the onset's aligned face."""
@@ -144,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="override both methods' input size (smoke tests)")
   p.add_argument("--preprocess", action="store_true",
                  help="also time the host-side preprocessing of a frame")
+  p.add_argument("--exported", action="store_true",
+                 help="also compare the network's images/s at --batch: Flax, its jax.export "
+                      "artifact and its ONNX copy under onnxruntime (mer_jax.export's files)")
   p.add_argument("--json", help="also write the rows here")
   args = cli.parse(p, argv)
 
@@ -167,12 +226,24 @@ def main(argv: Sequence[str] | None = None) -> int:
       rows.append(r)
       print(f"  {name} {method.upper()}: {r['latency_ms']:.1f} ms/sample, "
             f"{r['images_per_s']:.1f} img/s at batch {r['batch']}", flush=True)
+  exported = []
+  if args.exported:
+    for name in names:
+      for method in methods:
+        exported.append(bench_exported(name, method, batch=args.batch, repeats=args.repeats,
+                                       img_size=args.img_size))
+        if exported[-1]["onnx_note"]:
+          print(f"  {name}: {exported[-1]['onnx_note']}", flush=True)
   pre = bench_preprocess() if args.preprocess else None
   print()
   print(table(rows, pre))
+  if exported:
+    print()
+    print(exported_table(exported))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(
-        {"device": device_line(), "rows": rows, "preprocess_ms": pre}, indent=1))
+        {"device": device_line(), "rows": rows, "preprocess_ms": pre, "exported": exported},
+        indent=1))
   return 0
 
 
