@@ -27,9 +27,9 @@ import pathlib
 
 import numpy as np
 
-from mer_jax import artifact
-from mer_jax import cli
-from mer_jax.errors import UsageError
+from mer_jax.run import artifact
+from mer_jax.plumbing import cli
+from mer_jax.plumbing.errors import UsageError
 
 
 def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None, *,
@@ -39,7 +39,8 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path | None = Non
   returns the contract."""
   import jax
 
-  from mer_jax import experiment, input_pipeline, runtime, steps
+  from mer_jax.run import experiment, input_pipeline, steps
+  from mer_jax.plumbing import runtime
   from mer_jax.data.casme2 import EMOTIONS
   from mer_jax.data.phases import Phase
   from mer_jax.data.preprocess import Method

@@ -39,10 +39,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mer_jax import cli
+from mer_jax.plumbing import cli
 from mer_jax.data import casme2, faces, phases, preprocess
 from mer_jax.data.pixels import centre_square, expand_box, read_frame
-from mer_jax.errors import UsageError, UserError
+from mer_jax.plumbing.errors import UsageError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -207,7 +207,8 @@ def run_predictor(workdir: str | pathlib.Path, checkpoint: str = "best") -> Pred
   """A run directory's best (else latest) checkpoint through the Flax model."""
   import jax
 
-  from mer_jax import experiment, runtime, steps
+  from mer_jax.run import experiment, steps
+  from mer_jax.plumbing import runtime
 
   config = experiment.load_run_config(workdir)
   method = preprocess.Method.parse(config.data.method)
@@ -231,7 +232,7 @@ def run_predictor(workdir: str | pathlib.Path, checkpoint: str = "best") -> Pred
 def artifact_predictor(path: str | pathlib.Path) -> Predictor:
   """An export of mer_jax.export (no Flax, no model code): its contract gives the method,
   phase, labels and the preprocessing before the StableHLO model."""
-  from mer_jax import artifact
+  from mer_jax.run import artifact
 
   a = artifact.load(path)
   c = a.contract

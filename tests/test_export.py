@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from e2e import ROOT, subprocess_env
-from mer_jax import artifact, experiment, export, metrics
+from mer_jax.run import artifact, experiment
+from mer_jax import export, metrics
 from mer_jax.data import casme2
-from mer_jax.errors import UserError
+from mer_jax.plumbing.errors import UserError
 from parity import FAMILIES, TINY, TINY_SIZE, TOL, family_module, images, rel_err, tiny_archs
 
 assert tiny_archs  # a fixture, used by name
@@ -110,7 +111,7 @@ def test_an_exported_run_reproduces_its_test_predictions_through_predict(exporte
   folder = next(iter(v.frames.values())).parent
   result = tmp_path / "r.json"
   block = ("import sys; [sys.modules.__setitem__(m, None) for m in ('flax', 'flax.linen', "
-           "'mer_jax.models', 'mer_jax.steps', 'mer_jax.experiment')]; "
+           "'mer_jax.models', 'mer_jax.run.steps', 'mer_jax.run.experiment')]; "
            "from mer_jax import cli, predict; cli.run(predict.main)")
   cmd = [sys.executable, "-c", block, "--artifact", str(out), "--frames", str(folder),
          "--onset", str(v.onset), "--apex", str(v.apex), "--offset", str(v.offset),
@@ -127,7 +128,8 @@ def test_an_exported_run_reproduces_its_test_predictions_through_predict(exporte
 
 
 def test_export_and_predict_flags_say_what_to_do(tmp_path, capsys):
-  from mer_jax import cli, predict
+  from mer_jax.plumbing import cli
+  from mer_jax import predict
 
   def code(main, argv):
     with pytest.raises(SystemExit) as e:
