@@ -35,7 +35,8 @@ from typing import Sequence
 import numpy as np
 
 from mer_jax import cli
-from mer_jax.data import casme2, faces, phases, preprocess
+from mer_jax.data import faces, labels, phases, preprocess
+from mer_jax.data.videos import Video
 from mer_jax.data.pixels import centre_square, expand_box, read_frame
 from mer_jax.errors import UserError
 
@@ -173,10 +174,10 @@ def key_frames(frames: dict[int, pathlib.Path], method, onset: int | None = None
 
 
 def clip_video(frames: dict[int, pathlib.Path], onset: int, apex: int, offset: int,
-               name: str) -> casme2.Video:
+               name: str) -> Video:
   """The clip as a CASME II Video (emotion unknown: 'others' as a placeholder)."""
-  return casme2.Video(subject="clip", episode=name, onset=onset, apex=apex, offset=offset,
-                      emotion="others", frames=dict(frames))
+  return Video(dataset="casme2", subject="clip", episode=name, onset=onset, apex=apex,
+               offset=offset, emotion="others", frames=dict(frames))
 
 
 def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
@@ -238,12 +239,12 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
       "checkpoint": which, "step": int(state["step"]),
       "model": config.model.name, "method": method.value, "phase": phase.value,
       "onset": onset, "apex": apex, "offset": offset, "notes": notes,
-      "emotions": list(casme2.EMOTIONS),
+      "emotions": list(labels.EMOTIONS),
       "frames": [{"frame": f.frame_index, "role": f.role,
                   "probs": [float(p) for p in probs[i]]} for i, f in enumerate(selected)],
       "probs": [float(p) for p in probs.mean(0)],
-      "votes": [int(v) for v in np.bincount(probs.argmax(-1), minlength=len(casme2.EMOTIONS))],
-      "prediction": casme2.EMOTIONS[pred],
+      "votes": [int(v) for v in np.bincount(probs.argmax(-1), minlength=len(labels.EMOTIONS))],
+      "prediction": labels.EMOTIONS[pred],
   }
 
 

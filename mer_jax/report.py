@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mer_jax import metrics
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 
 NUM_CLASSES = len(EMOTIONS)
 

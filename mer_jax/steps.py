@@ -18,7 +18,7 @@ from mer_jax import losses
 from mer_jax import models
 from mer_jax import runtime
 from mer_jax.data import splits
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.errors import UsageError

@@ -34,7 +34,7 @@ import numpy as np
 
 from mer_jax import metrics
 from mer_jax import report as run_report
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.errors import NotFound, UserError

@@ -46,7 +46,7 @@ from mer_jax import report
 from mer_jax import runtime
 from mer_jax import steps
 from mer_jax import workdir as workdir_lock
-from mer_jax.data import casme2
+from mer_jax.data import labels
 from mer_jax.data.preprocess import Method
 from mer_jax.errors import UserError
 from mer_jax.progress import StepProgress
@@ -154,7 +154,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   spe = input_pipeline.steps_per_epoch(max(len(train), global_batch), global_batch)
   tx = steps.make_optimizer(c, spe)
   schedule = steps.make_schedule(c, spe)
-  loss_fn = steps.make_loss_fn(c, np.bincount(train.labels, minlength=len(casme2.EMOTIONS)))
+  loss_fn = steps.make_loss_fn(c, np.bincount(train.labels, minlength=len(labels.EMOTIONS)))
   if is_main:
     _write_json(workdir / "config.json", c.to_dict())
 

@@ -31,7 +31,7 @@ import pytest
 from e2e import ROOT, subprocess_env
 from parity import FAMILIES, TINY, family_module, tiny_archs
 from mer_jax import configs, steps
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 
 assert tiny_archs  # a fixture, used by name
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mer_jax import metrics, report
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 
 
 def _split():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mer_jax.data import splits
-from mer_jax.data.casme2 import EMOTIONS, Video
+from mer_jax.data.labels import EMOTIONS
+from mer_jax.data.videos import Video
 
 REAL_COUNTS = dict(others=99, disgust=63, happiness=32, repression=27, surprise=25, sadness=7,
                    fear=2)
@@ -23,7 +24,7 @@ def casme2_like(counts=REAL_COUNTS, subjects=26, seed=0):
   for e, c in counts.items():
     for _ in range(c):
       s = int(rng.integers(1, subjects + 1))
-      vs.append(Video(f"sub{s:02d}", f"EP{i:03d}_01", 1, 5, 9, e, {}))
+      vs.append(Video("casme2", f"sub{s:02d}", f"EP{i:03d}_01", 1, 5, 9, e, {}))
       i += 1
   return vs
 
@@ -144,7 +145,7 @@ def test_loso_val_fraction_zero_and_bad_inputs():
     splits.loso_folds(vs, val_fraction=1.0)
   with pytest.raises(ValueError, match="appears twice"):
     splits.paper_split(vs + vs[:1])
-  bad = [Video("sub01", "EP01_01", 1, 2, 3, "contempt", {})]
+  bad = [Video("casme2", "sub01", "EP01_01", 1, 2, 3, "contempt", {})]
   with pytest.raises(ValueError, match="contempt"):
     splits.paper_split(bad)
 
@@ -165,7 +166,7 @@ def test_fold_splits_partition_the_videos():
 def synthetic_like(seed=0):
   """CASME II's 255 videos over 26 subjects as the synthetic set lays them out."""
   from mer_jax.data import synthetic
-  return [Video(f"sub{v.subject.number:02d}", v.episode, 1, 5, 9, v.emotion, {})
+  return [Video("casme2", f"sub{v.subject.number:02d}", v.episode, 1, 5, 9, v.emotion, {})
           for v in synthetic.plan(255, 26, seed)]
 
 

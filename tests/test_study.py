@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import f1_score, recall_score
 
 from mer_jax import metrics, study
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from e2e import study_args
 
 

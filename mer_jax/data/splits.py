@@ -34,7 +34,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mer_jax.data.casme2 import EMOTIONS, Video
+from mer_jax.data.labels import EMOTIONS
+from mer_jax.data.videos import Video
 from mer_jax.errors import UserError
 
 SPLITS = ("train", "validation", "test")
