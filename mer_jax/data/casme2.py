@@ -72,17 +72,6 @@ To try everything without CASME II, write the synthetic stand-in:
 
 _FRAME_RE = re.compile(r"^img(\d+)$", re.IGNORECASE)
 
-# Canonical column -> accepted header spellings (compared without case/space/_).
-_COLUMNS = {
-    "subject": ("subject", "sub"),
-    "filename": ("filename", "file", "episode"),
-    "onset": ("onsetframe", "onset"),
-    "apex": ("apexframe", "apex"),
-    "offset": ("offsetframe", "offset"),
-    "action_units": ("actionunits", "aus", "au"),
-    "emotion": ("estimatedemotion", "emotion"),
-}
-_REQUIRED = ("subject", "filename", "onset", "apex", "offset", "emotion")
 _CANONICAL_HEADER = {"subject": "Subject", "filename": "Filename", "onset": "OnsetFrame",
                      "apex": "ApexFrame", "offset": "OffsetFrame",
                      "action_units": "Action Units", "emotion": "Estimated Emotion"}
@@ -145,7 +134,7 @@ def read_coding_sheet(path: str | pathlib.Path,
   """
   path = pathlib.Path(path).expanduser()
   notes = notes if notes is not None else []
-  records = tables.read_records(path, notes, _COLUMNS, _REQUIRED, _CANONICAL_HEADER,
+  records = tables.read_records(path, notes, _CANONICAL_HEADER,
                                 Casme2Error, "CASME II coding sheet")
   rows, renamed_emotions, renamed_files = [], [], []
   for i, cells in records:
@@ -188,12 +177,8 @@ def _find_dir(parent: pathlib.Path, name: str, what: str, where: str) -> pathlib
     matches = tables.find_dir(parent, name, _episode_key)
     if not matches:  # the sheet and the folders disagree on the trailing 'f'
       matches = tables.find_dir(parent, name, lambda n: _episode_key(n).rstrip("f"))
-  if len(matches) == 1:
-    return matches[0]
-  raise Casme2Error(f"{where}: {what} folder {parent / name} not found"
-                    + (f" (ambiguous: {sorted(m.name for m in matches)})" if matches else "")
-                    + ". Check that the frames are laid out as DIR/"
-                    f"{FRAMES_DIR}/subNN/EPxx_yy/imgN.jpg, or fix the sheet's row.")
+  return tables.one_dir(matches, parent / name, what, where,
+                        f"DIR/{FRAMES_DIR}/subNN/EPxx_yy/imgN.jpg", Casme2Error)
 
 
 def _has_subject_dirs(d: pathlib.Path) -> bool:
@@ -234,7 +219,7 @@ def load_casme2(root: str | pathlib.Path,
       notes.append(f"several coding sheets; using {sheet.name} (newest date, then "
                    f"'updated', then xlsx), not {others}")
   sheet = pathlib.Path(sheet).expanduser()
-  videos, seen, stray_reported = [], {}, set()
+  videos, rows, stray_reported = [], [], set()
   late_start, outside = 0, 0
   for r in read_coding_sheet(sheet, notes):
     where = f"{sheet.name} row {r.row} ({r.subject} {r.filename})"
@@ -248,22 +233,16 @@ def load_casme2(root: str | pathlib.Path,
       notes.append(f"{subject_dir.name}/{video_dir.name}: ignored non-frame files {stray}")
     if not frames:
       raise Casme2Error(f"{where}: no imgN.jpg frames in {video_dir}.")
-    apex, rule = r.apex, "sheet"
-    if apex is None:
-      apex, rule = tables.middle(r.onset, r.offset), "middle"
-      notes.append(f"{where}: ApexFrame missing ('/'); using the middle frame {apex} of "
-                   f"{r.onset}..{r.offset}")
+    apex, rule = tables.apex_or_middle(r.apex, r.onset, r.offset, where, notes, cell="/")
     tables.note_key_frames(frames, r.onset, apex, r.offset, where, notes)
     late_start += min(frames) > 1
     outside += min(frames) < r.onset or max(frames) > r.offset
     video = Video(dataset="casme2", subject=subject_dir.name, episode=video_dir.name,
                   onset=r.onset, apex=apex, offset=r.offset, emotion=r.emotion, frames=frames,
                   action_units=r.action_units, apex_rule=rule)
-    if video.video_id in seen:
-      raise Casme2Error(f"{where}: video {video.video_id} is coded twice (also row "
-                        f"{seen[video.video_id]}); delete one of the rows.")
-    seen[video.video_id] = r.row
     videos.append(video)
+    rows.append(r.row)
+  tables.check_unique(videos, rows, sheet, Casme2Error)
   if late_start:
     notes.append(f"{late_start} videos: frame numbers start above 1 (absolute numbers kept)")
   if outside:

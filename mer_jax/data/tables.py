@@ -28,6 +28,19 @@ from mer_jax.errors import UserError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 MISSING = ("/", "", "-", "nan", "none")  # cells that mean "not coded"
 
+# The coded columns every sheet has (CASME II, SAMM, CAS(ME)^3) -> accepted
+# header spellings, compared after `norm_header` (first present spelling wins).
+COLUMNS = {
+    "subject": ("subject", "sub"),
+    "filename": ("filename", "file", "episode"),
+    "onset": ("onsetframe", "onset"),
+    "apex": ("apexframe", "apex"),
+    "offset": ("offsetframe", "offset"),
+    "action_units": ("actionunits", "aus", "au"),
+    "emotion": ("estimatedemotion", "emotion"),
+}
+REQUIRED = ("subject", "filename", "onset", "apex", "offset", "emotion")
+
 
 class DatasetError(UserError, ValueError):
   """A problem with the user's copy of a dataset; the message says what to do."""
@@ -138,10 +151,10 @@ def header_map(header: list, path: pathlib.Path, notes: list[str],
   return cols
 
 
-def read_records(path: str | pathlib.Path, notes: list[str],
-                 columns: Mapping[str, Sequence[str]], required: Sequence[str],
-                 canonical: Mapping[str, str], error: type[DatasetError] = DatasetError,
-                 what: str = "coding sheet") -> list[tuple[int, dict]]:
+def read_records(path: str | pathlib.Path, notes: list[str], canonical: Mapping[str, str],
+                 error: type[DatasetError] = DatasetError, what: str = "coding sheet",
+                 columns: Mapping[str, Sequence[str]] = COLUMNS,
+                 required: Sequence[str] = REQUIRED) -> list[tuple[int, dict]]:
   """(1-based sheet row, {column: cell}) of each non-blank row below the header.
 
   The header is the first row holding a "filename" spelling of `columns`
@@ -247,6 +260,29 @@ def find_dir(parent: pathlib.Path, name: str, key: Callable[[str], str]) -> list
   return [p for p in parent.iterdir() if p.is_dir() and key(p.name) == key(name)]
 
 
+def one_dir(matches: Sequence[pathlib.Path], wanted: pathlib.Path, what: str, where: str,
+            layout: str, error: type[DatasetError]) -> pathlib.Path:
+  """The one folder `find_dir` matched, else an error naming the row and the expected layout."""
+  if len(matches) == 1:
+    return matches[0]
+  raise error(f"{where}: {what} folder {wanted} not found"
+              + (f" (ambiguous: {sorted(m.name for m in matches)})" if matches else "")
+              + f". Check that the frames are laid out as {layout}, or fix the sheet's row.")
+
+
+def pick_sheet(dirs: Sequence[pathlib.Path], contains: Sequence[str], notes: list[str],
+               missing: str, error: type[DatasetError]) -> pathlib.Path:
+  """The best coding sheet in `dirs` (`sheet_candidates`'s order); `missing` is the error
+  text when there is none; the others are noted."""
+  found = [p for d in dict.fromkeys(dirs) if d.is_dir() for p in sheet_candidates(d, contains)]
+  if not found:
+    raise error(missing)
+  if len(found) > 1:
+    notes.append(f"several coding sheets; using {found[0].name} (newest date, then "
+                 f"'updated', then version, then xlsx), not {[p.name for p in found[1:]]}")
+  return found[0]
+
+
 def note_key_frames(frames: Mapping[int, pathlib.Path], onset: int, apex: int, offset: int,
                     where: str, notes: list[str]) -> None:
   """Notes an apex at the onset and key frames without an image file (both usable)."""
@@ -270,3 +306,32 @@ def note_stray_files(frames_root: pathlib.Path, notes: list[str]) -> None:
 def middle(onset: int, offset: int) -> int:
   """The middle frame of onset..offset: the apex where a dataset codes none."""
   return (onset + offset) // 2
+
+
+def apex_or_middle(apex: int | None, onset: int, offset: int, where: str,
+                   notes: list[str], column: str = "ApexFrame", cell=None) -> tuple[int, str]:
+  """(apex, apex rule): the coded apex ("sheet"), else the middle frame ("middle"),
+  so that every phase (all of which need an apex) can use the video. `cell` is
+  what the sheet says instead of an apex, for the note."""
+  if apex is not None:
+    return apex, "sheet"
+  apex = middle(onset, offset)
+  said = f" ({cell!r})" if cell is not None else ""
+  notes.append(f"{where}: {column} missing{said}; using the middle frame {apex} of "
+               f"{onset}..{offset}")
+  return apex, "middle"
+
+
+def subdirs(d: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+def check_unique(videos: Sequence, rows: Sequence[int], sheet: pathlib.Path,
+                 error: type[DatasetError]) -> None:
+  """Raises naming the first video coded twice (`rows[i]`: the sheet row of videos[i])."""
+  seen = {}
+  for v, row in zip(videos, rows):
+    if v.video_id in seen:
+      raise error(f"{sheet.name} row {row}: video {v.video_id} is coded twice (also row "
+                  f"{seen[v.video_id]}); delete one of the rows.")
+    seen[v.video_id] = row
