@@ -43,6 +43,10 @@ class Video:
   # "flow": spotted from the optical flow (mer_jax.data.apex).
   apex_rule: str = "sheet"
 
+  def __post_init__(self):
+    if self.apex_rule not in APEX_RULES:
+      raise ValueError(f"apex_rule {self.apex_rule!r} is not one of {APEX_RULES}")
+
   @property
   def apex_estimated(self) -> bool:
     """The apex is not the dataset's coding (a build records it per video)."""
