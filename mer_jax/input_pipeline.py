@@ -38,7 +38,7 @@ import numpy as np
 
 from mer_jax.data import flow, labels, splits
 from mer_jax.data.videos import Video
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
 # uses their means, as timm does for in_chans=1.

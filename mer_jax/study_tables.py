@@ -33,11 +33,11 @@ import pathlib
 import numpy as np
 
 from mer_jax import metrics
-from mer_jax import report as run_report
+from mer_jax.run import report
 from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
-from mer_jax.errors import NotFound, UserError
+from mer_jax.plumbing.errors import NotFound, UserError
 
 METHODS = Method.names()                                   # m1, m2, m2a, m3
 PAPER_METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
@@ -580,7 +580,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   chosen = {me: {p: {"model": k[0], "val_macro_f1": cells[k]["val_f1"],
                      "test_macro_f1": cells[k]["macro_f1"]}
                  for (me2, p), k in best.items() if me2 == me and k} for me in methods}
-  (root / "study.json").write_text(json.dumps(run_report.jsonable(
+  (root / "study.json").write_text(json.dumps(report.jsonable(
       {"complete": complete, "missing_cells": missing, "selection": CHOICE, "best": chosen,
        "m1_m2": heads,
        "test_selected": {"best": {me: {p: by_test[(me, p)][0] for p in phases
@@ -644,6 +644,6 @@ def figures(root: pathlib.Path, cells: dict, models: list[str], best: dict, over
   if overall:
     key = best_key(cells, list(overall.values()))
     n = cells[key]["n_units"]
-    run_report.plot_confusion(cells[key]["confusion"], root / "fig4_confusion.png",
+    report.plot_confusion(cells[key]["confusion"], root / "fig4_confusion.png",
                               title=f"{key[0]} {key[1].upper()} {key[2].upper()} (test"
                                     + (f", {n} runs summed)" if n > 1 else ")"))

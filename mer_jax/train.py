@@ -38,18 +38,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax import checkpointing
-from mer_jax import cli
-from mer_jax import experiment
-from mer_jax import input_pipeline
-from mer_jax import report
-from mer_jax import runtime
-from mer_jax import steps
-from mer_jax import workdir as workdir_lock
+from mer_jax.run import checkpointing
+from mer_jax.plumbing import cli
+from mer_jax.run import experiment
+from mer_jax.run import input_pipeline
+from mer_jax.run import report
+from mer_jax.plumbing import runtime
+from mer_jax.run import steps
+from mer_jax.run import workdir
 from mer_jax.data import labels
 from mer_jax.data.preprocess import Method
-from mer_jax.errors import UserError
-from mer_jax.progress import StepProgress
+from mer_jax.plumbing.errors import UserError
+from mer_jax.plumbing.progress import StepProgress
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -140,7 +140,7 @@ def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = Fal
   steps.check_method_fields(config)
   workdir = pathlib.Path(workdir).absolute()
   is_main = runtime.is_main_process()
-  held = workdir_lock.hold(workdir, log=_say) if is_main else contextlib.nullcontext()
+  held = workdir.hold(workdir, log=_say) if is_main else contextlib.nullcontext()
   with held:
     experiment.claim_workdir(workdir, config, force=force, say=_say)
     return _train_and_evaluate(config, workdir, on_epoch, is_main)

@@ -8,9 +8,9 @@ import openpyxl
 import pytest
 
 from mer_jax.data import (DATASETS, apex, labels, load, load_videos, megc, summary, synthetic,
-                          tables)
+                          sheets)
 from mer_jax.data.videos import Video
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 SAMM_HEADER = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame",
                "Offset Frame", "Duration", "Micro", "Objective Classes", "Notes",
@@ -99,21 +99,21 @@ def test_samm_quirks(tmp_path):
   assert "[4, 5] digits" in notes
   # 0123 and 123 are one frame: an error naming both files.
   (tmp_path / "SAMM" / "007" / "007_3_1" / "007_09998.jpg").write_bytes(b"x")
-  with pytest.raises(tables.DatasetError, match="both frame 9998"):
+  with pytest.raises(sheets.DatasetError, match="both frame 9998"):
     load("samm", tmp_path)
 
 
 def test_samm_csv_export_and_errors(tmp_path):
-  with pytest.raises(tables.DatasetError, match="does not exist"):
+  with pytest.raises(sheets.DatasetError, match="does not exist"):
     load_videos("samm", tmp_path / "none")
   _frames(tmp_path / "SAMM" / "006" / "006_1_2", [f"006_{n:04d}.jpg" for n in range(1, 9)])
-  with pytest.raises(tables.DatasetError, match="No SAMM coding sheet"):
+  with pytest.raises(sheets.DatasetError, match="No SAMM coding sheet"):
     load_videos("samm", tmp_path)
   with open(tmp_path / "SAMM_Micro_FACS_Codes_v2.csv", "w", newline="") as f:
     csv.writer(f, delimiter=";").writerows(
         [["title"], [], SAMM_HEADER, [6, "006_1_2", 1, 2, 4, 6, 5, "", "", "", "Happiness", "12"],
          [6, "006_1_9", 1, 2, 4, 6, 5, "", "", "", "joy", "12"]])
-  with pytest.raises(tables.DatasetError, match=r"row 5.*unknown emotion 'joy'"):
+  with pytest.raises(sheets.DatasetError, match=r"row 5.*unknown emotion 'joy'"):
     load_videos("samm", tmp_path)
 
 
@@ -134,9 +134,9 @@ def test_smic_hs_quirks(tmp_path):
   assert index.sheet is None and index.videos[0].video_id == "smic_hs/s1/s1_ne_01"
   notes = "\n".join(index.notes)
   assert "non_micro" in notes and "desktop.ini" in notes and "reg_image" in notes
-  with pytest.raises(tables.DatasetError, match="apex='peak'"):
+  with pytest.raises(sheets.DatasetError, match="apex='peak'"):
     load("smic_hs", tmp_path, apex="peak")
-  with pytest.raises(tables.DatasetError, match=r"No subject folders \(s1"):
+  with pytest.raises(sheets.DatasetError, match=r"No subject folders \(s1"):
     load("smic_hs", tmp_path / "s1")
 
 

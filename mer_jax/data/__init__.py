@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pathlib
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 DATASETS = ("casme2", "samm", "smic_hs", "casme3")
 

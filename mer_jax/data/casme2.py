@@ -40,7 +40,7 @@ import logging
 import pathlib
 import re
 
-from mer_jax.data import labels, tables
+from mer_jax.data import labels, sheets
 from mer_jax.data.videos import Video, VideoSet
 
 FRAMES_DIR = "CASME2_RAW_selected"
@@ -80,7 +80,7 @@ _EMOTION_ALIASES = {"happy": "happiness", "surprised": "surprise", "sad": "sadne
                     "fearful": "fear"}
 
 
-class Casme2Error(tables.DatasetError):
+class Casme2Error(sheets.DatasetError):
   """A problem with the user's CASME II copy; the message says what to do."""
 
 
@@ -103,7 +103,7 @@ def find_sheet(root: str | pathlib.Path) -> pathlib.Path:
   Several versions circulate (20140508, 20190701, 'updated' copies, CSV
   exports), and later ones fix codings, so the choice is: the newest 8-digit
   date in the file name, then a name containing 'updated', then xlsx over csv
-  (the original rather than an export), then the name (tables.sheet_candidates).
+  (the original rather than an export), then the name (sheets.sheet_candidates).
   Any `*coding*.xlsx` or `.csv` in `root` counts; Excel's `~$` lock files do
   not. Pass `sheet=` to `load_casme2` to choose another.
   """
@@ -111,7 +111,7 @@ def find_sheet(root: str | pathlib.Path) -> pathlib.Path:
   if not root.is_dir():
     raise Casme2Error(f"CASME II directory {root} does not exist.\n\n"
                       + MANUAL_DOWNLOAD_INSTRUCTIONS)
-  found = tables.sheet_candidates(root, ("coding",))
+  found = sheets.sheet_candidates(root, ("coding",))
   if not found:
     raise Casme2Error(f"No coding sheet ({SHEET_GLOB}.xlsx or .csv) in {root}.\n\n"
                       + MANUAL_DOWNLOAD_INSTRUCTIONS)
@@ -134,16 +134,16 @@ def read_coding_sheet(path: str | pathlib.Path,
   """
   path = pathlib.Path(path).expanduser()
   notes = notes if notes is not None else []
-  records = tables.read_records(path, notes, _CANONICAL_HEADER,
+  records = sheets.read_records(path, notes, _CANONICAL_HEADER,
                                 Casme2Error, "CASME II coding sheet")
   rows, renamed_emotions, renamed_files = [], [], []
   for i, cells in records:
     where = f"{path.name} row {i}"
-    filename = tables.cell_text(cells["filename"])
+    filename = sheets.cell_text(cells["filename"])
     if not filename:
       raise Casme2Error(f"{where}: Filename is empty; fill it in or delete the row.")
-    onset, apex, offset = tables.key_frames(cells, where, Casme2Error)
-    emotion = tables.native_emotion(cells["emotion"], labels.EMOTIONS, _EMOTION_ALIASES,
+    onset, apex, offset = sheets.key_frames(cells, where, Casme2Error)
+    emotion = sheets.native_emotion(cells["emotion"], labels.EMOTIONS, _EMOTION_ALIASES,
                                     where, Casme2Error)
     if str(cells["emotion"]) != emotion:
       renamed_emotions.append((cells["emotion"], emotion))
@@ -152,11 +152,11 @@ def read_coding_sheet(path: str | pathlib.Path,
     rows.append(SheetRow(
         row=i, subject=_subject_name(cells["subject"], where), filename=filename,
         onset=onset, apex=apex, offset=offset,
-        action_units=tables.cell_text(cells.get("action_units")), emotion=emotion))
+        action_units=sheets.cell_text(cells.get("action_units")), emotion=emotion))
   if renamed_emotions:
-    notes.append(f"{path.name}: emotion labels normalised: {tables.examples(renamed_emotions)}")
+    notes.append(f"{path.name}: emotion labels normalised: {sheets.examples(renamed_emotions)}")
   if renamed_files:
-    notes.append(f"{path.name}: spaces stripped from Filename: {tables.examples(renamed_files)}")
+    notes.append(f"{path.name}: spaces stripped from Filename: {sheets.examples(renamed_files)}")
   return rows
 
 
@@ -172,12 +172,12 @@ def _episode_key(name: str) -> str:
 def _find_dir(parent: pathlib.Path, name: str, what: str, where: str) -> pathlib.Path:
   """`parent/name`, tolerating case, spaces, sub1 vs sub01 and EP.._.. vs EP.._..f."""
   if what == "subject":
-    matches = tables.find_dir(parent, name, _subject_key)
+    matches = sheets.find_dir(parent, name, _subject_key)
   else:
-    matches = tables.find_dir(parent, name, _episode_key)
+    matches = sheets.find_dir(parent, name, _episode_key)
     if not matches:  # the sheet and the folders disagree on the trailing 'f'
-      matches = tables.find_dir(parent, name, lambda n: _episode_key(n).rstrip("f"))
-  return tables.one_dir(matches, parent / name, what, where,
+      matches = sheets.find_dir(parent, name, lambda n: _episode_key(n).rstrip("f"))
+  return sheets.one_dir(matches, parent / name, what, where,
                         f"DIR/{FRAMES_DIR}/subNN/EPxx_yy/imgN.jpg", Casme2Error)
 
 
@@ -214,7 +214,7 @@ def load_casme2(root: str | pathlib.Path,
   frames_root = _frames_root(root, notes)
   if sheet is None:
     sheet = find_sheet(root)
-    others = [p.name for p in tables.sheet_candidates(root, ("coding",))[1:]]
+    others = [p.name for p in sheets.sheet_candidates(root, ("coding",))[1:]]
     if others:
       notes.append(f"several coding sheets; using {sheet.name} (newest date, then "
                    f"'updated', then xlsx), not {others}")
@@ -227,14 +227,14 @@ def load_casme2(root: str | pathlib.Path,
     video_dir = _find_dir(subject_dir, r.filename, "video", where)
     if video_dir.name != r.filename:
       notes.append(f"{where}: sheet name {r.filename!r} matched folder {video_dir.name!r}")
-    frames, stray = tables.scan_frames(video_dir, _FRAME_RE, Casme2Error)
+    frames, stray = sheets.scan_frames(video_dir, _FRAME_RE, Casme2Error)
     if stray and video_dir not in stray_reported:
       stray_reported.add(video_dir)
       notes.append(f"{subject_dir.name}/{video_dir.name}: ignored non-frame files {stray}")
     if not frames:
       raise Casme2Error(f"{where}: no imgN.jpg frames in {video_dir}.")
-    apex, rule = tables.apex_or_middle(r.apex, r.onset, r.offset, where, notes, cell="/")
-    tables.note_key_frames(frames, r.onset, apex, r.offset, where, notes)
+    apex, rule = sheets.apex_or_middle(r.apex, r.onset, r.offset, where, notes, cell="/")
+    sheets.note_key_frames(frames, r.onset, apex, r.offset, where, notes)
     late_start += min(frames) > 1
     outside += min(frames) < r.onset or max(frames) > r.offset
     video = Video(dataset="casme2", subject=subject_dir.name, episode=video_dir.name,
@@ -242,14 +242,14 @@ def load_casme2(root: str | pathlib.Path,
                   action_units=r.action_units, apex_rule=rule)
     videos.append(video)
     rows.append(r.row)
-  tables.check_unique(videos, rows, sheet, Casme2Error)
+  sheets.check_unique(videos, rows, sheet, Casme2Error)
   if late_start:
     notes.append(f"{late_start} videos: frame numbers start above 1 (absolute numbers kept)")
   if outside:
     notes.append(f"{outside} videos: frames before onset or after offset (kept in `frames`, "
                  "used by no phase)")
   # Subject-level stray files (e.g. sub01's 'Desktop - Shortcut.lnk').
-  tables.note_stray_files(frames_root, notes)
+  sheets.note_stray_files(frames_root, notes)
   for n in notes:
     logging.info("CASME II: %s", n)
   return VideoSet(dataset="casme2", root=root, sheet=sheet, videos=videos, notes=notes)

@@ -27,7 +27,7 @@ import logging
 import pathlib
 import re
 
-from mer_jax.data import labels, tables
+from mer_jax.data import labels, sheets
 from mer_jax.data.videos import Video, VideoSet
 
 SHEET_NAME = "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
@@ -52,7 +52,7 @@ _EMOTION_ALIASES = {"happiness": "happy", "sadness": "sad", "angry": "anger",
 _SUBJECT_RE = re.compile(r"(?:spno\.?)?\s*0*(\d+)(?:\.0+)?", re.IGNORECASE)
 
 
-class Casme3Error(tables.DatasetError):
+class Casme3Error(sheets.DatasetError):
   """A problem with the user's CAS(ME)^3 copy; the message says what to do."""
 
 
@@ -67,7 +67,7 @@ def _frames_root(root: pathlib.Path, notes: list[str]) -> pathlib.Path:
     raise Casme3Error(f"CAS(ME)^3 directory {root} does not exist.\n\n"
                       + MANUAL_DOWNLOAD_INSTRUCTIONS)
   for d in (root, root / "data" / "part_A", root / "data", root / "part_A"):
-    if any(_SUBJECT_RE.fullmatch(p.name.strip()) for p in tables.subdirs(d)):
+    if any(_SUBJECT_RE.fullmatch(p.name.strip()) for p in sheets.subdirs(d)):
       if d != root:
         notes.append(f"subject folders read from {d}")
       return d
@@ -76,13 +76,13 @@ def _frames_root(root: pathlib.Path, notes: list[str]) -> pathlib.Path:
 
 def find_sheet(root: pathlib.Path, notes: list[str]) -> pathlib.Path:
   """The label sheet in ROOT or ROOT/annotation: the newest of several."""
-  return tables.pick_sheet((root, root / "annotation"), ("cas(me)3", "casme3", "me_label"),
+  return sheets.pick_sheet((root, root / "annotation"), ("cas(me)3", "casme3", "me_label"),
                            notes, f"No CAS(ME)^3 label sheet ({SHEET_NAME} or a CSV export) in "
                            f"{root}.\n\n" + MANUAL_DOWNLOAD_INSTRUCTIONS, Casme3Error)
 
 
 def _find(parent: pathlib.Path, name: str, key, what: str, where: str) -> pathlib.Path:
-  return tables.one_dir(tables.find_dir(parent, name, key), parent / name, what, where,
+  return sheets.one_dir(sheets.find_dir(parent, name, key), parent / name, what, where,
                         f"DIR/spNO.1/a/{COLOR_DIR}/N.jpg", Casme3Error)
 
 
@@ -106,31 +106,31 @@ def load_casme3(root: str | pathlib.Path, sheet: str | pathlib.Path | None = Non
   notes: list[str] = []
   frames_root = _frames_root(root, notes)
   sheet = pathlib.Path(sheet).expanduser() if sheet else find_sheet(root, notes)
-  records = tables.read_records(sheet, notes, _CANONICAL_HEADER, Casme3Error,
+  records = sheets.read_records(sheet, notes, _CANONICAL_HEADER, Casme3Error,
                                 "CAS(ME)^3 part A ME label sheet")
   coded = []
   for i, cells in records:
     where = f"{sheet.name} row {i}"
-    filename = tables.cell_text(cells["filename"])
-    subject = tables.cell_text(cells["subject"])
+    filename = sheets.cell_text(cells["filename"])
+    subject = sheets.cell_text(cells["subject"])
     if not filename or not _SUBJECT_RE.fullmatch(subject):
       raise Casme3Error(f"{where}: Subject {cells['subject']!r} / Filename {cells['filename']!r} "
                         "must be like spNO.1 / a; fix the row or delete it.")
     where = f"{where} ({subject} {filename})"
-    onset, apex, offset = tables.key_frames(cells, where, Casme3Error,
+    onset, apex, offset = sheets.key_frames(cells, where, Casme3Error,
                                             ("Onset", "Apex", "Offset"))
-    apex, rule = tables.apex_or_middle(apex, onset, offset, where, notes, "Apex", cells["apex"])
-    emotion = tables.native_emotion(cells["emotion"], labels.NATIVE["casme3"], _EMOTION_ALIASES,
+    apex, rule = sheets.apex_or_middle(apex, onset, offset, where, notes, "Apex", cells["apex"])
+    emotion = sheets.native_emotion(cells["emotion"], labels.NATIVE["casme3"], _EMOTION_ALIASES,
                                     where, Casme3Error)
     subject_dir = _find(frames_root, subject, _subject_key, "subject", where)
     video_dir = _find(subject_dir, filename, lambda n: n.strip().lower(), "video", where)
     coded.append((i, where, subject_dir.name, video_dir, onset, apex, offset, emotion, rule,
-                  tables.cell_text(cells.get("action_units"))))
+                  sheets.cell_text(cells.get("action_units"))))
   names = episodes([(c[2], c[3].name, c[4], c[0]) for c in coded])
   renamed = [(f"{c[2]}/{c[3].name}", n) for c, n in zip(coded, names) if n != c[3].name]
   if renamed:
     notes.append(f"{len(renamed)} clips share a filename within their subject; suffixed: "
-                 + tables.examples(renamed))
+                 + sheets.examples(renamed))
   videos, scanned = [], {}
   for (i, where, subject, video_dir, onset, apex, offset, emotion, rule, aus), episode \
       in zip(coded, names):
@@ -139,17 +139,17 @@ def load_casme3(root: str | pathlib.Path, sheet: str | pathlib.Path | None = Non
       raise Casme3Error(f"{where}: no {COLOR_DIR}/ folder in {video_dir}; the colour frames "
                         f"belong in {color}/N.jpg.")
     if color not in scanned:  # a recording's frames serve every clip cut from it
-      scanned[color], stray = tables.scan_frames(color, _FRAME_RE, Casme3Error)
+      scanned[color], stray = sheets.scan_frames(color, _FRAME_RE, Casme3Error)
       if stray:
         notes.append(f"{subject}/{video_dir.name}/{COLOR_DIR}: ignored non-frame files {stray}")
     frames = {n: p for n, p in scanned[color].items() if onset <= n <= offset}
     if not frames:
       raise Casme3Error(f"{where}: no frames {onset}..{offset} in {color}.")
-    tables.note_key_frames(frames, onset, apex, offset, where, notes)
+    sheets.note_key_frames(frames, onset, apex, offset, where, notes)
     videos.append(Video(dataset="casme3", subject=subject, episode=episode, onset=onset,
                         apex=apex, offset=offset, emotion=emotion, frames=frames,
                         action_units=aus, apex_rule=rule))
-  tables.check_unique(videos, [c[0] for c in coded], sheet, Casme3Error)
+  sheets.check_unique(videos, [c[0] for c in coded], sheet, Casme3Error)
   for n in notes:
     logging.info("CAS(ME)^3: %s", n)
   return VideoSet(dataset="casme3", root=root, sheet=sheet, videos=videos, notes=notes)

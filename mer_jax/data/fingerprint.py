@@ -27,7 +27,7 @@ FILE = "fingerprint.json"
 SYNTHETIC_FILE = "synthetic.json"
 FIELDS = ("source", "sheet", "synthetic", "code", "version")
 # mer_jax.data modules whose code decides a build's examples.
-CODE_MODULES = ("casme2", "tables", "videos", "labels", "dataset_configs", "splits", "phases",
+CODE_MODULES = ("casme2", "sheets", "videos", "labels", "dataset_configs", "splits", "phases",
                 "faces", "align", "flow", "pixels", "preprocess", "runner", "tfds_casme2")
 HERE = pathlib.Path(__file__).parent
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 # CASME II's labels; the label order of the TFDS ClassLabel and of every model
 # head until training follows a scheme.

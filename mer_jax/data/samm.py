@@ -28,7 +28,7 @@ import logging
 import pathlib
 import re
 
-from mer_jax.data import labels, tables
+from mer_jax.data import labels, sheets
 from mer_jax.data.videos import Video, VideoSet
 
 FRAMES_DIR = "SAMM"
@@ -50,15 +50,15 @@ _CANONICAL_HEADER = {"subject": "Subject", "filename": "Filename", "onset": "Ons
 _EMOTION_ALIASES = {"happy": "happiness", "sad": "sadness", "angry": "anger",
                     "others": "other", "surprised": "surprise", "disgusted": "disgust",
                     "fearful": "fear", "contemptuous": "contempt"}
-_MISSING = tables.MISSING + ("-1",)  # SAMM writes an unknown apex as -1
+_MISSING = sheets.MISSING + ("-1",)  # SAMM writes an unknown apex as -1
 
 
-class SammError(tables.DatasetError):
+class SammError(sheets.DatasetError):
   """A problem with the user's SAMM copy; the message says what to do."""
 
 
 def _subject(value, where: str) -> str:
-  m = re.fullmatch(r"0*(\d+)(?:\.0+)?", tables.cell_text(value))
+  m = re.fullmatch(r"0*(\d+)(?:\.0+)?", sheets.cell_text(value))
   if not m:
     raise SammError(f"{where}: Subject {value!r} is not a subject number like 6 or 006.")
   return f"{int(m.group(1)):03d}"
@@ -70,7 +70,7 @@ def _frames_root(root: pathlib.Path, notes: list[str]) -> pathlib.Path:
   frames_root = root / FRAMES_DIR
   if frames_root.is_dir():
     return frames_root
-  if any(re.fullmatch(r"\d{3}", p.name) for p in tables.subdirs(root)):
+  if any(re.fullmatch(r"\d{3}", p.name) for p in sheets.subdirs(root)):
     notes.append(f"{root} holds the subject folders itself; read as the {FRAMES_DIR}/ folder")
     return root
   raise SammError(f"{frames_root} not found.\n\n" + MANUAL_DOWNLOAD_INSTRUCTIONS)
@@ -78,13 +78,13 @@ def _frames_root(root: pathlib.Path, notes: list[str]) -> pathlib.Path:
 
 def find_sheet(root: pathlib.Path, frames_root: pathlib.Path, notes: list[str]) -> pathlib.Path:
   """The coding sheet in ROOT (or beside the subject folders): the newest of several."""
-  return tables.pick_sheet((root, frames_root), ("samm", "facs"), notes,
+  return sheets.pick_sheet((root, frames_root), ("samm", "facs"), notes,
                            f"No SAMM coding sheet (*SAMM*.xlsx or *FACS*.xlsx/.csv) in {root}."
                            "\n\n" + MANUAL_DOWNLOAD_INSTRUCTIONS, SammError)
 
 
 def _find(parent: pathlib.Path, name: str, what: str, where: str) -> pathlib.Path:
-  return tables.one_dir(tables.find_dir(parent, name, lambda n: n.strip().lower()),
+  return sheets.one_dir(sheets.find_dir(parent, name, lambda n: n.strip().lower()),
                         parent / name, what, where,
                         f"DIR/{FRAMES_DIR}/006/006_1_2/006_NNNNN.jpg", SammError)
 
@@ -95,39 +95,39 @@ def load_samm(root: str | pathlib.Path, sheet: str | pathlib.Path | None = None)
   notes: list[str] = []
   frames_root = _frames_root(root, notes)
   sheet = pathlib.Path(sheet).expanduser() if sheet else find_sheet(root, frames_root, notes)
-  records = tables.read_records(sheet, notes, _CANONICAL_HEADER, SammError,
+  records = sheets.read_records(sheet, notes, _CANONICAL_HEADER, SammError,
                                 "SAMM coding sheet")
   videos, rows, widths = [], [], set()
   for i, cells in records:
     where = f"{sheet.name} row {i}"
     subject = _subject(cells["subject"], where)
-    filename = tables.cell_text(cells["filename"])
+    filename = sheets.cell_text(cells["filename"])
     if not filename:
       raise SammError(f"{where}: Filename is empty; fill it in or delete the row.")
     where = f"{where} ({subject} {filename})"
-    onset, apex, offset = tables.key_frames(
+    onset, apex, offset = sheets.key_frames(
         cells, where, SammError, ("Onset Frame", "Apex Frame", "Offset Frame"), _MISSING)
-    apex, rule = tables.apex_or_middle(apex, onset, offset, where, notes, "Apex Frame",
+    apex, rule = sheets.apex_or_middle(apex, onset, offset, where, notes, "Apex Frame",
                                        cells["apex"])
-    emotion = tables.native_emotion(cells["emotion"], labels.NATIVE["samm"], _EMOTION_ALIASES,
+    emotion = sheets.native_emotion(cells["emotion"], labels.NATIVE["samm"], _EMOTION_ALIASES,
                                     where, SammError)
     video_dir = _find(_find(frames_root, subject, "subject", where), filename, "video", where)
-    frames, stray = tables.scan_frames(video_dir, _FRAME_RE, SammError)
+    frames, stray = sheets.scan_frames(video_dir, _FRAME_RE, SammError)
     if stray:
       notes.append(f"{subject}/{video_dir.name}: ignored non-frame files {stray}")
     if not frames:
       raise SammError(f"{where}: no {subject}_NNNN.jpg frames in {video_dir}.")
     widths |= {len(_FRAME_RE.match(p.stem).group(1)) for p in frames.values()}
-    tables.note_key_frames(frames, onset, apex, offset, where, notes)
+    sheets.note_key_frames(frames, onset, apex, offset, where, notes)
     videos.append(Video(dataset="samm", subject=subject, episode=video_dir.name, onset=onset,
                         apex=apex, offset=offset, emotion=emotion, frames=frames,
-                        action_units=tables.cell_text(cells.get("action_units")),
+                        action_units=sheets.cell_text(cells.get("action_units")),
                         apex_rule=rule))
     rows.append(i)
-  tables.check_unique(videos, rows, sheet, SammError)
+  sheets.check_unique(videos, rows, sheet, SammError)
   if len(widths) > 1:
     notes.append(f"frame numbers written with {sorted(widths)} digits (read as numbers)")
-  tables.note_stray_files(frames_root, notes)
+  sheets.note_stray_files(frames_root, notes)
   for n in notes:
     logging.info("SAMM: %s", n)
   return VideoSet(dataset="samm", root=root, sheet=sheet, videos=videos, notes=notes)

@@ -22,7 +22,7 @@ import pathlib
 import re
 
 from mer_jax.data import apex as spotting
-from mer_jax.data import labels, tables
+from mer_jax.data import labels, sheets
 from mer_jax.data.videos import Video, VideoSet
 
 APEX_CHOICES = ("middle", "flow")
@@ -39,7 +39,7 @@ _FRAME_RE = re.compile(r"^(?:reg_)?image0*(\d+)$", re.IGNORECASE)
 _SUBJECT_RE = re.compile(r"s0*(\d+)", re.IGNORECASE)
 
 
-class SmicError(tables.DatasetError):
+class SmicError(sheets.DatasetError):
   """A problem with the user's SMIC-HS copy; the message says what to do."""
 
 
@@ -48,7 +48,7 @@ def _subject_dirs(root: pathlib.Path, notes: list[str]) -> list[pathlib.Path]:
     raise SmicError(f"SMIC-HS directory {root} does not exist.\n\n"
                     + MANUAL_DOWNLOAD_INSTRUCTIONS)
   for d in (root, root / "HS"):
-    subjects = [p for p in tables.subdirs(d) if _SUBJECT_RE.fullmatch(p.name.strip())]
+    subjects = [p for p in sheets.subdirs(d) if _SUBJECT_RE.fullmatch(p.name.strip())]
     if subjects:
       if d != root:
         notes.append(f"subject folders read from {d}")
@@ -65,19 +65,19 @@ def load_smic_hs(root: str | pathlib.Path, apex: str = "middle") -> VideoSet:
   notes: list[str] = []
   videos, skipped, naming = [], set(), set()
   for subject_dir in _subject_dirs(root, notes):
-    folders = {p.name.strip().lower(): p for p in tables.subdirs(subject_dir)}
+    folders = {p.name.strip().lower(): p for p in sheets.subdirs(subject_dir)}
     skipped |= {p.name for k, p in folders.items() if k != "micro"}
     if "micro" not in folders:
       notes.append(f"{subject_dir.name}: no micro/ folder (no micro-expressions)")
       continue
-    for label_dir in tables.subdirs(folders["micro"]):
+    for label_dir in sheets.subdirs(folders["micro"]):
       emotion = label_dir.name.strip().lower()
       if emotion not in labels.NATIVE["smic_hs"]:
         skipped.add(f"micro/{label_dir.name}")
         continue
-      for clip in tables.subdirs(label_dir):
+      for clip in sheets.subdirs(label_dir):
         where = f"{subject_dir.name}/micro/{label_dir.name}/{clip.name}"
-        frames, stray = tables.scan_frames(clip, _FRAME_RE, SmicError)
+        frames, stray = sheets.scan_frames(clip, _FRAME_RE, SmicError)
         if stray:
           notes.append(f"{where}: ignored non-frame files {stray}")
         if not frames:
@@ -88,7 +88,7 @@ def load_smic_hs(root: str | pathlib.Path, apex: str = "middle") -> VideoSet:
         if apex == "flow":
           peak = spotting.spot_apex(frames, onset, offset)
         else:
-          peak = tables.middle(onset, offset)
+          peak = sheets.middle(onset, offset)
         missing = sorted(set(range(onset, offset + 1)) - set(frames))
         if missing:
           notes.append(f"{where}: {len(missing)} frames missing between the first and the "

@@ -40,7 +40,7 @@ def summary(index: VideoSet) -> str:
 
 
 def main(argv=None) -> int:
-  from mer_jax import cli  # here, not above: the library itself needs no CLI dependencies
+  from mer_jax.plumbing import cli  # here, not above: the library itself needs no CLI dependencies
   p = cli.parser("mer_jax.data.summary", __doc__)
   p.add_argument("root", help="the dataset's directory (as its loader documents)")
   p.add_argument("--dataset", choices=DATASETS, default="casme2")
@@ -58,5 +58,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from mer_jax import cli
+  from mer_jax.plumbing import cli
   cli.run(main)

@@ -23,7 +23,7 @@ import pathlib
 import re
 from typing import Callable, Mapping, Sequence
 
-from mer_jax.errors import UserError
+from mer_jax.plumbing.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 MISSING = ("/", "", "-", "nan", "none")  # cells that mean "not coded"
