@@ -307,6 +307,11 @@ class SwinTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   remat: str = ""
 
+  @property
+  def last_stage(self) -> str:
+    """The submodule whose output is the last stage's feature map (Grad-CAM's layer)."""
+    return f"layers_{len(self.depths) - 1}"
+
   def layouts(self) -> list[StageLayout]:
     return stage_layouts(self.img_size, self.patch_size, len(self.depths), self.window_size)
 
