@@ -209,3 +209,31 @@ def test_deletion_curve_on_a_toy_model():
   assert out["random_macro_f1"][1] == 1.0
   assert out["auc"] < out["random_auc"]
   np.testing.assert_allclose(out["auc"], np.trapezoid(out["macro_f1"], fr))
+
+
+@pytest.mark.slow
+def test_program_on_the_reference_run(reference_run, tmp_path):
+  """The program end to end on the session's trained run (M2 AF, synthetic faces):
+  explain.json's face mass is recomputed from maps.npz, and the boxes lie in the image."""
+  import shutil
+  from mer_jax.explain.__main__ import main
+  run = tmp_path / "run"
+  shutil.copytree(reference_run[0], run)
+  assert main(["--workdir", str(run), "--method", "integrated_gradients,grad_cam",
+               "--steps", "4"]) == 0
+  out = json.loads((run / "explain" / "explain.json").read_text())
+  z = np.load(run / "explain" / "maps.npz")
+  assert set(out["attributions"]) == {"integrated_gradients", "grad_cam"}
+  assert (run / "explain" / "explain.png").stat().st_size > 0
+  boxes = z["boxes"]
+  assert np.isfinite(boxes).all() and (boxes[:, :2] >= -1).all() and (boxes[:, 2:] <= 225).all()
+  for name, entry in out["attributions"].items():
+    maps = z[f"map_{name}"].astype(np.float32)
+    share, chance = where.face_mass(maps, boxes)
+    assert entry["face_mass"]["all"]["mass"] == pytest.approx(np.nanmean(share), abs=2e-3)
+    assert entry["face_mass"]["all"]["chance"] == pytest.approx(chance.mean(), rel=1e-6)
+    assert 0.3 < entry["face_mass"]["all"]["chance"] < 1
+    assert len(entry["deletion"]["macro_f1"]) == len(where.DELETION_FRACTIONS)
+  from mer_jax.errors import UsageError
+  with pytest.raises(UsageError, match="grad_cam"):
+    main(["--workdir", str(run), "--method", "attention_rollout"])
