@@ -91,6 +91,7 @@ def _numpy_rollout(attns, residual=0.5):
   return out
 
 
+@pytest.mark.slow   # 10-15 s on 2 busy cores: the tiny ViT's jit compiles
 def test_attention_rollout_matches_numpy():
   from mer_jax.models.vit import VisionTransformer
   model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2,
@@ -108,6 +109,7 @@ def test_attention_rollout_matches_numpy():
   np.testing.assert_allclose(maps, up, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow   # 12-21 s on 2 busy cores: the model's compiles
 def test_grad_cam_shape_and_by_hand():
   from mer_jax.models.poolformer import PoolFormer
   model = PoolFormer(depths=(1, 1), dims=(8, 16), num_classes=3, in_chans=1)
