@@ -236,6 +236,6 @@ def test_program_on_the_reference_run(reference_run, tmp_path):
     assert entry["face_mass"]["all"]["chance"] == pytest.approx(chance.mean(), rel=1e-6)
     assert 0.3 < entry["face_mass"]["all"]["chance"] < 1
     assert len(entry["deletion"]["macro_f1"]) == len(where.DELETION_FRACTIONS)
-  from mer_jax.errors import UsageError
+  from mer_jax.plumbing.errors import UsageError
   with pytest.raises(UsageError, match="grad_cam"):
     main(["--workdir", str(run), "--method", "attention_rollout"])

@@ -5,7 +5,7 @@ image batch to logits (integrated gradients, SmoothGrad, gradient);
 `attention_rollout` (ViT) and `grad_cam` (Swin, PoolFormer) use the model's
 insides; `where` turns maps into numbers (face mass, region mass, deletion
 curve). `python -m mer_jax.explain --workdir RUN` does all of it for a
-trained run (mer_jax.explain.run).
+trained run (mer_jax.explain.survey).
 """
 from mer_jax.explain.methods import METHODS, attention_rollout, attribute, grad_cam, rollout
 from mer_jax.explain.where import (REGIONS, deletion_curve, face_mass, region_mass,

@@ -14,7 +14,7 @@ region numbers.
 """
 from __future__ import annotations
 
-from mer_jax import cli
+from mer_jax.plumbing import cli
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
                  help="SmoothGrad noise sd, a share of each image's value range")
   p.add_argument("--seed", type=int, default=0)
   args = cli.parse(p, argv)
-  from mer_jax.explain.run import explain_run
+  from mer_jax.explain.survey import explain_run
   explain_run(args.workdir, split=args.split,
               method_names=[m for m in args.method.split(",") if m] or None,
               max_videos=args.max_videos, checkpoint=args.checkpoint, steps_ig=args.steps,

@@ -21,9 +21,9 @@ import time
 import jax
 import numpy as np
 
-from mer_jax import experiment, input_pipeline, steps
+from mer_jax.run import experiment, input_pipeline, steps
 from mer_jax.data import casme2, preprocess
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 from mer_jax.explain import methods, where
 from mer_jax.models import family
 
