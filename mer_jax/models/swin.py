@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, Mlp, PatchEmbed, check_nhwc, classifier,
                                    drop_path_rates, layer_norm, materialize, remat_block,

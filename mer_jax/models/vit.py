@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, PatchEmbed, check_nhwc,
                                    classifier, drop_path_rates, layer_norm, materialize,
