@@ -34,10 +34,10 @@ from typing import Sequence
 
 import numpy as np
 
-from mer_jax import cli
+from mer_jax.plumbing import cli
 from mer_jax.data import casme2, faces, phases, preprocess
 from mer_jax.data.pixels import centre_square, expand_box, read_frame
-from mer_jax.errors import UserError
+from mer_jax.plumbing.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -185,7 +185,9 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
   """The run's probabilities for a clip: per frame and for the clip."""
   import jax
 
-  from mer_jax import experiment, metrics, runtime, steps
+  from mer_jax.run import experiment, steps
+  from mer_jax import metrics
+  from mer_jax.plumbing import runtime
 
   clip = pathlib.Path(clip).expanduser()
   if not clip.exists():

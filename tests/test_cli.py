@@ -1,4 +1,4 @@
-"""The command-line convention every program shares (mer_jax.cli), the
+"""The command-line convention every program shares (mer_jax.plumbing.cli), the
 workdir lock and the progress bar's count."""
 import json
 import os
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mer_jax import cli, errors, progress, workdir
+from mer_jax.plumbing import cli, errors, progress
+from mer_jax.run import workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.py")
@@ -85,10 +86,11 @@ def test_run_keeps_the_traceback_of_anything_but_a_user_error(bug, capsys):
 
 def test_the_projects_input_errors_are_user_errors(tmp_path, capsys):
   """Each kind of bad input, raised by the code that checks it, is one line."""
-  from mer_jax import configs, experiment, steps, tune
+  from mer_jax.run import experiment, recipe, steps
+  from mer_jax import tune
   from mer_jax.data import casme2, preprocess
   from mer_jax.models import weights
-  c = configs.get_config()
+  c = recipe.get_config()
   c.model.name = "resnet50"
   bad_model_config = c
   cases = [
@@ -124,7 +126,7 @@ def test_every_program_has_help_that_exits_0(module, capsys):
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from mer_jax import workdir
+    from mer_jax.run import workdir
     with workdir.hold(sys.argv[1], log=lambda *a: None):
       print("HELD", flush=True)
       sys.stdin.readline()

@@ -16,7 +16,9 @@ import pytest
 import timm
 
 from e2e import train_overrides
-from mer_jax import bench, cli, experiment, predict, steps, tune
+from mer_jax import bench, predict, tune
+from mer_jax.plumbing import cli
+from mer_jax.run import experiment, steps
 from mer_jax.data import casme2, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -272,8 +272,9 @@ def test_check_split_names_the_field():
 
 
 def test_a_bad_split_field_stops_the_config_check():
-  from mer_jax import configs, errors, steps
-  c = configs.get_config("poolformer_s12", "m2", "af")
+  from mer_jax.run import recipe, steps
+  from mer_jax.plumbing import errors
+  c = recipe.get_config("poolformer_s12", "m2", "af")
   c.data.protocol, c.data.split_seed = "loso", 3
   with pytest.raises(errors.UserError, match="LOSO"):
     steps.check_config(c)
@@ -306,7 +307,7 @@ def check_partition(data, videos):
 
 
 def test_every_loso_fold_loads_disjoint_subjects(built):
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   subjects = sorted({v.subject for v in videos})
   assert input_pipeline.loso_subjects(d) == subjects
@@ -320,7 +321,7 @@ def test_every_loso_fold_loads_disjoint_subjects(built):
 
 
 def test_subject_split_loads_disjoint_subjects(built):
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   for seed in (0, 1, 2):
     data = input_pipeline.load_splits(d, "paper", split="subject", split_seed=seed)
@@ -331,7 +332,7 @@ def test_subject_split_loads_disjoint_subjects(built):
 
 
 def test_video_split_seeds_load_stratified_paper_sizes(built):
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   n = len(videos)
   total = collections.Counter(v.emotion for v in videos)
@@ -353,7 +354,7 @@ def test_video_split_seeds_load_stratified_paper_sizes(built):
 def test_the_paper_split_reads_as_built_and_as_redrawn(built, monkeypatch):
   """Seed 0 reads the TFDS splits; they are paper_split(sheet videos, 0), and the
   same as redrawing seed 0 from the loaded examples (the path of other seeds)."""
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   fast = input_pipeline.load_splits(d, "paper")
   want = splits.paper_split(videos, 0)

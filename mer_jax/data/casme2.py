@@ -43,7 +43,7 @@ import logging
 import pathlib
 import re
 
-from mer_jax.errors import UserError
+from mer_jax.plumbing.errors import UserError
 
 # Label order of the TFDS ClassLabel and of every model head.
 EMOTIONS = ("happiness", "disgust", "surprise", "repression", "sadness", "fear", "others")
@@ -505,7 +505,7 @@ def summary(index: Casme2Index) -> str:
 
 
 def main(argv=None) -> int:
-  from mer_jax import cli  # here, not above: the library itself needs no CLI dependencies
+  from mer_jax.plumbing import cli  # here, not above: the library itself needs no CLI dependencies
   p = cli.parser("mer_jax.data.casme2", __doc__)
   p.add_argument("root", help="directory holding CASME2_RAW_selected/ and the coding sheet")
   p.add_argument("--sheet", help="coding sheet to use (default: found in root)")
@@ -515,5 +515,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from mer_jax import cli
+  from mer_jax.plumbing import cli
   cli.run(main)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mer_jax.choices import Choice
+from mer_jax.plumbing.choices import Choice
 from mer_jax.data.casme2 import Video
 
 ROLES = ("onset", "apex", "offset", "window")

@@ -65,7 +65,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mer_jax.choices import Choice
+from mer_jax.plumbing.choices import Choice
 from mer_jax.data import align, faces, flow, phases
 from mer_jax.data.casme2 import Casme2Error, Video
 from mer_jax.data.faces import Box, box_area

@@ -35,7 +35,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mer_jax.data.casme2 import EMOTIONS, Video
-from mer_jax.errors import UserError
+from mer_jax.plumbing.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 PAPER_SIZES = (201, 26, 28)  # of 255 videos

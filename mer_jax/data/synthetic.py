@@ -40,7 +40,7 @@ import numpy as np
 
 from mer_jax.data import fingerprint
 from mer_jax.data.casme2 import FRAMES_DIR
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 REAL_COUNTS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25,
                "sadness": 7, "fear": 2}
@@ -406,7 +406,7 @@ def write_synthetic_casme2(out: str | pathlib.Path, videos: int = 255, subjects:
 
 
 def main(argv=None) -> int:
-  from mer_jax import cli  # here, not above: the library itself needs no CLI dependencies
+  from mer_jax.plumbing import cli  # here, not above: the library itself needs no CLI dependencies
   p = cli.parser("mer_jax.data.synthetic", __doc__)
   p.add_argument("--out", required=True, help="directory to write (the manual dir)")
   p.add_argument("--videos", type=int, default=255)
@@ -430,5 +430,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from mer_jax import cli
+  from mer_jax.plumbing import cli
   cli.run(main)

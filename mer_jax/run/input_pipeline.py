@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mer_jax.data import casme2, flow, splits
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
 # uses their means, as timm does for in_chans=1.
