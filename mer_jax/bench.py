@@ -28,9 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-from mer_jax import cli, timing
+from mer_jax.plumbing import cli, timing
 from mer_jax.data.preprocess import Method
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 PAPER_MODELS = ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")
 # Each method's network input: (side, channels).
@@ -52,7 +52,8 @@ def bench_model(name: str, method: str, *, batch: int = 32, repeats: int = 20,
   import jax
   import jax.numpy as jnp
 
-  from mer_jax import models, steps
+  from mer_jax import models
+  from mer_jax.run import steps
 
   size, chans = METHODS[method]
   size = img_size or size
