@@ -82,12 +82,12 @@ def aligned_take(images, idx, align: int = 64, offset: int = 0):
 def aligned_batches(data, global_batch, *, seed, epoch):
   """`input_pipeline.train_batches` with the image gather of `aligned_take`."""
   import numpy as np
-  from mer_jax import input_pipeline as ip
-  order = ip.epoch_order(len(data), epoch, seed, data.labels, False)
+  from mer_jax.run import input_pipeline
+  order = input_pipeline.epoch_order(len(data), epoch, seed, data.labels, False)
   if len(order) < global_batch:
     order = np.resize(order, global_batch)
-  mine = ip.process_slice(global_batch)
-  for step in range(ip.steps_per_epoch(len(order), global_batch)):
+  mine = input_pipeline.process_slice(global_batch)
+  for step in range(input_pipeline.steps_per_epoch(len(order), global_batch)):
     idx = order[step * global_batch:(step + 1) * global_batch][mine]
     yield {"image": aligned_take(data.images, idx), "label": data.labels[idx],
            "mask": np.ones(len(idx), np.float32)}
@@ -96,8 +96,8 @@ def aligned_batches(data, global_batch, *, seed, epoch):
 def measure(train, mesh, step, variant: str, batch: int, prefetch: int, seconds: float):
   """Images/s over whole epochs lasting about `seconds` (epoch starts included)."""
   import jax
-  from mer_jax import input_pipeline as ip
-  from mer_jax import runtime
+  from mer_jax.run import input_pipeline
+  from mer_jax.plumbing import runtime
   put = lambda b: runtime.to_global(b, mesh)  # noqa: E731
   n, epoch, out = 0, 0, None
   t0 = time.perf_counter()
@@ -105,11 +105,11 @@ def measure(train, mesh, step, variant: str, batch: int, prefetch: int, seconds:
     if variant == "aligned gather":
       batches = aligned_batches(train, batch, seed=0, epoch=epoch)
     else:
-      batches = ip.train_batches(train, batch, seed=0, epoch=epoch)
+      batches = input_pipeline.train_batches(train, batch, seed=0, epoch=epoch)
     if variant == "no prefetch":
       feed = map(put, batches)
     else:
-      feed = ip.Prefetcher(batches, put, prefetch)
+      feed = input_pipeline.Prefetcher(batches, put, prefetch)
     for b in feed:
       out = step(b)
       n += batch
@@ -124,8 +124,8 @@ def stage_times(train, mesh, batch: int, reps: int = 40):
   and the share of `train_batches`' image arrays that come out aligned."""
   import jax
   import numpy as np
-  from mer_jax import input_pipeline as ip
-  from mer_jax import runtime
+  from mer_jax.run import input_pipeline
+  from mer_jax.plumbing import runtime
   rng = np.random.default_rng(0)
   t = {"gather": [], "to_global": [], "to_global aligned": [], "to_global unaligned": []}
 
@@ -144,7 +144,7 @@ def stage_times(train, mesh, batch: int, reps: int = 40):
     put("to_global unaligned", aligned_take(train.images, idx, offset=16))
   out = {k: 1e3 * statistics.median(v) for k, v in t.items()}
   aligned = [b["image"].ctypes.data % 64 == 0
-             for b in ip.train_batches(train, batch, seed=0, epoch=0)]
+             for b in input_pipeline.train_batches(train, batch, seed=0, epoch=0)]
   out["aligned share"] = float(np.mean(aligned))
   return out
 
@@ -171,8 +171,8 @@ def main(argv=None) -> int:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from mer_jax import input_pipeline as ip
-  from mer_jax import runtime
+  from mer_jax.run import input_pipeline
+  from mer_jax.plumbing import runtime
 
   mesh = runtime.make_mesh()
   # The no-op step: reads one element of each array, so it waits for every transfer.
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
                  + b["mask"][0])
   rows, stages = [], []
   for config in configs:
-    train = ip.load_splits(str(dataset_dir(data_dir, config)))["train"]
+    train = input_pipeline.load_splits(str(dataset_dir(data_dir, config)))["train"]
     if args.frames:
       train = train.take(np.resize(np.arange(len(train)), args.frames))
     method = config[:2]

@@ -17,7 +17,7 @@ Flax/timm ratios (> 1 = Flax faster), the step's useful GFLOP/s (XLA's cost
 analysis of the compiled step over each framework's step time) and the float32
 matmul rate of XLA and torch on this CPU, so the gap left is a number.
 BENCHMARKS.md's tables ran under the CPU malloc settings of launch/malloc.env
-(`mer_jax.runtime.MALLOC_TUNABLES`); the header prints the GLIBC_TUNABLES in use.
+(`mer_jax.plumbing.runtime.MALLOC_TUNABLES`); the header prints the GLIBC_TUNABLES in use.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout, installed or not
   sys.path.insert(0, str(ROOT))
 
-from mer_jax import timing
+from mer_jax.plumbing import timing
 from mer_jax.models import create_model, from_timm
 
 TIMM = {("vit_b32", 224): "vit_base_patch32_224", ("vit_b32", 384): "vit_base_patch32_384",

@@ -59,11 +59,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the GPU machine runs from a plain checkout, not installed
   sys.path.insert(0, str(ROOT))
 
-from mer_jax import timing
+from mer_jax.plumbing import timing
 
 METHODS = {"M1": (384, 3), "M2": (224, 1)}      # the paper's inputs
 TINY_METHODS = {"M1": (64, 3), "M2": (32, 1)}   # --tiny: same channels, small images
-# The paper's batch per method (mer_jax/configs.py BATCH_SIZE; not imported,
+# The paper's batch per method (mer_jax/run/recipe.py BATCH_SIZE; not imported,
 # it needs ml_collections, which the GPU machine lacks).
 PAPER_BATCH = {"M1": 16, "M2": 8}
 DEFAULT_MODELS = "vit_b32,swin_b,poolformer_m36,poolformer_m48"
@@ -359,7 +359,7 @@ def run_worker(kind: str, cases: list[Case], deadline: float, args, log) -> tupl
   """Runs a worker process until its cases are done or the deadline passes;
   a worker that dies is restarted on the cases it had not reached, and the
   case it died on is reported as its failure. Returns ({id: result}, info)."""
-  from mer_jax import runtime
+  from mer_jax.plumbing import runtime
   results, info = {}, {}
   todo = list(cases)
   env = runtime.with_malloc_tunables(os.environ)  # the settings of BENCHMARKS' tables
@@ -498,7 +498,7 @@ def _run_train(args, deadline: float, log, row: dict, work: pathlib.Path) -> dic
   cmd = [sys.executable, "-m", "mer_jax.train", "--config",
          f"{ROOT / 'configs' / 'paper.py'}:model=pool_m36,method=m2,phase=mfs", "--workdir", str(work / "run")]
   cmd += [f"--config.{k}={v}" for k, v in opts.items()]
-  from mer_jax import runtime
+  from mer_jax.plumbing import runtime
   env = runtime.with_malloc_tunables(os.environ)  # the settings of BENCHMARKS' tables
   env["JAX_LOG_COMPILES"] = "1"
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

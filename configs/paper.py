@@ -5,10 +5,10 @@ Keys (each optional; defaults pool_m36, m1, mfs, the paper's strongest pairing):
           name (poolformer_m36, poolformer_s12, ...)
   method  m1, m2 (the paper's), m2a (aligned faces), m3 (optical flow)
   phase   af (apex frame), kfs (key-frame sequence), mfs (multi-frame sequence)
-The recipe itself is mer_jax/configs.py (the study builds its cells from it too).
+The recipe itself is mer_jax/run/recipe.py (the study builds its cells from it too).
 """
-from mer_jax import configs
+from mer_jax.run import recipe
 
 
 def get_config(arg: str = ""):
-  return configs.from_arg(arg)
+  return recipe.from_arg(arg)

@@ -14,11 +14,11 @@ scratch on 201 images, the small input learns faster per epoch than 112 px
 did (validation macro-F1 0.62 after 7 epochs, 0.31 at 112 px) at a third of
 the cost per step, so 12 epochs do what 25 did (BENCHMARKS.md).
 """
-from mer_jax import configs
+from mer_jax.run import recipe
 
 
 def get_config():
-  c = configs.get_config("poolformer_s12", "m2", "af")
+  c = recipe.get_config("poolformer_s12", "m2", "af")
   c.init.weights = ""                   # random init: nothing to download
   c.model.img_size = 64                 # M2's 224 crops, resized on device (see above)
   c.model.drop_path_rate = 0.0

@@ -3,13 +3,13 @@ r"""Start N processes of a mer_jax command on this machine, as N hosts would run
   python launch/local.py --processes 2 --devices_per_process 2 -- \
       python -m mer_jax.train --config configs/quickstart.py --workdir runs/q2
 
-Each process gets the coordinator address and its rank (see mer_jax.runtime),
+Each process gets the coordinator address and its rank (see mer_jax.plumbing.runtime),
 and CPU processes `--devices_per_process` emulated devices, so the multi-host
 code paths (global mesh, per-process data feeding, CPU collectives) run and
 can be tested on one machine. Output lines are prefixed with the rank; the
 launcher exits with the first non-zero exit code and stops the others. The
 processes start under the CPU malloc settings of the speed tables
-(`mer_jax.runtime.MALLOC_TUNABLES` in GLIBC_TUNABLES), unless GLIBC_TUNABLES
+(`mer_jax.plumbing.runtime.MALLOC_TUNABLES` in GLIBC_TUNABLES), unless GLIBC_TUNABLES
 already sets glibc.malloc.* of your own.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run from a checkout, installed or not
   sys.path.insert(0, _REPO)
 
-from mer_jax import runtime
+from mer_jax.plumbing import runtime
 
 
 def _free_port() -> int:

@@ -17,7 +17,8 @@ import os
 import jax
 import numpy as np
 
-from mer_jax import cli, models
+from mer_jax.plumbing import cli
+from mer_jax import models
 from mer_jax.models import weights
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pathlib
 
-from mer_jax import checkpointing
-from mer_jax import cli
-from mer_jax import experiment
-from mer_jax import report
+from mer_jax.run import checkpointing
+from mer_jax.plumbing import cli
+from mer_jax.run import experiment
+from mer_jax.run import report
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, *, checkpoint: str = "best",

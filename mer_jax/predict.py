@@ -40,8 +40,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mer_jax.plumbing import cli
-from mer_jax.data import casme2, faces, phases, preprocess
+from mer_jax.data import faces, phases, preprocess
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.pixels import centre_square, expand_box, read_frame
+from mer_jax.data.videos import Video
 from mer_jax.plumbing.errors import UsageError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -178,10 +180,10 @@ def key_frames(frames: dict[int, pathlib.Path], method, onset: int | None = None
 
 
 def clip_video(frames: dict[int, pathlib.Path], onset: int, apex: int, offset: int,
-               name: str) -> casme2.Video:
+               name: str) -> Video:
   """The clip as a CASME II Video (emotion unknown: 'others' as a placeholder)."""
-  return casme2.Video(subject="clip", episode=name, onset=onset, apex=apex, offset=offset,
-                      emotion="others", frames=dict(frames))
+  return Video(dataset="casme2", subject="clip", episode=name, onset=onset, apex=apex,
+               offset=offset, emotion="others", frames=dict(frames))
 
 
 def clip_path(clip: str | pathlib.Path) -> pathlib.Path:
@@ -223,7 +225,7 @@ def run_predictor(workdir: str | pathlib.Path, checkpoint: str = "best") -> Pred
     return np.concatenate([np.asarray(predict_fn(params, batch[i:i + 32]))
                            for i in range(0, len(batch), 32)])
 
-  return Predictor(method, phases.Phase.parse(config.data.phase), tuple(casme2.EMOTIONS),
+  return Predictor(method, phases.Phase.parse(config.data.phase), EMOTIONS,
                    probabilities,
                    {"workdir": str(pathlib.Path(workdir).absolute()), "checkpoint": restored.kind,
                     "step": int(restored.state["step"]), "model": config.model.name})

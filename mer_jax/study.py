@@ -41,7 +41,7 @@ adjustment, the spread over split seeds, and for LOSO the UF1/UAR of the
 predictions pooled over all folds (MEGC convention, subject-clustered CI) with
 the fold count. Figures: fig2_preprocessing.png (the validation-chosen model
 per phase and method, 95 % CI error bars), fig3_temporal.png,
-fig4_confusion.png. mer_jax.study_tables makes them from the finished runs
+fig4_confusion.png. mer_jax.analysis.tables makes them from the finished runs
 and says how it chose; this module runs the cells.
 """
 from __future__ import annotations
@@ -53,12 +53,12 @@ import os
 import pathlib
 import shlex
 
-from mer_jax import cli
-from mer_jax import configs as recipe
-from mer_jax.errors import UsageError
-from mer_jax.study_tables import (METHODS, PAPER_METHODS, PHASES, cell_coordinates, report,
-                                  write_plan)
-from mer_jax.workdir import WorkdirBusy
+from mer_jax.analysis.runs import METHODS, PAPER_METHODS, PHASES, cell_coordinates, write_plan
+from mer_jax.analysis.tables import report
+from mer_jax.plumbing import cli
+from mer_jax.plumbing.errors import UsageError
+from mer_jax.run import recipe
+from mer_jax.run.workdir import WorkdirBusy
 
 GRIDS = {"paper": ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")}
 
@@ -133,7 +133,7 @@ def plan(cells: list[Cell], protocol: str, split: str, loso_folds: int | None) -
 
 
 def loso_fold_count(config) -> int:
-  from mer_jax import experiment, input_pipeline
+  from mer_jax.run import experiment, input_pipeline
   return len(input_pipeline.loso_subjects(experiment.dataset_dir(config)))
 
 
@@ -147,7 +147,8 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
   (experiment.config_changes, paths and cadence aside); one of another config
   stops with ConfigChanged unless `force` (train's) retrains it. Cells another
   live process is training are left to it; WorkdirBusy at the end names them."""
-  from mer_jax import experiment, steps, train
+  from mer_jax.run import experiment, steps
+  from mer_jax.run import loop
   mine = [c for i, c in enumerate(cells) if i % num_tasks == task_index]
   for cell in mine:  # a contradiction stops the study before its first cell, not hours in
     steps.check_method_fields(cell_config(cell, overrides, protocol))
@@ -164,7 +165,7 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
     log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: training; by hand: "
         f"{cell_command(cell, overrides, protocol, root)}")
     try:
-      train.train_and_evaluate(config, str(w), force=force)
+      loop.train_and_evaluate(config, str(w), force=force)
     except WorkdirBusy as e:
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: left to its holder ({e})")
       busy.append(str(w.relative_to(root)))

@@ -29,9 +29,9 @@ import os
 import pathlib
 import shlex
 
-from mer_jax import cli
-from mer_jax.errors import UsageError
-from mer_jax.losses import Loss
+from mer_jax.plumbing import cli
+from mer_jax.plumbing.errors import UsageError
+from mer_jax.run.losses import Loss
 
 DEFAULT_SPACE = {"drop_path": ("0.05", "0.3"), "dropout": ("0.0", "0.2"),
                  "lr": ("1e-5", "3e-4"), "losses": ("focal", "weighted_ce")}
@@ -105,7 +105,7 @@ def trial_dir(workdir: pathlib.Path, trial) -> pathlib.Path:
 def make_objective(config, workdir: pathlib.Path, space: dict):
   import optuna
 
-  from mer_jax import train
+  from mer_jax.run import loop
 
   def objective(trial):
     overrides = suggest(trial, space)
@@ -124,8 +124,8 @@ def make_objective(config, workdir: pathlib.Path, space: dict):
                                  f"{record['val_macro_f1']:.4f} below the median)")
 
     try:
-      out = train.train_and_evaluate(c, str(d), on_epoch=on_epoch)
-    except train.NonFiniteLossError:
+      out = loop.train_and_evaluate(c, str(d), on_epoch=on_epoch)
+    except loop.NonFiniteLossError:
       trial.set_user_attr("stopped", "non-finite loss")
       raise optuna.TrialPruned("the loss became NaN/inf") from None
     value = float(out["validation"]["macro_f1"])  # the best checkpoint's, video level
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
       "runs", f"tune_{config.model.name}_{config.data.method}_{config.data.phase}")
   if args.trials < 1:
     raise UsageError("--trials must be >= 1")
-  from mer_jax import steps
+  from mer_jax.run import steps
   steps.check_config(config)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
   space = search_space(split(args.drop_path), split(args.dropout), split(args.lr),

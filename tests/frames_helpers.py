@@ -7,7 +7,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from mer_jax.data.casme2 import Video
+from mer_jax.data.videos import Video
 
 H, W = 480, 640
 
@@ -35,7 +35,7 @@ def make_video(tmp: pathlib.Path, frames: dict[int, np.ndarray], name: str = "EP
     paths[n] = folder / f"img{n}.png"
     Image.fromarray(rgb).save(paths[n])
   ns = sorted(frames)
-  return Video("sub01", name, ns[0], ns[len(ns) // 2], ns[-1], "others", paths)
+  return Video("casme2", "sub01", name, ns[0], ns[len(ns) // 2], ns[-1], "others", paths)
 
 
 class StubDetector:

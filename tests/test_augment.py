@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mer_jax import input_pipeline
+from mer_jax.run import input_pipeline
 from mer_jax.data import flow
 
 B, SIDE, OUT = 16, 48, 32    # images, their side, the model's input size

@@ -7,7 +7,7 @@ import sys
 import openpyxl
 import pytest
 
-from mer_jax.data import casme2
+from mer_jax.data import casme2, summary
 from mer_jax.data.casme2 import Casme2Error
 
 HEADER_2014 = ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame",
@@ -144,11 +144,11 @@ def test_missing_video_folder_is_named(tmp_path):
 
 def test_cli_summary(tmp_path, capsys):
   make_tree(tmp_path, ROWS)
-  assert casme2.main([str(tmp_path)]) == 0
+  assert summary.main([str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert "5 videos of 4 subjects" in out and "happiness 1" in out
   with pytest.raises(Casme2Error, match="not found"):
-    casme2.main([str(tmp_path / "none")])
+    summary.main([str(tmp_path / "none")])
 
 
 def _write_xlsx(path, table, title_rows=(), second_sheet=False):
@@ -265,10 +265,10 @@ def test_duplicate_rows_and_empty_filename_are_errors(tmp_path):
 
 def test_cli_as_a_module(tmp_path):
   make_tree(tmp_path, ROWS)
-  out = subprocess.run([sys.executable, "-m", "mer_jax.data.casme2", str(tmp_path)],
+  out = subprocess.run([sys.executable, "-m", "mer_jax.data.summary", str(tmp_path)],
                        capture_output=True, text=True, check=True).stdout
   assert "5 videos of 4 subjects" in out and "per emotion: happiness 1, disgust 1" in out
   assert "ApexFrame missing" in out
-  bad = subprocess.run([sys.executable, "-m", "mer_jax.data.casme2", str(tmp_path / "none")],
+  bad = subprocess.run([sys.executable, "-m", "mer_jax.data.summary", str(tmp_path / "none")],
                        capture_output=True, text=True)
   assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

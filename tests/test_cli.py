@@ -113,7 +113,7 @@ def test_the_projects_input_errors_are_user_errors(tmp_path, capsys):
 @pytest.mark.parametrize("module", [
     "mer_jax.train", "mer_jax.evaluate", "mer_jax.tune", "mer_jax.study", "mer_jax.bench",
     "mer_jax.predict", "mer_jax.convert", "mer_jax.export", "mer_jax.data.build",
-    "mer_jax.data.casme2", "mer_jax.data.synthetic"])
+    "mer_jax.data.summary", "mer_jax.data.synthetic"])
 def test_every_program_has_help_that_exits_0(module, capsys):
   import importlib
   main = importlib.import_module(module).main

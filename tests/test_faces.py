@@ -152,7 +152,7 @@ _NEW_PROCESS = """
 import json, pathlib, sys
 import numpy as np
 from mer_jax.data import faces, preprocess as pp
-from mer_jax.data.casme2 import Video
+from mer_jax.data.videos import Video
 
 class NoDetector:
   key = faces.FaceDetector().key
@@ -161,7 +161,7 @@ class NoDetector:
 
 a = json.loads(sys.argv[1])
 frames = {int(n): pathlib.Path(p) for n, p in a["frames"].items()}
-video = Video("sub01", "EP00_01", 1, 2, 3, "others", frames)
+video = Video("casme2", "sub01", "EP00_01", 1, 2, 3, "others", frames)
 images, report = pp.preprocess_video(video, [3, 1], "m2", context_frames=[1, 2, 3],
                                      cache=faces.DetectionCache(a["cache"]),
                                      detector=NoDetector())

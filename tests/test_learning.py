@@ -3,8 +3,8 @@ shape right would pass the rest of the suite.
 
 - Each model family (its test-only tiny architecture, `parity.TINY`, through
   the family's own `create`) overfits one fixed batch through the project's
-  real train step, loss and optimizer (`mer_jax.steps`, the family's paper
-  recipe from `mer_jax.configs`): the loss falls by a stated factor in a few
+  real train step, loss and optimizer (`mer_jax.run.steps`, the family's paper
+  recipe from `mer_jax.run.recipe`): the loss falls by a stated factor in a few
   steps, and does not when the labels are shuffled between steps.
 - The session's reference run (conftest.reference_run) scores above chance
   on its validation split by a stated margin, chance computed from that
@@ -30,8 +30,8 @@ import pytest
 
 from e2e import ROOT, subprocess_env
 from parity import FAMILIES, TINY, family_module, tiny_archs
-from mer_jax import configs, steps
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.run import recipe, steps
+from mer_jax.data.labels import EMOTIONS
 
 assert tiny_archs  # a fixture, used by name
 
@@ -49,7 +49,7 @@ def overfit(family: str, shuffle_labels: bool = False) -> list[float]:
   """The train step's loss at each of OVERFIT_STEPS + 1 steps on one batch of
   8 random gray images (labels 0..6, 0): the paper recipe of the family, from
   random init, at lr 1e-2 without augmentation (as the quickstart trains)."""
-  c = configs.get_config(PAPER_MODEL[family], "m2", "af")
+  c = recipe.get_config(PAPER_MODEL[family], "m2", "af")
   c.init.weights, c.model.img_size, c.model.drop_path_rate = "", 32, 0.0
   c.aug.enabled, c.optim.lr = False, 1e-2
   model = family_module(family).create(TINY[family][0], num_classes=7, img_size=32,

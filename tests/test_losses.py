@@ -1,4 +1,4 @@
-"""mer_jax.losses against hand-computed values and torch.nn.functional.cross_entropy."""
+"""mer_jax.run.losses against hand-computed values and torch.nn.functional.cross_entropy."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mer_jax import losses
+from mer_jax.run import losses
 
 LN2 = float(np.log(2.0))
 

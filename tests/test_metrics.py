@@ -9,7 +9,7 @@ from scipy import stats
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, recall_score)
 
 from mer_jax import metrics
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 
 K = 5
 

@@ -34,7 +34,8 @@ import torch
 from parity import (FAMILIES, TINY, TINY_SIZE, TOL, family_module, images, model_in_chans,
                     rel_err, timm_features, timm_logits, timm_model, timm_name, tiny_archs,
                     tiny_timm, torch_sd)
-from mer_jax import cli, models
+from mer_jax.plumbing import cli
+from mer_jax import models
 from mer_jax.models import weights
 from mer_jax.models.state_dict import ConversionError
 from mer_jax.models.swin import SwinArch

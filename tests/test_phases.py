@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from mer_jax.data.casme2 import Video
+from mer_jax.data.videos import Video
 from mer_jax.data.phases import ROLES, Phase, PhaseFrame, select_frames
 
 
 def video(onset, apex, offset, frames=None):
   frames = frames if frames is not None else range(onset - 5, offset + 6)
-  return Video("sub01", "EP01_01", onset, apex, offset, "others",
+  return Video("casme2", "sub01", "EP01_01", onset, apex, offset, "others",
                {n: f"img{n}.jpg" for n in frames})
 
 

@@ -9,8 +9,9 @@ import weakref
 import pytest
 
 from e2e import ROOT, train_overrides
-from mer_jax import cli, train
-from mer_jax.input_pipeline import Prefetcher
+from mer_jax.plumbing import cli
+from mer_jax.run import loop
+from mer_jax.run.input_pipeline import Prefetcher
 
 
 def prefetch_threads() -> list[threading.Thread]:
@@ -41,7 +42,7 @@ def source(n: int, log: list, made: list, fail_at: int | None = None):
 def test_the_thread_stops_and_the_source_is_closed(how):
   log, made, seen = [], [], []
   raised = {"consumer raises": FloatingPointError, "source raises": OSError}.get(how)
-  # Held here as train.py holds its epoch's batch generator.
+  # Held here as run/loop.py holds its epoch's batch generator.
   src = source(50, log, made, fail_at=5 if how == "source raises" else None)
   with pytest.raises(raised) if raised else contextlib.nullcontext():
     with Prefetcher(src, put=lambda b: b, size=2) as feed:
@@ -68,8 +69,8 @@ def test_a_nan_mid_epoch_leaves_no_input_thread(casme2_small, tmp_path):
           casme2_small, **{"optim.lr": 1e12, "num_epochs": 1, "data.prefetch": 1})])
   from tqdm import tqdm
   before, bars = set(prefetch_threads()), set(getattr(tqdm, "_instances", ()))
-  with pytest.raises(train.NonFiniteLossError) as raised:
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+  with pytest.raises(loop.NonFiniteLossError) as raised:
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert set(prefetch_threads()) <= before
   # Nor an open progress bar while the exception (and so the run's frames) is still
   # alive, as when cli.run prints it: the `error:` line would follow the bar.

@@ -13,7 +13,7 @@ from frames_helpers import (H, W, StubDetector, face_patch, make_frame, make_vid
 from mer_jax.data.phases import Phase, select_frames
 from mer_jax.data import pixels
 from mer_jax.data import preprocess as pp
-from mer_jax.data import align, casme2, faces, flow, runner, synthetic
+from mer_jax.data import align, casme2, faces, flow, runner, synthetic, videos
 from mer_jax.data.casme2 import Casme2Error
 
 
@@ -398,7 +398,7 @@ def test_m3_needs_its_onset_frame(tmp_path, dlib_models):
 
 def test_flow_phases_leave_out_the_onset():
   files = {n: f"img{n}.jpg" for n in range(10, 31)}
-  v = casme2.Video("sub01", "EP01_01", 10, 20, 30, "others", files)
+  v = videos.Video("casme2", "sub01", "EP01_01", 10, 20, 30, "others", files)
   for phase in Phase:
     for method in ("m1", "m2", "m2a"):
       assert pp.phase_frames(v, phase, method) == select_frames(v, phase)
@@ -406,7 +406,7 @@ def test_flow_phases_leave_out_the_onset():
   assert [f.frame_index for f in pp.phase_frames(v, "kfs", "m3")] == [20, 30]
   mfs = [f.frame_index for f in pp.phase_frames(v, "mfs", "m3")]
   assert len(mfs) == 12 and mfs[:3] == [11, 12, 13]  # onset+[0..3] gives 3 flow frames
-  still = casme2.Video("sub01", "EP01_02", 10, 10, 10, "others", files)
+  still = videos.Video("casme2", "sub01", "EP01_02", 10, 10, 10, "others", files)
   assert [f.frame_index for f in pp.phase_frames(still, "kfs", "m3")] == [10]  # all it has
 
 

@@ -1,4 +1,4 @@
-"""mer_jax.report: a split's frame probabilities -> video rows and the run's files."""
+"""mer_jax.run.report: a split's frame probabilities -> video rows and the run's files."""
 from __future__ import annotations
 
 import csv
@@ -6,8 +6,9 @@ import csv
 import numpy as np
 import pytest
 
-from mer_jax import metrics, report
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax import metrics
+from mer_jax.run import report
+from mer_jax.data.labels import EMOTIONS
 
 
 def _split():

@@ -16,11 +16,11 @@ import numpy as np
 import optax
 import pytest
 
-from mer_jax import checkpointing
-from mer_jax import cli
-from mer_jax import errors
-from mer_jax import configs as recipe
-from mer_jax import experiment
+from mer_jax.run import checkpointing
+from mer_jax.plumbing import cli
+from mer_jax.plumbing import errors
+from mer_jax.run import recipe
+from mer_jax.run import experiment
 
 
 # --- config_changes and claim_workdir --------------------------------------------
@@ -278,14 +278,15 @@ def test_orbax_tracebacks_of_a_full_disk_are_not_logged(tmp_path, caplog):
 
 
 def test_study_skips_only_cells_finished_with_the_same_config(tmp_path, monkeypatch):
-  from mer_jax import study, train
+  from mer_jax import study
+  from mer_jax.run import loop
   cell = study.Cell("poolformer_s12", "m2", "af", 0)
   w = cell.workdir(tmp_path)
   w.mkdir(parents=True)
   done = study.cell_config(cell, ["num_epochs=4"], "paper").to_dict()
   (w / "metrics.json").write_text(json.dumps({"config": done}))
   calls = []
-  monkeypatch.setattr(train, "train_and_evaluate",
+  monkeypatch.setattr(loop, "train_and_evaluate",
                       lambda c, d, force=False: calls.append((c.to_dict(), d, force)))
 
   def ran(overrides, force=False):

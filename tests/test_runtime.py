@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mer_jax import checkpointing
+from mer_jax.run import checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _PROG = textwrap.dedent("""
     import jax, numpy as np, jax.numpy as jnp
-    from mer_jax import runtime
+    from mer_jax.plumbing import runtime
     runtime.maybe_initialize_distributed()
     mesh = runtime.make_mesh()
     p = jax.process_index()
@@ -94,7 +94,7 @@ def _env_without_tunables():
 
 
 def test_local_launcher_starts_its_processes_under_the_malloc_settings():
-  from mer_jax import runtime
+  from mer_jax.plumbing import runtime
   out = subprocess.run(
       [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", "2", "--",
        sys.executable, "-c", _PRINT_TUNABLES],
@@ -104,7 +104,7 @@ def test_local_launcher_starts_its_processes_under_the_malloc_settings():
 
 
 def test_with_malloc_tunables_keeps_the_users_tunables():
-  from mer_jax import runtime
+  from mer_jax.plumbing import runtime
   env = runtime.with_malloc_tunables({"PATH": "/bin"})
   assert env == {"PATH": "/bin", "GLIBC_TUNABLES": runtime.MALLOC_TUNABLES}
   # Other tunables are kept beside them; malloc settings of the user's own win.
@@ -116,7 +116,7 @@ def test_with_malloc_tunables_keeps_the_users_tunables():
 
 def test_malloc_env_file_gives_a_command_the_runtime_settings():
   # README's way to start a command under them: env $(cat launch/malloc.env) ...
-  from mer_jax import runtime
+  from mer_jax.plumbing import runtime
   out = subprocess.run(["sh", "-c", f'env $(cat launch/malloc.env) "{sys.executable}" -c '
                         f'"{_PRINT_TUNABLES}"'], cwd=ROOT, env=_env_without_tunables(),
                        capture_output=True, text=True, timeout=60, check=True)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mer_jax.data import splits
-from mer_jax.data.casme2 import EMOTIONS, Video
+from mer_jax.data.labels import EMOTIONS
+from mer_jax.data.videos import Video
 
 REAL_COUNTS = dict(others=99, disgust=63, happiness=32, repression=27, surprise=25, sadness=7,
                    fear=2)
@@ -23,7 +24,7 @@ def casme2_like(counts=REAL_COUNTS, subjects=26, seed=0):
   for e, c in counts.items():
     for _ in range(c):
       s = int(rng.integers(1, subjects + 1))
-      vs.append(Video(f"sub{s:02d}", f"EP{i:03d}_01", 1, 5, 9, e, {}))
+      vs.append(Video("casme2", f"sub{s:02d}", f"EP{i:03d}_01", 1, 5, 9, e, {}))
       i += 1
   return vs
 
@@ -144,7 +145,7 @@ def test_loso_val_fraction_zero_and_bad_inputs():
     splits.loso_folds(vs, val_fraction=1.0)
   with pytest.raises(ValueError, match="appears twice"):
     splits.paper_split(vs + vs[:1])
-  bad = [Video("sub01", "EP01_01", 1, 2, 3, "contempt", {})]
+  bad = [Video("casme2", "sub01", "EP01_01", 1, 2, 3, "contempt", {})]
   with pytest.raises(ValueError, match="contempt"):
     splits.paper_split(bad)
 
@@ -165,7 +166,7 @@ def test_fold_splits_partition_the_videos():
 def synthetic_like(seed=0):
   """CASME II's 255 videos over 26 subjects as the synthetic set lays them out."""
   from mer_jax.data import synthetic
-  return [Video(f"sub{v.subject.number:02d}", v.episode, 1, 5, 9, v.emotion, {})
+  return [Video("casme2", f"sub{v.subject.number:02d}", v.episode, 1, 5, 9, v.emotion, {})
           for v in synthetic.plan(255, 26, seed)]
 
 
@@ -272,8 +273,9 @@ def test_check_split_names_the_field():
 
 
 def test_a_bad_split_field_stops_the_config_check():
-  from mer_jax import configs, errors, steps
-  c = configs.get_config("poolformer_s12", "m2", "af")
+  from mer_jax.run import recipe, steps
+  from mer_jax.plumbing import errors
+  c = recipe.get_config("poolformer_s12", "m2", "af")
   c.data.protocol, c.data.split_seed = "loso", 3
   with pytest.raises(errors.UserError, match="LOSO"):
     steps.check_config(c)
@@ -306,7 +308,7 @@ def check_partition(data, videos):
 
 
 def test_every_loso_fold_loads_disjoint_subjects(built):
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   subjects = sorted({v.subject for v in videos})
   assert input_pipeline.loso_subjects(d) == subjects
@@ -320,7 +322,7 @@ def test_every_loso_fold_loads_disjoint_subjects(built):
 
 
 def test_subject_split_loads_disjoint_subjects(built):
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   for seed in (0, 1, 2):
     data = input_pipeline.load_splits(d, "paper", split="subject", split_seed=seed)
@@ -331,7 +333,7 @@ def test_subject_split_loads_disjoint_subjects(built):
 
 
 def test_video_split_seeds_load_stratified_paper_sizes(built):
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   n = len(videos)
   total = collections.Counter(v.emotion for v in videos)
@@ -353,7 +355,7 @@ def test_video_split_seeds_load_stratified_paper_sizes(built):
 def test_the_paper_split_reads_as_built_and_as_redrawn(built, monkeypatch):
   """Seed 0 reads the TFDS splits; they are paper_split(sheet videos, 0), and the
   same as redrawing seed 0 from the loaded examples (the path of other seeds)."""
-  from mer_jax import input_pipeline
+  from mer_jax.run import input_pipeline
   videos, d = built
   fast = input_pipeline.load_splits(d, "paper")
   want = splits.paper_split(videos, 0)

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import f1_score, recall_score
 
 from mer_jax import metrics, study
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from e2e import study_args
 
 
@@ -436,7 +436,7 @@ def test_split_seeds_layout_and_summary(tmp_path):
 
 def test_a_contradicting_override_stops_the_study_before_its_first_cell(tmp_path):
   """--set aug.rotate_deg=10 suits M1 but not M3: the M1 cell is not trained first."""
-  from mer_jax import errors
+  from mer_jax.plumbing import errors
   cells = study.make_cells(["poolformer_s12"], ["m1", "m3"], ["af"], [0])
   with pytest.raises(errors.UsageError, match="aug.rotate_deg=10.0 with data.method=m3"):
     study.run_cells(cells, tmp_path, ["aug.rotate_deg=10.0"], "paper", log=lambda *a: None)
@@ -452,7 +452,7 @@ def test_a_cells_logged_command_rebuilds_its_config_through_configs_paper_py(
   """The command the study logs for a cell, read back as train reads it, is the cell's config."""
   import shlex
   from e2e import ROOT
-  from mer_jax import cli
+  from mer_jax.plumbing import cli
   overrides = ["num_epochs=3", "data.manual_dir=/data/my casme2"]
   argv = shlex.split(study.cell_command(cell, overrides, protocol, tmp_path))
   assert argv[:4] == ["python", "-m", "mer_jax.train", "--config"]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mer_jax import cli
+from mer_jax.plumbing import cli
 from mer_jax.data import build, casme2, fingerprint, phases, pixels, runner, splits, tfds_casme2
 from mer_jax.data.phases import Phase
 

@@ -1,4 +1,4 @@
-"""mer_jax.timing against hand computation: a fake clock's durations and their statistics,
+"""mer_jax.plumbing.timing against hand computation: a fake clock's durations and their statistics,
 the pipelined count of calls, XLA's flop count of a matmul and the table format."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mer_jax import timing
+from mer_jax.plumbing import timing
 
 
 class FakeClock:

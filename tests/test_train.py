@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from e2e import ROOT, run_cmd, subprocess_env, train_cmd
-from mer_jax import configs as recipe
+from mer_jax.run import recipe
 from mer_jax.data import casme2
 
 
@@ -128,8 +128,10 @@ _STEP_PROG = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, AxisType
-    from mer_jax import configs, input_pipeline, models, runtime, steps
-    c = configs.get_config("poolformer_s12", "m2", "mfs")
+    from mer_jax.run import input_pipeline, recipe, steps
+    from mer_jax import models
+    from mer_jax.plumbing import runtime
+    c = recipe.get_config("poolformer_s12", "m2", "mfs")
     c.model.drop_path_rate = 0.1
     c.optim.lr = 1e-3
     model = models.create_model("poolformer_s12", img_size=32, in_chans=1, drop_path_rate=0.1)
@@ -294,7 +296,7 @@ def test_bad_config_values_list_the_valid_ones(data, tmp_path):
     ("loss.name", "mse", "focal"),
     ("data.protocol", "kfold", "paper, loso")])
 def test_check_config_names_the_field_and_the_valid_values(field, value, valid):
-  from mer_jax import steps
+  from mer_jax.run import steps
   c = recipe.get_config()
   section, key = field.split(".")
   c[section][key] = value
@@ -315,7 +317,9 @@ def test_check_config_names_the_field_and_the_valid_values(field, value, valid):
      "data.class_balanced=True with loss.name=focal")])
 def test_contradicting_method_fields_stop_with_one_line(method, overrides, message, capsys,
                                                          tmp_path):
-  from mer_jax import cli, errors, steps, train
+  from mer_jax.plumbing import cli, errors
+  from mer_jax.run import steps
+  from mer_jax import train
   c = recipe.get_config("pool_m36", method, "af")
   for field, value in overrides.items():
     section, key = field.split(".")
@@ -333,7 +337,8 @@ def test_contradicting_method_fields_stop_with_one_line(method, overrides, messa
 
 
 def test_every_shipped_config_and_the_flow_augmentations_pass_the_method_checks():
-  from mer_jax import cli, steps
+  from mer_jax.plumbing import cli
+  from mer_jax.run import steps
   for path in sorted((ROOT / "configs").glob("*.py")):
     steps.check_method_fields(cli.load_config(str(path)))
   c = recipe.get_config("pool_m36", "m3", "mfs")
@@ -358,7 +363,7 @@ PAPER_PY = str(ROOT / "configs" / "paper.py")
 
 
 def paper_py(arg: str):
-  from mer_jax import cli
+  from mer_jax.plumbing import cli
   return cli.load_config(f"{PAPER_PY}:{arg}")
 
 
@@ -387,7 +392,7 @@ def test_paper_configs_have_the_paper_settings(model, name):
 
 
 def test_paper_py_defaults_and_pool_m36_mfs_are_the_same_cells():
-  from mer_jax import cli
+  from mer_jax.plumbing import cli
   pool = str(ROOT / "configs" / "pool_m36_mfs.py")
   cell = paper_py("").to_dict()
   assert (cell["model"]["name"], cell["data"]["method"], cell["data"]["phase"]) == (
@@ -411,7 +416,8 @@ def test_paper_py_defaults_and_pool_m36_mfs_are_the_same_cells():
     ("method=m1,method=m2", "method twice")])
 def test_a_bad_paper_py_argument_is_one_line_naming_the_valid_ones(arg, valid, capsys,
                                                                    tmp_path):
-  from mer_jax import cli, train
+  from mer_jax.plumbing import cli
+  from mer_jax import train
   with pytest.raises(SystemExit) as e:
     cli.run(train.main, ["--config", f"{PAPER_PY}:{arg}", "--workdir", str(tmp_path / "w")])
   err = capsys.readouterr().err

@@ -38,9 +38,9 @@ import shutil
 import sys
 import time
 
-from mer_jax import cli
+from mer_jax.plumbing import cli
 from mer_jax.data import casme2, fingerprint
-from mer_jax.errors import NotFound, disk_full
+from mer_jax.plumbing.errors import NotFound, disk_full
 from mer_jax.data.dataset_configs import CONFIG_NAMES, check_config_name, parse_configs
 
 
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
   p.add_argument("--subjects", type=int, default=26, help="subjects of the synthetic CASME II")
   p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
   p.add_argument("--detection_cache", default=None,
-                 help="default ~/.cache/mer_jax/detections (see mer_jax.paths); '' = off")
+                 help="default ~/.cache/mer_jax/detections (see mer_jax.plumbing.paths); '' = off")
   p.add_argument("--skip_unreadable", action="store_true",
                  help="skip (and report) unreadable frames instead of stopping")
   p.add_argument("--quality", action="store_true",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 
 def config_name(method: "Method | str", phase: "Phase | str") -> str:

@@ -58,8 +58,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mer_jax import paths
-from mer_jax.errors import NotFound
+from mer_jax.plumbing import paths
+from mer_jax.plumbing.errors import NotFound
 
 DETECT_SCALES = (0.5, 1.0)     # tried in turn until one finds a face
 DETECT_UPSAMPLE = 0
@@ -184,7 +184,7 @@ class LandmarkDetector:
 
 
 def default_cache_dir() -> pathlib.Path:
-  """The detection cache: `detections/` under mer_jax's cache root (mer_jax.paths)."""
+  """The detection cache: `detections/` under mer_jax's cache root (mer_jax.plumbing.paths)."""
   return paths.cache_dir("detections")
 
 

@@ -27,8 +27,8 @@ FILE = "fingerprint.json"
 SYNTHETIC_FILE = "synthetic.json"
 FIELDS = ("source", "sheet", "synthetic", "code", "version")
 # mer_jax.data modules whose code decides a build's examples.
-CODE_MODULES = ("casme2", "dataset_configs", "splits", "phases", "faces", "align", "flow",
-                "pixels", "preprocess", "runner", "tfds_casme2")
+CODE_MODULES = ("casme2", "sheets", "videos", "labels", "dataset_configs", "splits", "phases",
+                "faces", "align", "flow", "pixels", "preprocess", "runner", "tfds_casme2")
 HERE = pathlib.Path(__file__).parent
 
 

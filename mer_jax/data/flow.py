@@ -30,9 +30,9 @@ move a few pixels there and the synthetic CASME II's apex motions up to about
 Augmentation. A flow image is vectors, not intensities: a geometric
 augmentation must move the vectors with the pixels. `hflip` is the flow image
 of the mirrored pair (u negated); `scale_vectors` the vectors of a view zoomed
-per axis (the random resized crop; mer_jax.input_pipeline.augment uses both
+per axis (the random resized crop; mer_jax.run.input_pipeline.augment uses both
 rules on device). Brightness, contrast and rotation have no such rule here and
-stay off for M3 (mer_jax.steps.check_method_fields).
+stay off for M3 (mer_jax.run.steps.check_method_fields).
 """
 from __future__ import annotations
 

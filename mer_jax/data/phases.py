@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from mer_jax.choices import Choice
-from mer_jax.data.casme2 import Video
+from mer_jax.plumbing.choices import Choice
+from mer_jax.data.videos import Video
 
 ROLES = ("onset", "apex", "offset", "window")
 

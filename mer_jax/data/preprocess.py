@@ -65,9 +65,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mer_jax.choices import Choice
+from mer_jax.plumbing.choices import Choice
 from mer_jax.data import align, faces, flow, phases
-from mer_jax.data.casme2 import Casme2Error, Video
+from mer_jax.data.casme2 import Casme2Error
+from mer_jax.data.videos import Video
 from mer_jax.data.faces import Box, box_area
 from mer_jax.data.pixels import (aligned_crop, centre_crop, centre_square, expand_box,
                                 face_crop, fallback_crop, read_frame, to_gray)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from mer_jax.data import faces
-from mer_jax.data.casme2 import Video
+from mer_jax.data.videos import Video
 from mer_jax.data.pixels import encode_png
 from mer_jax.data.preprocess import (Method, PreprocessReport, VideoReport, frame_number,
                                      preprocess_video)

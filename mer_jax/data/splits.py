@@ -34,8 +34,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mer_jax.data.casme2 import EMOTIONS, Video
-from mer_jax.errors import UserError
+from mer_jax.data.labels import EMOTIONS
+from mer_jax.data.videos import Video
+from mer_jax.plumbing.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 PAPER_SIZES = (201, 26, 28)  # of 255 videos

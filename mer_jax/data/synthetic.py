@@ -1,6 +1,10 @@
 r"""A synthetic CASME II: the real layout and coding sheet, a public-domain face, learnable motion.
 
   python -m mer_jax.data.synthetic --out data/synthetic_casme2 [--videos 255 --subjects 26]
+  python -m mer_jax.data.synthetic --dataset samm --out data/synthetic_samm   # also smic_hs, casme3
+
+The other datasets' stand-ins (`write_stand_in`) reuse this renderer in their
+release's layout, small frames and quirks.
 
 CASME II is licensed and cannot ship, so this writes a stand-in with its exact
 layout -- `OUT/CASME2_RAW_selected/subNN/EPxx_yy[f]/img{N}.jpg` (640x480, N the
@@ -38,12 +42,17 @@ import pathlib
 
 import numpy as np
 
-from mer_jax.data import fingerprint
+from mer_jax.data import casme3, fingerprint, labels, samm
 from mer_jax.data.casme2 import FRAMES_DIR
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 REAL_COUNTS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25,
                "sadness": 7, "fear": 2}
+# The other sets' published label counts (SAMM's 159 coded movements; SMIC-HS's
+# 164 micro clips). CAS(ME)^3's stand-in draws its 7 labels evenly.
+SAMM_COUNTS = {"anger": 57, "contempt": 12, "disgust": 9, "fear": 8, "happiness": 26,
+               "sadness": 6, "surprise": 15, "other": 26}
+SMIC_HS_COUNTS = {"negative": 70, "positive": 51, "surprise": 43}
 SHEET_NAME = "CASME2-coding-20190701"
 FRAME_W, FRAME_H = 640, 480
 
@@ -80,14 +89,15 @@ NOISE_SD = 2.0  # sensor noise, grey levels
 JPEG_QUALITY = 90
 
 
-def class_counts(videos: int = 255) -> dict[str, int]:
-  """CASME II's class counts, scaled by largest remainder; every class >= 1 from 7 videos."""
-  total = sum(REAL_COUNTS.values())
+def class_counts(videos: int = 255, real: dict[str, int] = REAL_COUNTS) -> dict[str, int]:
+  """A dataset's class counts (CASME II's by default), scaled by largest remainder;
+  every class >= 1 from as many videos as classes."""
+  total = sum(real.values())
   if videos == total:
-    return dict(REAL_COUNTS)
-  exact = {e: c * videos / total for e, c in REAL_COUNTS.items()}
+    return dict(real)
+  exact = {e: c * videos / total for e, c in real.items()}
   counts = {e: int(np.floor(x)) for e, x in exact.items()}
-  if videos >= len(REAL_COUNTS):
+  if videos >= len(real):
     counts = {e: max(1, c) for e, c in counts.items()}
   order = sorted(exact, key=lambda e: -(exact[e] - np.floor(exact[e])))
   i = 0
@@ -405,12 +415,166 @@ def write_synthetic_casme2(out: str | pathlib.Path, videos: int = 255, subjects:
   return out
 
 
+# Native label -> the CASME II motion drawn for it (negative labels move like
+# CASME II's negative classes, so a 3-class model can learn the composite).
+_MOTION_OF = {
+    "samm": {"anger": "repression", "contempt": "repression", "disgust": "disgust",
+             "fear": "fear", "sadness": "sadness", "happiness": "happiness",
+             "surprise": "surprise", "other": "others"},
+    "smic_hs": {"negative": "disgust", "positive": "happiness", "surprise": "surprise"},
+    "casme3": {"anger": "repression", "disgust": "disgust", "fear": "fear",
+               "happy": "happiness", "sad": "sadness", "surprise": "surprise",
+               "others": "others"},
+}
+# Stand-in frame sizes (w, h): each release's aspect, scaled down for speed.
+STAND_IN_SIZE = {"samm": (204, 109), "smic_hs": (160, 120), "casme3": (160, 90)}
+LAYOUTS = ("casme2", "samm", "smic_hs", "casme3")
+
+
+def _relabel(vs: list[SyntheticVideo], dataset: str, seed: int, length: int
+             ) -> list[SyntheticVideo]:
+  """The planned videos with the dataset's native labels (its real proportions) and
+  motions, each `length` frames long (onset at the 2nd, apex near the middle)."""
+  real = {"samm": SAMM_COUNTS, "smic_hs": SMIC_HS_COUNTS}.get(
+      dataset, {e: 1 for e in labels.NATIVE[dataset]})
+  natives = [e for e, c in class_counts(len(vs), real).items() for _ in range(c)]
+  rng = np.random.default_rng([seed, 1])
+  natives = [natives[i] for i in rng.permutation(len(natives))]
+  out = []
+  for v, e in zip(vs, natives):
+    motion = _MOTION_OF[dataset][e]
+    motions = tuple(_MOTIONS[motion]) if motion in _MOTIONS else v.motions
+    if motion == "others" and v.emotion != "others":
+      motions = tuple(_OTHERS_POOL[j] for j in rng.choice(len(_OTHERS_POOL), 2, replace=False))
+    out.append(dataclasses.replace(
+        v, emotion=motion, sheet_emotion=e, motions=motions, last=v.first + length - 1,
+        onset=v.first + 1, apex=v.first + length // 2, offset=v.first + length - 2))
+  return out
+
+
+def _shift(v: SyntheticVideo, to: int) -> SyntheticVideo:
+  """The video with its frames renumbered to start at `to` (same pixels)."""
+  d = to - v.first
+  return dataclasses.replace(v, first=v.first + d, last=v.last + d, onset=v.onset + d,
+                             apex=v.apex + d, offset=v.offset + d)
+
+
+def _write_frames(v: SyntheticVideo, folder: pathlib.Path, name, size, gray: bool,
+                  ext: str) -> None:
+  """Frames first..last of v, rendered, cut to the release's aspect, shrunk to `size`."""
+  import cv2
+  folder.mkdir(parents=True, exist_ok=True)
+  w, h = size
+  rows = min(FRAME_H, round(FRAME_W * h / w))
+  top = (FRAME_H - rows) // 2
+  for n in range(v.first, v.last + 1):
+    rgb = cv2.resize(render_frame(v, n)[top:top + rows], size, interpolation=cv2.INTER_AREA)
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if gray else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(ext, image)
+    if not ok:
+      raise RuntimeError(f"OpenCV could not encode {ext}")
+    (folder / name(n)).write_bytes(buf.tobytes())
+
+
+def _write_table(path: pathlib.Path, rows: list[list], title_rows: int = 0) -> None:
+  import openpyxl
+  wb = openpyxl.Workbook()
+  for k in range(title_rows):  # the title and notes above the table
+    wb.active.append([f"Synthetic stand-in, note {k + 1}" if k % 4 == 0 else None])
+  for r in rows:
+    wb.active.append(r)
+  wb.save(path)
+
+
+def _write_samm(vs, out: pathlib.Path, quirks: bool) -> None:
+  rows = [["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame",
+           "Offset Frame", "Duration", "Micro", "Objective Classes", "Notes",
+           "Estimated Emotion", "Action Units"]]
+  for k, v in enumerate(vs):
+    s = v.subject.number + 5  # SAMM's subjects start at 006
+    if quirks and k % 2:  # frame numbers above 9999: written with 5 digits
+      v = _shift(v, v.first + 10000)
+    episode = f"{s:03d}_{k + 1}_{1 + k % 3}"
+    apex = "-1" if quirks and k == 1 else v.apex
+    if quirks and k == 1:  # the reader falls back to the middle frame; draw the motion there
+      v = dataclasses.replace(v, apex=(v.onset + v.offset) // 2)
+    _write_frames(v, out / samm.FRAMES_DIR / f"{s:03d}" / episode,
+                  lambda n, s=s: f"{s:03d}_{n:04d}.jpg", STAND_IN_SIZE["samm"], True, ".jpg")
+    rows.append([f"{s:03d}", episode, 1 + k % 4, v.onset, apex, v.offset,
+                 v.offset - v.onset + 1, "Micro - 1/2", "IV", None,
+                 v.sheet_emotion.capitalize(), _AUS[v.emotion]])
+  _write_table(out / samm.SHEET_NAME, rows, title_rows=13 if quirks else 0)
+
+
+def _write_smic_hs(vs, out: pathlib.Path, quirks: bool) -> None:
+  for k, v in enumerate(vs):
+    s = v.subject.number
+    v = dataclasses.replace(v, onset=v.first, offset=v.last, apex=(v.first + v.last) // 2)
+    prefix = "reg_image" if quirks and s % 2 == 0 else "image"  # the cropped release's naming
+    clip = f"s{s}_{v.sheet_emotion[:2]}_{k + 1:02d}"
+    _write_frames(v, out / f"s{s}" / "micro" / v.sheet_emotion / clip,
+                  lambda n: f"{prefix}{n}.bmp", STAND_IN_SIZE["smic_hs"], False, ".bmp")
+  if quirks:
+    (out / f"s{vs[0].subject.number}" / "non_micro").mkdir(parents=True, exist_ok=True)
+
+
+def _write_casme3(vs, out: pathlib.Path, quirks: bool) -> None:
+  rows = [["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class", "emotion"]]
+  last = {}  # subject -> (filename, last frame) of its previous clip
+  for k, v in enumerate(vs):
+    s = v.subject.number
+    filename = "abcdefghijklmnopqrstuvwxyz"[k % 26]
+    if quirks and s in last:  # a second ME cut from the same recording: same filename
+      filename, end = last[s]
+      v = _shift(v, end + 7)
+    last[s] = (filename, v.last)
+    _write_frames(v, out / f"spNO.{s}" / filename / casme3.COLOR_DIR, lambda n: f"{n}.jpg",
+                  STAND_IN_SIZE["casme3"], False, ".jpg")
+    rows.append([f"spNO.{s}", filename, v.onset, v.apex, v.offset, _AUS[v.emotion],
+                 1 + k % 7, v.sheet_emotion])
+  _write_table(out / casme3.SHEET_NAME, rows)
+
+
+def write_stand_in(dataset: str, out: str | pathlib.Path, videos: int = 12, subjects: int = 4,
+                   seed: int = 0, intensity: float = 1.0, quirks: bool = True,
+                   length: int = 10) -> pathlib.Path:
+  """Writes a small synthetic copy of `dataset` (one of LAYOUTS) in its release's layout.
+
+  CASME II: `write_synthetic_casme2`. SAMM: gray frames at a tenth of 2040x1088
+  named {subject:03d}_{frame}.jpg with 4- and 5-digit numbers, the sheet with
+  13 title rows above its header, one apex -1. SMIC-HS: colour bmp clips in
+  s{N}/micro/{label}/, image<N> and (even subjects) reg_image<N> naming, a
+  non_micro/ folder, no sheet (apex drawn at the middle frame). CAS(ME)^3:
+  colour frames in {subject}/{filename}/color/{N}.jpg, each subject's second
+  and later clips cut from its first recording (repeated filenames), and
+  the part A label sheet. Labels in the datasets' proportions
+  (SAMM_COUNTS, SMIC_HS_COUNTS; CAS(ME)^3 even), motions as in CASME II;
+  clips of `length` frames (>= 4), so that a stand-in takes a second or two.
+  """
+  if length < 4:
+    raise UsageError(f"length {length}: a clip needs >= 4 frames (onset, apex, offset)")
+  if dataset not in LAYOUTS:
+    raise UsageError(f"unknown dataset {dataset!r}; valid: {', '.join(LAYOUTS)}")
+  if dataset == "casme2":
+    return write_synthetic_casme2(out, videos, subjects, seed, intensity, quirks, workers=1)
+  if subjects < 1 or videos < subjects:
+    raise UsageError(f"need videos >= subjects >= 1 (got {videos} videos, {subjects} subjects)")
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  vs = _relabel(plan(videos, subjects, seed, intensity, quirks=False), dataset, seed, length)
+  {"samm": _write_samm, "smic_hs": _write_smic_hs, "casme3": _write_casme3}[dataset](
+      vs, out, quirks)
+  return out
+
+
 def main(argv=None) -> int:
-  from mer_jax import cli  # here, not above: the library itself needs no CLI dependencies
+  from mer_jax.plumbing import cli  # here, not above: the library itself needs no CLI dependencies
   p = cli.parser("mer_jax.data.synthetic", __doc__)
   p.add_argument("--out", required=True, help="directory to write (the manual dir)")
-  p.add_argument("--videos", type=int, default=255)
-  p.add_argument("--subjects", type=int, default=26)
+  p.add_argument("--dataset", choices=LAYOUTS, default="casme2",
+                 help="layout to write (not casme2: a small stand-in, see write_stand_in)")
+  p.add_argument("--videos", type=int, default=None, help="default: 255 (casme2), else 12")
+  p.add_argument("--subjects", type=int, default=None, help="default: 26 (casme2), else 4")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--intensity", type=float, default=1.0,
                  help="motion amplitude (1 = ~9 px at apex)")
@@ -422,6 +586,12 @@ def main(argv=None) -> int:
   p.add_argument("--faceless_videos", type=int, default=0, help="videos with no face at all")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   a = cli.parse(p, argv)
+  if a.dataset != "casme2":
+    out = write_stand_in(a.dataset, a.out, a.videos or 12, a.subjects or 4, a.seed, a.intensity,
+                         a.quirks)
+    print(f"wrote a synthetic {a.dataset} stand-in to {out}")
+    return 0
+  a.videos, a.subjects = a.videos or 255, a.subjects or 26
   out = write_synthetic_casme2(a.out, a.videos, a.subjects, a.seed, a.intensity, a.quirks,
                                a.sheet_format, a.faceless_frames, a.faceless_videos, a.workers,
                                progress=True)
@@ -430,5 +600,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from mer_jax import cli
+  from mer_jax.plumbing import cli
   cli.run(main)

@@ -43,7 +43,8 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mer_jax.data import casme2, dataset_configs, fingerprint, phases, preprocess, runner, splits
+from mer_jax.data import (casme2, dataset_configs, fingerprint, labels, phases, preprocess, runner,
+                          splits)
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 
@@ -112,7 +113,7 @@ class Casme2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=casme2.EMOTIONS),
+            "label": tfds.features.ClassLabel(names=labels.EMOTIONS),
             "video_id": tfds.features.Text(),
             "subject": tfds.features.Text(),
             "frame_index": np.int32,

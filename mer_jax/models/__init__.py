@@ -15,7 +15,7 @@ from types import ModuleType
 
 import jax.numpy as jnp
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 # name -> module in this package that defines it.
 _FAMILY = {

@@ -111,6 +111,11 @@ class PoolFormer(nn.Module):
   dtype: Dtype = jnp.float32
   remat: str = ""
 
+  @property
+  def last_stage(self) -> str:
+    """The submodule whose output is the last stage's feature map (Grad-CAM's layer)."""
+    return f"stages_{len(self.depths) - 1}_blocks_{self.depths[-1] - 1}"
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     if x.ndim != 4 or x.shape[-1] != self.in_chans:

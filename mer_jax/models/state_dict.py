@@ -13,7 +13,7 @@ import logging
 import jax
 import numpy as np
 
-from mer_jax.errors import UserError
+from mer_jax.plumbing.errors import UserError
 from mer_jax.models import layers
 
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, Mlp, PatchEmbed, check_nhwc, classifier,
                                    drop_path_rates, layer_norm, materialize, remat_block,
@@ -306,6 +306,11 @@ class SwinTransformer(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Dtype = jnp.float32
   remat: str = ""
+
+  @property
+  def last_stage(self) -> str:
+    """The submodule whose output is the last stage's feature map (Grad-CAM's layer)."""
+    return f"layers_{len(self.depths) - 1}"
 
   def layouts(self) -> list[StageLayout]:
     return stage_layouts(self.img_size, self.patch_size, len(self.depths), self.window_size)

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 from mer_jax.models import state_dict as sdict
 from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, PatchEmbed, check_nhwc,
                                    classifier, drop_path_rates, layer_norm, materialize,
@@ -83,6 +83,9 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     attn = nn.softmax(logits * (head_dim ** -0.5), axis=-1)
+    # For attention rollout (mer_jax.explain): kept only when the caller asks,
+    # `apply(..., mutable=["intermediates"])`; otherwise a no-op, nothing traced.
+    self.sow("intermediates", "attention", attn)
     x = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(self.dtype), v)
     return nn.Dense(dim, dtype=self.dtype, kernel_init=trunc_normal,
                     name="proj")(x.reshape(b, n, dim))

@@ -20,8 +20,8 @@ import flax.serialization
 import numpy as np
 
 from mer_jax import models
-from mer_jax import paths
-from mer_jax.errors import NotFound
+from mer_jax.plumbing import paths
+from mer_jax.plumbing.errors import NotFound
 from mer_jax.models import vit
 from mer_jax.models.state_dict import ConversionError
 
@@ -142,7 +142,7 @@ def load_state_dict(source: str, img_size: int | None = None,
 
 
 def default_cache_dir() -> str:
-  """The converted-weights folder under mer_jax's cache root (mer_jax.paths)."""
+  """The converted-weights folder under mer_jax's cache root (mer_jax.plumbing.paths)."""
   return str(paths.cache_dir("converted"))
 
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.errors import NotFound, UserError
+from mer_jax.plumbing.errors import NotFound, UserError
 
 CONTRACT = "contract.json"
 STABLEHLO = "model.stablehlo"

@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.data import casme2, flow, splits
+from mer_jax.data import flow, labels, splits
+from mer_jax.data.videos import Video
 from mer_jax.plumbing.errors import UsageError
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
@@ -85,13 +86,13 @@ def _concat(parts: Sequence[SplitData]) -> SplitData:
                      for f in dataclasses.fields(SplitData)))
 
 
-def _videos_of(data: SplitData) -> list[casme2.Video]:
+def _videos_of(data: SplitData) -> list[Video]:
   """Minimal Video records (enough for the split functions) from the examples."""
   out = {}
   for vid, subj, label in zip(data.video_ids, data.subjects, data.labels):
     if vid not in out:
-      out[vid] = casme2.Video(subject=subj, episode=vid.split("/", 1)[1], onset=0, apex=0,
-                              offset=0, emotion=casme2.EMOTIONS[int(label)], frames={})
+      out[vid] = Video(dataset="casme2", subject=subj, episode=vid.split("/", 1)[1], onset=0,
+                       apex=0, offset=0, emotion=labels.EMOTIONS[int(label)], frames={})
   return list(out.values())
 
 

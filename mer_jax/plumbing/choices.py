@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import TypeVar
 
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 
 C = TypeVar("C", bound="Choice")
 

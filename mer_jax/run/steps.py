@@ -13,15 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mer_jax import input_pipeline
-from mer_jax import losses
+from mer_jax.run import input_pipeline
+from mer_jax.run import losses
 from mer_jax import models
-from mer_jax import runtime
+from mer_jax.plumbing import runtime
 from mer_jax.data import splits
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 from mer_jax.models.layers import REMAT_POLICIES
 
 PROTOCOLS = ("paper", "loso")

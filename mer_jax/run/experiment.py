@@ -18,12 +18,12 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from mer_jax import checkpointing
-from mer_jax import input_pipeline
-from mer_jax import report
-from mer_jax import runtime
-from mer_jax import steps
-from mer_jax.errors import NotFound, UsageError
+from mer_jax.run import checkpointing
+from mer_jax.run import input_pipeline
+from mer_jax.run import report
+from mer_jax.plumbing import runtime
+from mer_jax.run import steps
+from mer_jax.plumbing.errors import NotFound, UsageError
 
 
 def dataset_dir(config, log=print) -> str:

@@ -1,6 +1,6 @@
 """The project's user errors: bad input that the user can fix.
 
-Every program runs through `mer_jax.cli.run`, which prints a `UserError` as
+Every program runs through `mer_jax.plumbing.cli.run`, which prints a `UserError` as
 one `error: ...` line and exits 2; any other exception (a numpy, orbax or TFDS
 ValueError, ...) is a bug and keeps its traceback. A module's own user error
 derives from `UserError` and from the built-in error it is (ValueError,

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 
-from mer_jax.errors import UserError
+from mer_jax.plumbing.errors import UserError
 
 LOCK_FILE = "lock"
 HEARTBEAT_S = 30.0

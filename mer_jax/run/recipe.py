@@ -10,7 +10,7 @@ import ml_collections
 
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
-from mer_jax.errors import UsageError
+from mer_jax.plumbing.errors import UsageError
 from mer_jax.models import MODEL_NAMES
 
 # Paper-name shorthand used in config file names -> create_model() name.

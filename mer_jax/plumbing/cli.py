@@ -9,7 +9,7 @@ reads them with `parse()` and runs its `main` through `run()`:
   any field is overridden with `--config.FIELD=VALUE` (`--config.optim.lr=1e-4`),
   as ml_collections' config_flags does; an unknown field is one line naming the
   closest valid field;
-- an error the user can fix (`mer_jax.errors.UserError`) is printed as one
+- an error the user can fix (`mer_jax.plumbing.errors.UserError`) is printed as one
   line, `error: ...`, and the program exits 2; anything else is a bug and
   keeps its traceback.
 """
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import ml_collections
 
-from mer_jax.errors import NotFound, UsageError, UserError
+from mer_jax.plumbing.errors import NotFound, UsageError, UserError
 
 CONFIG_PREFIX = "--config."
 

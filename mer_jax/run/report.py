@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mer_jax import metrics
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 
 NUM_CLASSES = len(EMOTIONS)
 
@@ -192,7 +192,7 @@ def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict,
   returns the metrics.json dict. `meta` is the run's latest (its whole
   history); `checkpoint` the evaluated one (checkpointing.Restored.record());
   `dataset` the build's fingerprint and dir (experiment.Setup.dataset)."""
-  from mer_jax import runtime
+  from mer_jax.plumbing import runtime
   stop = meta["early_stopping"]
   best_epoch = stop["best_epoch"] + 1 if stop["best_epoch"] >= 0 else None
   extra = {"epochs_run": meta["epoch"], "history": meta["history"],

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from mer_jax.errors import NO_SPACE_TEXT, UserError, disk_full
+from mer_jax.plumbing.errors import NO_SPACE_TEXT, UserError, disk_full
 
 CHECKSUM = "checksum"   # the meta field holding state_checksum(state)
 

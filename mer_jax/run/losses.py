@@ -21,7 +21,7 @@ import numpy as np
 import jax.numpy as jnp
 import jax
 
-from mer_jax.choices import Choice
+from mer_jax.plumbing.choices import Choice
 
 
 class Loss(Choice):

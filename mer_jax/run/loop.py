@@ -1,0 +1,268 @@
+"""The run, top to bottom: train, early-stop, test and report (what `python -m mer_jax.train`,
+the study and tune call).
+
+One flat loop a reader can follow top to bottom (big_vision's way):
+config -> (multi-host init) -> dataset (built on first use) -> mesh ->
+model + ImageNet init -> optimizer -> restore if a checkpoint exists ->
+epochs of jitted steps -> validation macro-F1 at the video level ->
+checkpoints (latest + best) -> early stopping -> test of the best -> report.
+
+The same loop runs on one CPU, N GPUs or many hosts: the batch is split on
+the `data` axis of a Mesh of every device of every process, parameters are
+replicated, and each process feeds its share of every global batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mer_jax.data import labels
+from mer_jax.data.preprocess import Method
+from mer_jax.plumbing import runtime
+from mer_jax.plumbing.errors import UserError
+from mer_jax.plumbing.progress import StepProgress
+from mer_jax.run import checkpointing, experiment, input_pipeline, report, steps
+from mer_jax.run.workdir import hold
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+# --- the run ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+  """Patience on validation macro-F1 (video level); the best epoch is what gets tested."""
+  patience: int
+  min_delta: float = 0.0
+  best: float = -math.inf
+  best_epoch: int = -1
+  bad_epochs: int = 0
+
+  def update(self, value: float, epoch: int) -> bool:
+    """Records an epoch's metric; True when it is a new best."""
+    if value > self.best + self.min_delta:
+      self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+      return True
+    self.bad_epochs += 1
+    return False
+
+  @property
+  def should_stop(self) -> bool:
+    return self.bad_epochs >= self.patience
+
+
+def _write_json(path: pathlib.Path, obj):
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2))
+  tmp.replace(path)
+
+
+class _Logger:
+  """JSONL of every metric, TensorBoard events; main process only."""
+
+  def __init__(self, workdir: pathlib.Path, enabled: bool):
+    self.enabled = enabled
+    self._jsonl = open(workdir / "metrics.jsonl", "a") if enabled else None
+    self._tb = None
+    if enabled:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+      except ImportError:
+        logging.warning("tensorboardX not installed: no TensorBoard events")
+
+  def write(self, step: int, **scalars):
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+
+  def close(self):
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _say(*args):
+  if runtime.is_main_process():
+    print(*args, flush=True)
+
+
+def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = False) -> dict:
+  """Trains with early stopping, tests the best checkpoint, writes the report.
+
+  Resumes from WORKDIR/checkpoints if present (a finished run is only
+  re-tested; a larger num_epochs continues it unless it stopped early or the
+  schedule decays over num_epochs). A workdir holding a run of another config
+  (experiment.claim_workdir) stops with ConfigChanged, or with `force` is
+  emptied first. A corrupt checkpoint is passed over for the newest intact one.
+  `on_epoch(record)`, if given, is called with each epoch's history record
+  after its checkpoint is saved (the tuner prunes from it by raising).
+  Raises WorkdirBusy if another live run holds the workdir.
+  Returns the metrics.json dict.
+  """
+  steps.check_method_fields(config)
+  workdir = pathlib.Path(workdir).absolute()
+  is_main = runtime.is_main_process()
+  held = hold(workdir, log=_say) if is_main else contextlib.nullcontext()
+  with held:
+    experiment.claim_workdir(workdir, config, force=force, say=_say)
+    return _train_and_evaluate(config, workdir, on_epoch, is_main)
+
+
+def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> dict:
+  # Data, model, mesh; the optimizer and loss from the training split.
+  setup = experiment.make_setup(c, _say)
+  train = setup.data["train"]
+  global_batch = c.batch_size
+  spe = input_pipeline.steps_per_epoch(max(len(train), global_batch), global_batch)
+  tx = steps.make_optimizer(c, spe)
+  schedule = steps.make_schedule(c, spe)
+  loss_fn = steps.make_loss_fn(c, np.bincount(train.labels, minlength=len(labels.EMOTIONS)))
+  if is_main:
+    _write_json(workdir / "config.json", c.to_dict())
+
+  # The state: restored from the newest intact checkpoint, else fresh (ImageNet or random).
+  rep = runtime.replicated(setup.mesh)
+  ckpt = checkpointing.Checkpoints(workdir, c.checkpoint_keep)
+  restored = ckpt.restore_latest(steps.abstract_state(setup.model, c, setup.in_chans, tx, rep),
+                                 say=_say, discard=True)
+  if restored is not None:
+    state, meta = restored.state, restored.meta
+    _say(f"Resuming from step {int(state['step'])} (epoch {meta['epoch']}, "
+         f"step {meta['step_in_epoch']} of it)")
+  else:
+    params = steps.init_params(c, setup.model, setup.in_chans, _say)
+    state = jax.device_put(steps.fresh_state(params, tx), rep)
+    meta = {"epoch": 0, "step_in_epoch": 0, "history": [],
+            "early_stopping": dataclasses.asdict(EarlyStopping(c.patience, c.min_delta)),
+            "seed": c.seed}
+  stopper = EarlyStopping(**meta["early_stopping"])
+  history = meta["history"]
+
+  train_step = jax.jit(steps.make_train_step(setup.model, tx, loss_fn, c.aug,
+                                             c.model.img_size, c.seed,
+                                             is_flow=Method.parse(c.data.method).is_flow),
+                       out_shardings=(rep, rep), donate_argnums=0)
+  predict_fn = experiment.jit_predict(setup)
+  logger = _Logger(workdir, is_main)
+  _say(f"{c.model.name} {c.data.method.upper()} {c.data.phase.upper()}: {len(train)} training "
+       f"frames ({train.num_videos} videos), {len(setup.data['validation'])} validation, "
+       f"{len(setup.data['test'])} test; {jax.device_count()} devices in "
+       f"{jax.process_count()} process(es); global batch {global_batch}, {spe} steps/epoch")
+
+  def save(best=False):
+    ckpt.save(int(state["step"]), state, meta, best=best)
+
+  feed = bar = None  # the epoch's input thread and progress bar, closed however it ends
+  try:
+    # Epochs until early stopping: train, validate, checkpoint.
+    epoch = meta["epoch"]
+    while not stopper.should_stop and epoch < c.num_epochs:
+      start_step = meta["step_in_epoch"]
+      t0 = time.perf_counter()
+      batches = input_pipeline.train_batches(
+          train, global_batch, seed=c.seed, epoch=epoch, start_step=start_step,
+          class_balanced=c.data.class_balanced)
+      feed = input_pipeline.Prefetcher(batches, lambda b: runtime.to_global(b, setup.mesh),
+                                       c.data.prefetch)
+      bar = StepProgress(spe, start_step, f"epoch {epoch + 1}/{c.num_epochs}", enabled=is_main)
+      # The epoch's loss sum so far (restored mid-epoch, so the mean is the same).
+      losses_sum = jnp.asarray(meta.get("epoch_loss_sum", 0.0), jnp.float32)
+      finite = jnp.array(True)
+      last_log = time.perf_counter()
+      for i, batch in enumerate(feed, start=start_step):
+        state, m = train_step(state, batch)
+        losses_sum = losses_sum + m["loss"]
+        finite = finite & jnp.isfinite(m["loss"])
+        bar.dispatched(m["loss"])
+        if (i + 1) % c.log_every_steps == 0:
+          _check_finite(finite, ckpt, workdir)
+          step, now = int(state["step"]), time.perf_counter()
+          ips = c.log_every_steps * global_batch / (now - last_log)
+          last_log = now
+          logger.write(step, train_loss=float(m["loss"]), grad_norm=float(m["grad_norm"]),
+                       lr=float(schedule(step)), images_per_s=ips)
+          bar.set_postfix(loss=f"{float(m['loss']):.4f}", img_s=f"{ips:.1f}")
+        if c.checkpoint_every_steps and (i + 1) % c.checkpoint_every_steps == 0 \
+            and i + 1 < spe:
+          _check_finite(finite, ckpt, workdir)
+          meta.update(step_in_epoch=i + 1, epoch_loss_sum=float(losses_sum))
+          save()
+      bar.finish()
+      _check_finite(finite, ckpt, workdir)
+      n_steps = bar.completed
+      train_seconds = time.perf_counter() - t0
+      val = experiment.evaluate_split(setup, state["params"], "validation", predict_fn)
+      vf1 = val["video"]["macro_f1"]
+      improved = stopper.update(vf1, epoch)
+      record = {"epoch": epoch + 1, "train_loss": float(losses_sum) / max(n_steps, 1),
+                "val_macro_f1": vf1, "val_uar": val["video"]["uar"],
+                "val_accuracy": val["video"]["accuracy"],
+                "val_frame_macro_f1": val["frame"]["macro_f1"],
+                "seconds": time.perf_counter() - t0,
+                "input_wait_fraction": feed.wait_seconds / max(train_seconds, 1e-9),
+                "images_per_s": (n_steps - start_step) * global_batch / max(train_seconds, 1e-9)}
+      history.append(record)
+      logger.write(int(state["step"]), **{k: v for k, v in record.items() if k != "epoch"},
+                   epoch=epoch + 1)
+      _say(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 {vf1:.4f} "
+           f"(UAR {record['val_uar']:.4f}){' *best*' if improved else ''}, "
+           f"{record['images_per_s']:.1f} img/s, input wait "
+           f"{100 * record['input_wait_fraction']:.1f}%")
+      epoch += 1
+      meta.update(epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, history=history,
+                  early_stopping=dataclasses.asdict(stopper))
+      if stopper.should_stop:
+        _say(f"Early stop: no better validation macro-F1 for {c.patience} epochs "
+             f"(best {stopper.best:.4f} at epoch {stopper.best_epoch + 1}).")
+      save(best=improved)
+      if on_epoch is not None:
+        on_epoch(record)
+    ckpt.wait()
+
+    # Test the best checkpoint.
+    best = ckpt.restore_best(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state), say=_say)
+    if best is None:   # no epoch improved on -inf (a NaN metric): the final state
+      best = checkpointing.Restored(state, meta, "latest", int(state["step"]))
+    results = {split: experiment.evaluate_split(setup, best.state["params"], split, predict_fn)
+               for split in ("validation", "test")}
+  finally:
+    if feed is not None:
+      feed.close()
+    if bar is not None:
+      bar.close()
+    logger.close()
+    ckpt.close()
+  return report.finish_run(workdir, c, results, meta, best.record(), say=_say,
+                           dataset=setup.dataset)
+
+
+def _check_finite(finite, ckpt, workdir):
+  if not bool(finite):
+    ckpt.wait()
+    step = ckpt.latest.latest_step()
+    raise NonFiniteLossError(
+        "The training loss became NaN or inf. Nothing after the last good checkpoint "
+        f"(step {step}) was saved, and it is kept in {workdir / 'checkpoints'}. Lower "
+        "--config.optim.lr, set --config.optim.grad_clip=1.0, or check the input data; "
+        "rerunning the same command resumes from that checkpoint.")
