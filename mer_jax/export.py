@@ -41,7 +41,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path | None = Non
 
   from mer_jax.run import experiment, input_pipeline, steps
   from mer_jax.plumbing import runtime
-  from mer_jax.data.casme2 import EMOTIONS
+  from mer_jax.data.labels import EMOTIONS
   from mer_jax.data.phases import Phase
   from mer_jax.data.preprocess import Method
 

@@ -16,6 +16,7 @@ from e2e import ROOT, subprocess_env
 from mer_jax.run import artifact, experiment
 from mer_jax import export, metrics
 from mer_jax.data import casme2
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.plumbing.errors import UserError
 from parity import FAMILIES, TINY, TINY_SIZE, TOL, family_module, images, rel_err, tiny_archs
 
@@ -60,7 +61,7 @@ def test_a_fixed_batch_artifact_pads_its_last_chunk_and_is_checked_on_load(tiny_
   the softmax of the Flax logits; a changed byte fails the sha256 check."""
   model, params, x = tiny_model("poolformer")
   fn = artifact.logits_fn(model, params)
-  contract = {"method": "m2", "phase": "af", "labels": list(casme2.EMOTIONS),
+  contract = {"method": "m2", "phase": "af", "labels": list(EMOTIONS),
               "input": {"batch": 2, "size": TINY_SIZE, "channels": 1,
                         "resize": {"method": "bilinear", "antialias": True}},
               "normalisation": {"divide_by": 1.0, "mean": [0.0], "std": [1.0]}}
@@ -105,14 +106,14 @@ def test_an_exported_run_reproduces_its_test_predictions_through_predict(exporte
   with open(run / "predictions_test.csv") as f:
     expected = {r["video_id"]: r["pred"] for r in csv.DictReader(f)}
   vids, preds = metrics.video_vote(probs, test.video_ids)
-  assert {v: casme2.EMOTIONS[p] for v, p in zip(vids, preds)} == expected
+  assert {v: EMOTIONS[p] for v, p in zip(vids, preds)} == expected
 
   v = next(v for v in casme2.load_casme2(casme2_small[0]).videos if v.video_id in expected)
   folder = next(iter(v.frames.values())).parent
   result = tmp_path / "r.json"
   block = ("import sys; [sys.modules.__setitem__(m, None) for m in ('flax', 'flax.linen', "
            "'mer_jax.models', 'mer_jax.run.steps', 'mer_jax.run.experiment')]; "
-           "from mer_jax import cli, predict; cli.run(predict.main)")
+           "from mer_jax import predict; from mer_jax.plumbing import cli; cli.run(predict.main)")
   cmd = [sys.executable, "-c", block, "--artifact", str(out), "--frames", str(folder),
          "--onset", str(v.onset), "--apex", str(v.apex), "--offset", str(v.offset),
          "--json", str(result)]
