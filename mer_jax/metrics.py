@@ -205,7 +205,9 @@ def _bootstrap_f1(t: np.ndarray, preds: Sequence[np.ndarray], k: int, n_resample
   return np.concatenate(out)
 
 
-def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
+  """The percentile interval ``(low, high)`` of resampled statistics at ``level`` (NaNs
+  dropped; ``np.percentile``'s linear interpolation), as every interval here is taken."""
   if not 0 < level < 1:
     raise ValueError(f"level must be in (0, 1), got {level}")
   alpha = (1.0 - level) / 2.0
@@ -221,6 +223,25 @@ def bootstrap_macro_f1(y_true, y_pred, num_classes: int, n_resamples: int = 1000
   """The [n_resamples] macro-F1 values of the bootstrap resamples (see `bootstrap_ci`)."""
   t, p = _check_pair(y_true, y_pred, num_classes)
   return _bootstrap_f1(t, [p], num_classes, n_resamples, seed, stratify, clusters)[:, 0]
+
+
+def resampled_macro_f1(y_true, preds, num_classes: int, n_resamples: int = 1000,
+                       seed: int = 0, *, stratify: bool = True, clusters=None) -> np.ndarray:
+  """[n_resamples, S] macro-F1 of S prediction sets (``preds`` [S, n], aligned with
+  ``y_true``) on the SAME resamples, drawn as in `bootstrap_ci`: the base of any paired
+  contrast of several prediction sets on one test set (mer_jax.analysis.factorial)."""
+  t = _as_labels(y_true, num_classes, "y_true")
+  ps = [_check_pair(t, row, num_classes)[1] for row in np.asarray(preds)]
+  return _bootstrap_f1(t, ps, num_classes, n_resamples, seed, stratify, clusters)
+
+
+def bootstrap_p_value(d) -> float:
+  """The add-one two-sided percentile-bootstrap p-value of resampled contrasts ``d`` being
+  0: ``(r + 1) / (B + 1)`` with ``r = min(B, 2 * min(#(d <= 0), #(d >= 0)))`` (see
+  `paired_bootstrap`)."""
+  d = np.asarray(d, np.float64).ravel()
+  r = min(d.size, 2 * min(int(np.sum(d <= 0)), int(np.sum(d >= 0))))
+  return (r + 1) / (d.size + 1)
 
 
 def bootstrap_ci(y_true, y_pred, num_classes: int, n_resamples: int = 1000,
@@ -239,7 +260,7 @@ def bootstrap_ci(y_true, y_pred, num_classes: int, n_resamples: int = 1000,
   """
   stats = bootstrap_macro_f1(y_true, y_pred, num_classes, n_resamples, seed,
                              stratify=stratify, clusters=clusters)
-  return _percentile_interval(stats, level)
+  return percentile_interval(stats, level)
 
 
 def paired_bootstrap(y_true, pred_a, pred_b, num_classes: int, n_resamples: int = 10000,
@@ -266,9 +287,8 @@ def paired_bootstrap(y_true, pred_a, pred_b, num_classes: int, n_resamples: int 
   f1_a, f1_b = macro_f1(t, a, num_classes), macro_f1(t, b, num_classes)
   f = _bootstrap_f1(t, [a, b], num_classes, n_resamples, seed, stratify, clusters)
   d = f[:, 0] - f[:, 1]          # never nan: a resample always holds a class of y_true
-  r = min(d.size, 2 * min(int(np.sum(d <= 0)), int(np.sum(d >= 0))))
   return {"diff": float(f1_a - f1_b), "f1_a": float(f1_a), "f1_b": float(f1_b),
-          "ci": _percentile_interval(d, level), "p_value": (r + 1) / (d.size + 1),
+          "ci": percentile_interval(d, level), "p_value": bootstrap_p_value(d),
           "n_resamples": int(n_resamples)}
 
 
@@ -295,7 +315,7 @@ def seed_mean_ci(y_true, preds, num_classes: int, n_resamples: int = 1000,
   pick = np.random.default_rng((seed, 1)).integers(0, s, (n_resamples, s))
   mult = np.bincount((pick + (np.arange(n_resamples) * s)[:, None]).ravel(),
                      minlength=n_resamples * s).reshape(n_resamples, s)
-  return _percentile_interval((f * mult).sum(-1) / s, level)
+  return percentile_interval((f * mult).sum(-1) / s, level)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -7,6 +7,7 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --grid paper --split_seeds 0,1,2 --workdir runs/splits
   python -m mer_jax.study --grid paper --split subject --workdir runs/subject
   python -m mer_jax.study --grid paper --methods m1,m2,m2a,m3 --workdir runs/study4
+  python -m mer_jax.study --factorial --models poolformer_m36 --phases mfs --workdir runs/cube
   python -m mer_jax.study --workdir runs/study --report_only
 
 A cell is (model, method, phase, split seed, seed[, LOSO fold]); its run
@@ -28,7 +29,14 @@ study (or a LOSO cell missing folds) says so. A cell another process is training
 command then exits 2 naming it.
 
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
-the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess.
+the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess,
+and any corner of crop x colour x size is a method too (face_rgb_384, ...).
+`--factorial` runs the cube of M1 and M2's eight corners (crop frame|face x
+colour rgb|gray x size 384|224; mer_jax.analysis.factorial.CUBE) for the given
+models and phases, every cell with one batch size (FACTORIAL_SET, before the
+--set overrides, which may change it for all eight), so that the cells differ in
+their preprocessing only; the report then gives each factor's main effect and
+their interactions on test macro-F1, paired on the same test videos.
 
 WORKDIR/report.md holds Table I (dataset and methodology), Table III (per
 phase and method the model with the highest VALIDATION macro-F1, its test
@@ -53,6 +61,7 @@ import os
 import pathlib
 import shlex
 
+from mer_jax.analysis.factorial import CUBE
 from mer_jax.analysis.runs import METHODS, PAPER_METHODS, PHASES, cell_coordinates, write_plan
 from mer_jax.analysis.tables import report
 from mer_jax.plumbing import cli
@@ -61,6 +70,8 @@ from mer_jax.run import recipe
 from mer_jax.run.workdir import WorkdirBusy
 
 GRIDS = {"paper": ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")}
+# --factorial: one batch size for the cube's eight cells (the recipe's differs for M1).
+FACTORIAL_SET = ["batch_size=8", "eval_batch_size=16"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +193,11 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", required=True)
   p.add_argument("--grid", default="", help="'paper': the paper's four models")
   p.add_argument("--models", default="", help="comma list (overrides --grid's models)")
-  p.add_argument("--methods", default=",".join(PAPER_METHODS),
+  p.add_argument("--methods", default="",
                  help=f"comma list of {', '.join(METHODS)} (default: the paper's two)")
+  p.add_argument("--factorial", action="store_true",
+                 help="the eight corners of crop (frame|face) x colour x size (384|224) as "
+                      "the methods, one batch size for all; the report adds their effects")
   p.add_argument("--phases", default=",".join(PHASES))
   p.add_argument("--seeds", default="0")
   p.add_argument("--protocol", choices=("paper", "loso"), default="paper")
@@ -214,7 +228,12 @@ def main(argv=None) -> int:
         list(GRIDS.get(args.grid or "paper", ()))
     if args.grid and args.grid not in GRIDS:
       raise UsageError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")
-    methods = parse_list(args.methods, METHODS)
+    if args.factorial and args.methods:
+      raise UsageError("--factorial runs the cube's eight methods; drop --methods.")
+    methods = ([m.value for m in CUBE] if args.factorial else
+               parse_list(args.methods or ",".join(PAPER_METHODS), METHODS))
+    if args.factorial:
+      args.set = FACTORIAL_SET + args.set
     phases = parse_list(args.phases, PHASES)
     seeds = [int(s) for s in parse_list(args.seeds)]
     split_seeds = [int(s) for s in parse_list(args.split_seeds)]

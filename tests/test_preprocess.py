@@ -36,7 +36,10 @@ def test_method_parse_and_information_density():
   assert pp.information_density(pp.Method.M2) == 50_176
   assert pp.information_density("m2a") == 50_176
   assert pp.information_density("m3") == 150_528
-  assert [m for m in pp.Method if m.aligns] == [pp.Method.M2A, pp.Method.M3]
+  assert [m for m in pp.Method if m.aligns] == [pp.Method.M2A, pp.Method.M3,
+                                                pp.Method.ALIGNED_RGB_224,
+                                                pp.Method.ALIGNED_RGB_384,
+                                                pp.Method.ALIGNED_GRAY_384]
 
 
 def test_read_frame_converts_and_names_bad_files(tmp_path):

@@ -67,3 +67,36 @@ def figures(root: pathlib.Path, cells: dict, models: list[str], best: dict, over
     plot_confusion(cells[key]["confusion"], root / "fig4_confusion.png",
                               title=f"{key[0]} {key[1].upper()} {key[2].upper()} (test"
                                     + (f", {n} runs summed)" if n > 1 else ")"))
+
+
+def factorial_figure(root: pathlib.Path, cubes: dict) -> None:
+  """fig_factorial.png: each cube's eight cells (test macro-F1, 95 % CI), one panel per
+  (model, phase), grouped by crop x colour with size 224 and 384 side by side."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(cubes), figsize=(0.5 + 4.2 * len(cubes), 3.6), dpi=120,
+                           sharey=True, squeeze=False)
+  for ax, ((model, phase), r) in zip(axes[0], cubes.items()):
+    groups = sorted({(c["crop"], c["colour"]) for c in r["cells"]},
+                    key=lambda g: (g[0] != "frame", g[1] != "rgb"))
+    for j, size in enumerate(sorted({c["size"] for c in r["cells"]})):
+      cs = [next(c for c in r["cells"] if (c["crop"], c["colour"], c["size"]) == (*g, size))
+            for g in groups]
+      ys = np.array([c["macro_f1"] for c in cs])
+      lo, hi = np.array([c["ci"] for c in cs], np.float64).T
+      err = [np.nan_to_num(np.maximum(0, ys - lo)), np.nan_to_num(np.maximum(0, hi - ys))]
+      ax.errorbar(np.arange(len(groups)) + (j - 0.5) * 0.3, ys, yerr=err, fmt="o",
+                  capsize=3, label=f"{size} px")
+    for c, name in ((r["cells"][-1], "M1"), (r["cells"][0], "M2")):
+      g = groups.index((c["crop"], c["colour"]))
+      ax.annotate(name, (g + (0.15 if c["size"] == max(x["size"] for x in r["cells"])
+                              else -0.15), c["macro_f1"]), textcoords="offset points",
+                  xytext=(6, 0), fontsize=7)
+    ax.set_xticks(range(len(groups)), [f"{a}\n{b}" for a, b in groups])
+    ax.set_title(f"{model} {phase.upper()}")
+    ax.set_ylabel("test macro-F1 (95 % CI)")
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(root / "fig_factorial.png")
+  plt.close(fig)

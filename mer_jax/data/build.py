@@ -306,7 +306,8 @@ def quality_table(qs: list[dict]) -> str:
 def main(argv=None) -> int:
   p = cli.parser("mer_jax.data.build", __doc__)
   p.add_argument("--configs", default="all",
-                 help=f"'all' or a comma list of {', '.join(CONFIG_NAMES)}")
+                 help="'all' (the twelve configs of m1, m2, m2a, m3) or a comma list of "
+                      f"{', '.join(CONFIG_NAMES)}")
   p.add_argument("--manual_dir", default="~/casme2", help="CASME II as distributed")
   p.add_argument("--data_dir", default="", help="TFDS data dir (default ~/tensorflow_datasets)")
   p.add_argument("--synthetic", action="store_true",

@@ -1,7 +1,10 @@
 """The CASME II dataset's configs: one per preprocessing method x temporal phase.
 
-A config's name is `{method}_{phase}` ("m2_mfs", "m3_af"), the name of its TFDS config
-and of its folder under the TFDS data dir. Defined here, apart from the TFDS
+A config's name is `{method}_{phase}` ("m2_mfs", "m3_af", "face_rgb_384_kfs": any
+method, a corner of crop x colour x size included), the name of its TFDS config and of
+its folder under the TFDS data dir. "all" is the twelve configs of the named methods
+(m1, m2, m2a, m3); the other corners' configs are built by name (or by the training
+that needs one). Defined here, apart from the TFDS
 builder, so that naming a config needs neither TensorFlow nor TFDS.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ def config_name(method: "Method | str", phase: "Phase | str") -> str:
 
 
 CONFIG_NAMES = tuple(config_name(m, p) for m in Method for p in Phase)
+NAMED_METHODS = (Method.M1, Method.M2, Method.M2A, Method.M3)   # what "all" builds
 
 
 def check_config_name(name: str, *, or_all: bool = False) -> str:
@@ -29,14 +33,15 @@ def check_config_name(name: str, *, or_all: bool = False) -> str:
 
 def parse_config_name(name: str) -> tuple[Method, Phase]:
   """(method, phase) of a config name."""
-  method, _, phase = check_config_name(name).partition("_")
+  method, _, phase = check_config_name(name).rpartition("_")
   return Method(method), Phase(phase)
 
 
 def parse_configs(spec: str) -> list[str]:
-  """'all' (or '') or a comma list of config names -> the names, checked."""
+  """'all' (or '': the named methods' twelve) or a comma list of config names -> the
+  names, checked."""
   if spec in ("all", ""):
-    return list(CONFIG_NAMES)
+    return [config_name(m, p) for m in NAMED_METHODS for p in Phase]
   return [check_config_name(s.strip(), or_all=True) for s in spec.split(",")]
 
 

@@ -113,11 +113,14 @@ def _cut(rgb: np.ndarray, box: Sequence[int]) -> np.ndarray:
   return np.ascontiguousarray(rgb[top:bottom, left:right])
 
 
-def centre_crop(rgb: np.ndarray, size: int = 384) -> np.ndarray:
-  """M1: the largest centred square, resized to size x size (OpenCV's area average), RGB."""
+def centre_crop(rgb: np.ndarray, size: int = 384, *, gray: bool = False) -> np.ndarray:
+  """M1: the largest centred square, resized to size x size (OpenCV's area average), RGB;
+  with `gray`, its luma (size x size x 1) as the frame corners frame_gray_* take it."""
   import cv2
-  return cv2.resize(_cut(rgb, centre_square(*rgb.shape[:2])), (size, size),
-                    interpolation=cv2.INTER_AREA)
+  square = _cut(rgb, centre_square(*rgb.shape[:2]))
+  if gray:
+    return cv2.resize(to_gray(square), (size, size), interpolation=cv2.INTER_AREA)[..., None]
+  return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def expand_box(box: Box, h: int, w: int, margin: int = MARGIN) -> tuple[int, int, int, int]:
@@ -127,21 +130,30 @@ def expand_box(box: Box, h: int, w: int, margin: int = MARGIN) -> tuple[int, int
           min(w, right + margin), min(h, bottom + margin))
 
 
-def face_crop(rgb: np.ndarray, box: Box, size: int = 224, margin: int = MARGIN) -> np.ndarray:
-  """M2: box + margin (clipped to the frame), crop, gray, resized: size x size x 1."""
+def face_crop(rgb: np.ndarray, box: Box, size: int = 224, margin: int = MARGIN, *,
+              gray: bool = True) -> np.ndarray:
+  """M2: box + margin (clipped to the frame), crop, gray, resized: size x size x 1
+  (`gray=False`: RGB, size x size x 3, the face_rgb_* corners)."""
   left, top, right, bottom = expand_box(box, *rgb.shape[:2], margin)
   if right <= left or bottom <= top:
     raise ValueError(f"face box {list(box[:4])} lies outside the {rgb.shape[1]}x"
                      f"{rgb.shape[0]} frame")
-  return _resize(to_gray(_cut(rgb, (left, top, right, bottom))), size)
+  cut = _cut(rgb, (left, top, right, bottom))
+  return _resize(to_gray(cut) if gray else cut, size)
 
 
-def fallback_crop(rgb: np.ndarray, size: int = 224) -> np.ndarray:
-  """M2 for a video with no face at all: M1's centre square, at M2's size and colour."""
-  return _resize(to_gray(_cut(rgb, centre_square(*rgb.shape[:2]))), size)
+def fallback_crop(rgb: np.ndarray, size: int = 224, *, gray: bool = True) -> np.ndarray:
+  """M2 for a video with no face at all: M1's centre square, at M2's size and colour
+  (`gray=False`: RGB, for the face_rgb_* corners)."""
+  cut = _cut(rgb, centre_square(*rgb.shape[:2]))
+  return _resize(to_gray(cut) if gray else cut, size)
 
 
 
-def aligned_crop(rgb: np.ndarray, matrix: np.ndarray, size: int = 224) -> np.ndarray:
-  """M2A: the frame in gray through the video's similarity transform: size x size x 1."""
-  return align.warp(to_gray(rgb)[..., 0], matrix, size)[..., None]
+def aligned_crop(rgb: np.ndarray, matrix: np.ndarray, size: int = 224, *,
+                 gray: bool = True) -> np.ndarray:
+  """M2A: the frame in gray through the video's similarity transform: size x size x 1
+  (`gray=False`: each RGB channel through it, size x size x 3, the aligned_rgb_* corners)."""
+  if gray:
+    return align.warp(to_gray(rgb)[..., 0], matrix, size)[..., None]
+  return np.stack([align.warp(rgb[..., c], matrix, size) for c in range(3)], -1)

@@ -30,15 +30,26 @@ M3  (beyond the paper) optical flow from the onset frame's M2A face to each
     and fallback videos compute flow between the M2 crops they take (one
     steady box, or the frame's centre: no box jitter in the flow).
 
+The corners (beyond the paper): M1, M2 and M2A differ in three things at
+once, so each method (but M3) is one corner of three factors -- `Crop` (frame:
+M1's centre square | face: M2's box + 20 px | aligned: M2A's transform),
+`Colour` (rgb | gray, the same luma) and the size (224 | 384) -- and the twelve
+corners are all methods: m1 = frame_rgb_384, m2 = face_gray_224, m2a =
+aligned_gray_224 keep their names, the nine others are named
+`{crop}_{colour}_{size}` ("face_rgb_384"). A corner's pixels are its crop's
+(with its resampler: OpenCV's area average for frames, PIL's bicubic for faces,
+the warp for aligned faces), its colour taken before the resize, so M1 and M2
+are their corners exactly (mer_jax.analysis.factorial measures each factor).
+
 Pixel work (reading frames, crops, gray, resizing, PNG bytes) is in
 mer_jax.data.pixels.
 
 One video, in named steps (`preprocess_video`): read its frames
 (`VideoFrames`) -> detect faces in them (`faces.detect_frames`, cached) ->
 find the video's face (`faces.video_faces`) -> crop each output frame
-(`CROPS[method]`) -> record its quality (`centring`). A new method adds a
-`Method` member, its `IMAGE_SHAPE` and description, and a crop function in
-`CROPS` (and says in `Method.crops_face` whether it follows the face).
+(`CROPS[method.crop]`, in the method's colour and size) -> record its quality
+(`centring`). A new method adds a `Method` member and its `FACTORS` (and a
+crop function in `CROPS` for a new kind of crop).
 Aligning methods (`Method.aligns`) add two steps: the onset frame's transform
 (`onset_transform`) before the crops, and for M3 the flow from the onset's
 face (`flow_step`) after them. Many videos on every core: mer_jax.data.runner.
@@ -76,15 +87,68 @@ from mer_jax.data.pixels import (aligned_crop, centre_crop, centre_square, expan
 CENTRED_WITHIN = 0.10          # of the output side, for the face-centring rate
 
 
-class Method(Choice):
-  """A preprocessing method: the paper's M1, M2, and beyond it M2A (aligned) and M3 (flow).
+class Crop(Choice):
+  """What a method's image shows: the frame's centre square, the face box, or the aligned face."""
+  FRAME = "frame"
+  FACE = "face"
+  ALIGNED = "aligned"
 
+
+class Colour(Choice):
+  """A method's image channels: RGB, or ITU-R 601 luma (PIL's "L")."""
+  RGB = "rgb"
+  GRAY = "gray"
+
+
+SIZES = (224, 384)             # the factorial's two output sides (M2's and M1's)
+
+
+class Method(Choice):
+  """A preprocessing method: the paper's M1, M2, and beyond it M2A (aligned) and M3 (flow),
+  and the other corners of crop x colour x size (`Method.corner`).
+
+  A corner's name is `{crop}_{colour}_{size}` ("frame_gray_224"), except the three the
+  project named first, which keep their names (and their TFDS configs and folders):
+  m1 = frame_rgb_384, m2 = face_gray_224, m2a = aligned_gray_224; `Method.corner(crop,
+  colour, size)` finds any of the twelve. M3 (flow) is no corner.
   `Method.parse("m2")`, `Method.names()`.
   """
   M1 = "m1"
   M2 = "m2"
   M2A = "m2a"
   M3 = "m3"
+  FRAME_RGB_224 = "frame_rgb_224"
+  FRAME_GRAY_224 = "frame_gray_224"
+  FRAME_GRAY_384 = "frame_gray_384"
+  FACE_RGB_224 = "face_rgb_224"
+  FACE_RGB_384 = "face_rgb_384"
+  FACE_GRAY_384 = "face_gray_384"
+  ALIGNED_RGB_224 = "aligned_rgb_224"
+  ALIGNED_RGB_384 = "aligned_rgb_384"
+  ALIGNED_GRAY_384 = "aligned_gray_384"
+
+  @classmethod
+  def corner(cls, crop: "Crop | str", colour: "Colour | str", size: int) -> "Method":
+    """The method of one corner of crop x colour x size: (frame, rgb, 384) is M1."""
+    want = (Crop.parse(crop), Colour.parse(colour), int(size))
+    for m, factors in FACTORS.items():
+      if factors == want and not m.is_flow:
+        return m
+    raise ValueError(f"no method is the corner {want}; sizes are {SIZES}")
+
+  @property
+  def crop(self) -> Crop:
+    """The region the image shows (M3: the aligned faces its flow is computed between)."""
+    return FACTORS[self][0]
+
+  @property
+  def colour(self) -> Colour:
+    """The crop's channels (M3: gray faces, whose flow is its image)."""
+    return FACTORS[self][1]
+
+  @property
+  def size(self) -> int:
+    return FACTORS[self][2]
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -93,12 +157,12 @@ class Method(Choice):
   @property
   def crops_face(self) -> bool:
     """Whether the crop follows the video's face (else the frame's centre)."""
-    return self is not Method.M1
+    return self.crop is not Crop.FRAME
 
   @property
   def aligns(self) -> bool:
     """Whether faces are aligned by the onset frame's landmarks (M2A, and M3's input)."""
-    return self in (Method.M2A, Method.M3)
+    return self.crop is Crop.ALIGNED
 
   @property
   def is_flow(self) -> bool:
@@ -107,11 +171,22 @@ class Method(Choice):
 
   @property
   def description(self) -> str:
-    return _DESCRIPTION[self]
+    return _DESCRIPTION.get(self) or (
+        f"{_CROP_WORDS[self.crop]}, {self.size}x{self.size} "
+        + ("RGB" if self.colour is Colour.RGB else "grayscale"))
 
 
-IMAGE_SHAPE = {Method.M1: (384, 384, 3), Method.M2: (224, 224, 1),
-               Method.M2A: (224, 224, 1), Method.M3: (224, 224, 3)}
+# Every method's (crop, colour, size); the names above must agree with these.
+FACTORS = {Method.M1: (Crop.FRAME, Colour.RGB, 384), Method.M2: (Crop.FACE, Colour.GRAY, 224),
+           Method.M2A: (Crop.ALIGNED, Colour.GRAY, 224),
+           Method.M3: (Crop.ALIGNED, Colour.GRAY, 224)}
+FACTORS.update({m: (Crop(m.value.split("_")[0]), Colour(m.value.split("_")[1]),
+                    int(m.value.split("_")[2])) for m in Method if m not in FACTORS})
+IMAGE_SHAPE = {m: (m.size, m.size, 3 if m.is_flow or m.colour is Colour.RGB else 1)
+               for m in Method}
+_CROP_WORDS = {Crop.FRAME: "raw frame centre-cropped",
+               Crop.FACE: "dlib face box +20 px, cropped",
+               Crop.ALIGNED: "face aligned by the onset frame's eyes (dlib landmarks)"}
 _DESCRIPTION = {
     Method.M1: "raw frame centre-cropped to 384x384 RGB",
     Method.M2: "dlib face box +20 px, cropped, 224x224 grayscale",
@@ -129,25 +204,25 @@ def information_density(method: "Method | str") -> int:
 # --- the methods' crops ---------------------------------------------------------
 
 
-# A method's crop: (frame, the video's face box in it or None, output size) ->
+# A method's crop: (frame, the video's face box in it or None, output size, gray) ->
 # (image, the frame region it shows, for the quality figures).
-Crop = Callable[[np.ndarray, Any, int], tuple]
+CropFunction = Callable[[np.ndarray, Any, int, bool], tuple]
 
 
-def crop_m1(rgb: np.ndarray, box: Box | None, size: int):
-  return centre_crop(rgb, size), centre_square(*rgb.shape[:2])
+def crop_frame(rgb: np.ndarray, box: Box | None, size: int, gray: bool):
+  return centre_crop(rgb, size, gray=gray), centre_square(*rgb.shape[:2])
 
 
-def crop_m2(rgb: np.ndarray, box: Box | None, size: int):
+def crop_face(rgb: np.ndarray, box: Box | None, size: int, gray: bool):
   if box is None:
-    return fallback_crop(rgb, size), centre_square(*rgb.shape[:2])
-  return face_crop(rgb, box, size), expand_box(box, *rgb.shape[:2])
+    return fallback_crop(rgb, size, gray=gray), centre_square(*rgb.shape[:2])
+  return face_crop(rgb, box, size, gray=gray), expand_box(box, *rgb.shape[:2])
 
 
-# M2A and M3 crop with the video's transform (`aligned_crop`); these are their
-# fallbacks when the onset face has no landmarks (M2's crop, or M2's fallback).
-CROPS: dict[Method, Crop] = {Method.M1: crop_m1, Method.M2: crop_m2, Method.M2A: crop_m2,
-                             Method.M3: crop_m2}
+# Aligned crops use the video's transform (`aligned_crop`); this is their fallback
+# when the onset face has no landmarks (the face crop, or its centre-square fallback).
+CROPS: dict[Crop, CropFunction] = {Crop.FRAME: crop_frame, Crop.FACE: crop_face,
+                                   Crop.ALIGNED: crop_face}
 
 
 def phase_frames(video: Video, phase: "phases.Phase | str",
@@ -318,7 +393,7 @@ def preprocess_video(video: Video, frames: Sequence[int], method: "Method | str"
   face = faces.video_faces(found.faces, steady_box)
   report.fallback = method.crops_face and not face.found
   report.box_size_ratio = face.box_size_ratio
-  size = IMAGE_SHAPE[method][0]
+  size, gray = method.size, method.colour is Colour.GRAY
   matrix = None
   if method.aligns and face.found:
     landmarker = landmarker if landmarker is not None else faces.LandmarkDetector()
@@ -329,8 +404,8 @@ def preprocess_video(video: Video, frames: Sequence[int], method: "Method | str"
 
   def crop(n: int, rgb: np.ndarray):
     if matrix is not None:
-      return aligned_crop(rgb, matrix, size), matrix
-    return CROPS[method](rgb, face.boxes.get(n, (None, None))[0], size)
+      return aligned_crop(rgb, matrix, size, gray=gray), matrix
+    return CROPS[method.crop](rgb, face.boxes.get(n, (None, None))[0], size, gray)
 
   onset_face = None
   if method.is_flow:

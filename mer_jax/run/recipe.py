@@ -34,10 +34,12 @@ WEIGHTS = {
     ("poolformer_m48", 224): "timm/poolformer_m48.sail_in1k",
     ("poolformer_m48", 384): "timm/poolformer_m48.sail_in1k",
 }
-# Image size of each preprocessing method (M1 384 RGB, M2/M2A 224 gray, M3 224 flow).
-IMG_SIZE = {m.value: m.image_shape[0] for m in Method}
-# Paper: batch 16-32 for M1 and 4-16 for M2; M2A and M3 (224 px, beyond the paper) as M2.
-BATCH_SIZE = {"m1": 16, "m2": 8, "m2a": 8, "m3": 8}
+# Image size of each preprocessing method (M1 384 RGB, M2/M2A 224 gray, M3 224 flow; a
+# corner's size).
+IMG_SIZE = {m.value: m.size for m in Method}
+# Paper: batch 16-32 for M1 and 4-16 for M2; M2A, M3 and the other corners (beyond the
+# paper) as M2. mer_jax.study --factorial gives its eight cells one batch size.
+BATCH_SIZE = {m.value: 16 if m is Method.M1 else 8 for m in Method}
 
 
 # The keys of a config argument (configs/paper.py:model=...,method=...,phase=...).
