@@ -62,3 +62,49 @@ def test_fraction_one_is_every_video_and_bad_fractions_are_user_errors():
   for bad in (0, -0.5, 1.5, True, "0.5"):
     with pytest.raises(splits.SplitError, match=r"data.train_fraction must be in \(0, 1\]"):
       splits.check_train_fraction(bad)
+
+
+def test_size_report_pairs_m1_with_each_method_per_fraction(tmp_path):
+  """Two fractions x M1, M2, M3 on hand-written runs (no training): size.json's M1 − X equals
+  sklearn's macro-F1 difference on the saved predictions and metrics.paired_bootstrap's CI;
+  the x axis is the runs' own train_videos."""
+  import csv
+  import json
+  from sklearn.metrics import f1_score
+  from mer_jax import metrics, study
+  from mer_jax.analysis import size
+  rng = np.random.default_rng(1)
+  ids = np.array([f"sub{i % 5:02d}/EP{i:02d}" for i in range(24)])
+  y = rng.integers(0, 4, 24)
+  preds = {}
+  for fraction, n_train in ((0.5, 100), (1.0, 201)):
+    for method, acc in (("m1", 0.8), ("m2", 0.5), ("m3", 0.6)):
+      p = np.where(rng.random(24) < acc, y, rng.integers(0, 4, 24))
+      preds[(fraction, method)] = p
+      cell = study.Cell("poolformer_s12", method, "af", 0)
+      w = cell.workdir(size.fraction_dir(tmp_path, fraction))
+      w.mkdir(parents=True)
+      config = study.cell_config(cell, [f"data.train_fraction={fraction:g}"], "paper")
+      (w / "metrics.json").write_text(json.dumps({
+          "config": config.to_dict(), "validation": {"macro_f1": 0.5},
+          "test": {"macro_f1": 0.0}, "train_videos": n_train}))
+      with open(w / "predictions_test.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["video_id", "label", "pred"])
+        out.writerows([(v, EMOTIONS[t], EMOTIONS[q]) for v, t, q in zip(ids, y, p)])
+  assert size.fractions_of(tmp_path) == [0.5, 1.0]
+  size.report(tmp_path)   # what study --report_only does on such a root (after each folder's)
+  rows = json.loads((tmp_path / "size.json").read_text())["differences"]
+  assert sorted((r["fraction"], r["b"]) for r in rows) == [
+      (0.5, "m2"), (0.5, "m3"), (1.0, "m2"), (1.0, "m3")]
+  sk = lambda p: f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0)
+  for r in rows:
+    assert r["train_videos"] == (100 if r["fraction"] == 0.5 else 201)
+    a, b = preds[(r["fraction"], "m1")], preds[(r["fraction"], r["b"])]
+    assert r["diff"] == pytest.approx(sk(a) - sk(b))
+    o = np.argsort(ids)
+    ref = metrics.paired_bootstrap(y[o], a[o], b[o], 7, n_resamples=10000)
+    assert r["ci"] == pytest.approx(list(ref["ci"])) and r["p_value"] == ref["p_value"]
+  text = (tmp_path / "size_report.md").read_text()
+  assert "| 0.5 | 100.0 | poolformer_s12 | AF | M1 − M2 |" in text
+  assert (tmp_path / "fig_size.png").stat().st_size > 1000
