@@ -30,6 +30,13 @@ study (or a LOSO cell missing folds) says so. A cell another process is training
 (its workdir lock is held) is left to it: the other cells still run, and the
 command then exits 2 naming it.
 
+`--set selection=test_fold_best_epoch` makes every run also record each epoch's
+test predictions; the report then adds the field's leaky choice (per LOSO fold the
+epoch best on that fold's test videos) beside the honest one, with the inflation
+(mer_jax.analysis.leak). `--train_fractions 0.25,0.5,1` runs the study once per
+data.train_fraction in WORKDIR/train_fraction<F> and writes size_report.md and
+fig_size.png: M1 − X against the number of training videos (mer_jax.analysis.size).
+
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
 the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess.
 
