@@ -104,7 +104,8 @@ def report(root: pathlib.Path) -> str:
            "hurts at that size. Each fraction's full report: "
            + ", ".join(f"[{f:g}]({fraction_dir(root, f).name}/report.md)"
                        for f in fractions_of(root)) + ".", "",
-           "| fraction | training videos | model | phase | pair | M1 | X | M1 − X | 95 % CI | p |",
+           "| fraction | training videos | model | phase | pair | M1 | X | M1 − X | 95 % CI "
+           "| p |",
            "|---:|---:|---|---|---|---:|---:|---:|---|---:|"]
   for r in rows:
     lines.append(f"| {r['fraction']:g} | {r['train_videos']:.1f} | {r['model']} | "
