@@ -38,7 +38,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, checkpoint: str = "best",
   say(f"Evaluating the {restored.kind} checkpoint (step {restored.step}, epoch "
       f"{restored.meta['epoch']})")
   return report.finish_run(workdir, config, results, meta, restored.record(), say=say,
-                           dataset=setup.dataset)
+                           dataset=setup.dataset, train_videos=setup.data["train"].num_videos)
 
 
 def main(argv=None) -> int:

@@ -85,6 +85,20 @@ def _macro_f1_from_counts(tp: np.ndarray, support: np.ndarray, pred_count: np.nd
     return np.where(n_present > 0, f1.sum(-1) / n_present, np.nan)
 
 
+def _uar_from_counts(tp: np.ndarray, support: np.ndarray, pred_count: np.ndarray
+                     ) -> np.ndarray:
+  """UAR (mean recall over present classes) from [..., K] counts; nan if no class present."""
+  present = support > 0
+  recall = np.where(present, tp / np.where(present, support, 1), 0.0)
+  n_present = present.sum(-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(n_present > 0, recall.sum(-1) / n_present, np.nan)
+
+
+# The scores a bootstrap can resample: name -> score of [..., K] (tp, support, pred_count).
+SCORES = {"macro_f1": _macro_f1_from_counts, "uar": _uar_from_counts}
+
+
 def classification_report(y_true, y_pred, num_classes: int) -> dict:
   """Video- or frame-level metrics of one prediction set.
 
@@ -184,8 +198,9 @@ def _unit_counts(t: np.ndarray, p: np.ndarray, k: int, unit: np.ndarray, n_units
 
 
 def _bootstrap_f1(t: np.ndarray, preds: Sequence[np.ndarray], k: int, n_resamples: int,
-                  seed: int, stratify: bool, clusters) -> np.ndarray:
-  """[B, len(preds)] macro-F1 of every prediction set on the same resamples.
+                  seed: int, stratify: bool, clusters, score: str = "macro_f1") -> np.ndarray:
+  """[B, len(preds)] macro-F1 (or another of SCORES) of every prediction set on the same
+  resamples.
 
   A resample's counts are its unit multiplicities times the per-unit counts
   (one matmul, exact in float64), so a resample never materialises its samples.
@@ -195,12 +210,13 @@ def _bootstrap_f1(t: np.ndarray, preds: Sequence[np.ndarray], k: int, n_resample
   unit, n_units, weights = _resample_weights(t, n_resamples, np.random.default_rng(seed),
                                              stratify=stratify, clusters=clusters)
   counts = [_unit_counts(t, p, k, unit, n_units) for p in preds]
+  of_counts = SCORES[score]
   out = []
   for w in weights:
     cols = []
     for c in counts:
       s = w @ c                                               # [b, 3K]
-      cols.append(_macro_f1_from_counts(s[:, 2 * k:], s[:, :k], s[:, k:2 * k]))
+      cols.append(of_counts(s[:, 2 * k:], s[:, :k], s[:, k:2 * k]))
     out.append(np.stack(cols, -1))
   return np.concatenate(out)
 
@@ -265,8 +281,8 @@ def bootstrap_ci(y_true, y_pred, num_classes: int, n_resamples: int = 1000,
 
 def paired_bootstrap(y_true, pred_a, pred_b, num_classes: int, n_resamples: int = 10000,
                      level: float = 0.95, seed: int = 0, *, stratify: bool = True,
-                     clusters=None) -> dict:
-  """Paired bootstrap of the macro-F1 difference ``a - b``.
+                     clusters=None, score: str = "macro_f1") -> dict:
+  """Paired bootstrap of the macro-F1 difference ``a - b`` (``score="uar"``: of UAR).
 
   Both prediction sets are scored on the SAME resamples (drawn as in
   `bootstrap_ci`, with ``stratify`` and ``clusters``). Returns ``diff`` (the
@@ -284,8 +300,10 @@ def paired_bootstrap(y_true, pred_a, pred_b, num_classes: int, n_resamples: int 
   """
   t, a = _check_pair(y_true, pred_a, num_classes)
   _, b = _check_pair(y_true, pred_b, num_classes)
-  f1_a, f1_b = macro_f1(t, a, num_classes), macro_f1(t, b, num_classes)
-  f = _bootstrap_f1(t, [a, b], num_classes, n_resamples, seed, stratify, clusters)
+  if score not in SCORES:
+    raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+  f1_a, f1_b = (classification_report(t, x, num_classes)[score] for x in (a, b))
+  f = _bootstrap_f1(t, [a, b], num_classes, n_resamples, seed, stratify, clusters, score)
   d = f[:, 0] - f[:, 1]          # never nan: a resample always holds a class of y_true
   return {"diff": float(f1_a - f1_b), "f1_a": float(f1_a), "f1_b": float(f1_b),
           "ci": percentile_interval(d, level), "p_value": bootstrap_p_value(d),

@@ -8,6 +8,9 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --grid paper --split subject --workdir runs/subject
   python -m mer_jax.study --grid paper --methods m1,m2,m2a,m3 --workdir runs/study4
   python -m mer_jax.study --factorial --models poolformer_m36 --phases mfs --workdir runs/cube
+  python -m mer_jax.study --grid paper --train_fractions 0.25,0.5,1 --workdir runs/size
+  python -m mer_jax.study --grid paper --protocol loso --set selection=test_fold_best_epoch \
+      --workdir runs/loso_leak
   python -m mer_jax.study --workdir runs/study --report_only
 
 A cell is (model, method, phase, split seed, seed[, LOSO fold]); its run
@@ -27,6 +30,13 @@ every cell of the study and the LOSO fold count, so a report of an unfinished
 study (or a LOSO cell missing folds) says so. A cell another process is training
 (its workdir lock is held) is left to it: the other cells still run, and the
 command then exits 2 naming it.
+
+`--set selection=test_fold_best_epoch` makes every run also record each epoch's
+test predictions; the report then adds the field's leaky choice (per LOSO fold the
+epoch best on that fold's test videos) beside the honest one, with the inflation
+(mer_jax.analysis.leak). `--train_fractions 0.25,0.5,1` runs the study once per
+data.train_fraction in WORKDIR/train_fraction<F> and writes size_report.md and
+fig_size.png: M1 − X against the number of training videos (mer_jax.analysis.size).
 
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
 the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess,
@@ -61,9 +71,11 @@ import os
 import pathlib
 import shlex
 
+from mer_jax.analysis import size
 from mer_jax.analysis.factorial import CUBE
 from mer_jax.analysis.runs import METHODS, PAPER_METHODS, PHASES, cell_coordinates, write_plan
 from mer_jax.analysis.tables import report
+from mer_jax.data import splits
 from mer_jax.plumbing import cli
 from mer_jax.plumbing.errors import UsageError
 from mer_jax.run import recipe
@@ -214,6 +226,11 @@ def main(argv=None) -> int:
                  default=int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
   p.add_argument("--num_tasks", type=int,
                  default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1")))
+  p.add_argument("--train_fractions", default="",
+                 help="comma list of data.train_fraction values (e.g. 0.25,0.5,1): the whole "
+                      "study once per fraction in WORKDIR/train_fraction<F>, then the M1 − X "
+                      "difference against the number of training videos (size_report.md, "
+                      "fig_size.png)")
   p.add_argument("--report_only", action="store_true")
   p.add_argument("--force", action="store_true",
                  help="retrain afresh the cells whose workdir holds a run of another config "
@@ -221,6 +238,24 @@ def main(argv=None) -> int:
   p.add_argument("--bootstrap", type=int, default=1000)
   args = cli.parse(p, argv)
   root = pathlib.Path(args.workdir).absolute()
+  fractions = [float(f) for f in parse_list(args.train_fractions)]
+  for f in fractions:
+    splits.check_train_fraction(f)
+  if args.report_only and not fractions:
+    fractions = size.fractions_of(root)      # a --train_fractions study, read back
+  if not fractions:
+    return _study(args, root, args.set)
+  for f in fractions:
+    _study(args, size.fraction_dir(root, f), args.set + [f"data.train_fraction={f:g}"])
+  if args.num_tasks > 1 and not args.report_only:
+    return 0
+  size.report(root)
+  print(f"size report: {root / 'size_report.md'}")
+  return 0
+
+
+def _study(args, root: pathlib.Path, overrides: list[str]) -> int:
+  """One study (the cells of args with `overrides`) in root, then its report."""
   root.mkdir(parents=True, exist_ok=True)
   from mer_jax import models as registry
   if not args.report_only:
@@ -233,7 +268,7 @@ def main(argv=None) -> int:
     methods = ([m.value for m in CUBE] if args.factorial else
                parse_list(args.methods or ",".join(PAPER_METHODS), METHODS))
     if args.factorial:
-      args.set = FACTORIAL_SET + args.set
+      overrides = FACTORIAL_SET + overrides  # before the user's: their --set still wins
     phases = parse_list(args.phases, PHASES)
     seeds = [int(s) for s in parse_list(args.seeds)]
     split_seeds = [int(s) for s in parse_list(args.split_seeds)]
@@ -242,13 +277,13 @@ def main(argv=None) -> int:
       if split_seeds != [0] or args.split != "video":
         raise UsageError("--split_seeds and --split choose a holdout split; LOSO's folds are "
                          "fixed. Drop them, or use --protocol paper.")
-      probe = cell_config(Cell(models[0], methods[0], phases[0], seeds[0]), args.set, "loso")
+      probe = cell_config(Cell(models[0], methods[0], phases[0], seeds[0]), overrides, "loso")
       n_folds = loso_fold_count(probe)
       folds = [int(f) for f in parse_list(args.folds)] if args.folds else list(range(n_folds))
     cells = make_cells(models, methods, phases, seeds, folds, split_seeds, args.split)
     write_plan(root, plan(cells, args.protocol, args.split, n_folds))
     print(f"{len(cells)} cells; task {args.task_index} of {args.num_tasks}", flush=True)
-    run_cells(cells, root, args.set, args.protocol, args.task_index, args.num_tasks,
+    run_cells(cells, root, overrides, args.protocol, args.task_index, args.num_tasks,
               force=args.force)
     if args.num_tasks > 1:
       # Other tasks may still be training: no task writes a partial report.

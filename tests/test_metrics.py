@@ -277,6 +277,26 @@ def test_paired_bootstrap_scores_both_on_the_same_resamples(kw):
   assert r["p_value"] == pytest.approx((rr + 1) / 701)
 
 
+def test_paired_bootstrap_of_uar_matches_naive_cluster_loop():
+  """score="uar": the full-set UAR difference and the subject-clustered interval of the
+  resampled differences equal sklearn's recall on the documented cluster draws."""
+  t, a = _random_case(11, n=36)
+  b = np.roll(a, 5)
+  clusters = np.array([f"s{(5 * i) % 9}" for i in range(36)])
+  r = metrics.paired_bootstrap(t, a, b, K, n_resamples=300, seed=2, clusters=clusters,
+                               score="uar")
+  assert r["f1_a"] == pytest.approx(_sk_macro(t, a, recall_score), abs=1e-12)
+  assert r["diff"] == pytest.approx(_sk_macro(t, a, recall_score)
+                                    - _sk_macro(t, b, recall_score), abs=1e-12)
+  dd = np.array([_sk_macro(t[i], a[i], recall_score) - _sk_macro(t[i], b[i], recall_score)
+                 for i in _naive_cluster_idx(clusters, 300, seed=2)])
+  np.testing.assert_allclose(r["ci"], np.percentile(dd, [2.5, 97.5]), atol=1e-12)
+  rr = min(300, 2 * min(np.sum(dd <= 0), np.sum(dd >= 0)))
+  assert r["p_value"] == pytest.approx((rr + 1) / 301)
+  with pytest.raises(ValueError, match="score must be one of macro_f1, uar"):
+    metrics.paired_bootstrap(t, a, b, K, score="accuracy")
+
+
 def test_paired_bootstrap_p_value_floor():
   t = np.tile(np.arange(K), 8)
   a = t.copy()

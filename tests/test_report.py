@@ -45,5 +45,12 @@ def test_summarise_rows_carry_the_subject_and_the_ci_is_stratified(tmp_path):
   report.write_report(tmp_path, {"test": r}, best_epoch=1, config={})
   with open(tmp_path / "predictions_test.csv") as f:
     reader = csv.DictReader(f)
-    assert reader.fieldnames == ["video_id", "subject", "label", "pred"]
-    assert [(row["video_id"], row["subject"], row["label"], row["pred"]) for row in reader] == want
+    assert reader.fieldnames == ["video_id", "subject", "dataset", "label", "pred"]
+    rows = list(reader)
+  assert [(row["video_id"], row["subject"], row["label"], row["pred"]) for row in rows] == want
+  assert {row["dataset"] for row in rows} == {"casme2"}   # examples that name no dataset
+  # A composite's examples carry their source dataset; each video row takes its frames'.
+  source = np.array(["samm" if s == subjects[0] else "casme2" for s in subjects])
+  named = report.summarise(probs, labels, ids, subjects, n_resamples=10, datasets=source)
+  assert [(p["video_id"], p["dataset"]) for p in named["predictions"]] == [
+      (w[0], "samm" if w[1] == subjects[0] else "casme2") for w in want]

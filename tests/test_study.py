@@ -31,7 +31,11 @@ def paper_study(casme2_small, tmp_path_factory):
 
 
 def _pred(w):
-  with open(w / "predictions_test.csv") as f:
+  return _pred_of(w / "predictions_test.csv")
+
+
+def _pred_of(path):
+  with open(path) as f:
     rows = list(csv.DictReader(f))
   return (np.array([EMOTIONS.index(r["label"]) for r in rows]),
           np.array([EMOTIONS.index(r["pred"]) for r in rows]))
@@ -125,7 +129,8 @@ def test_rerun_skips_finished_cells(paper_study, capsys):
 def test_loso_pools_predictions_over_folds(tiny, tmp_path):
   w = tmp_path / "loso"
   args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m2",
-          "--phases", "af", "--protocol", "loso"] + study_args(tiny)
+          "--phases", "af", "--protocol", "loso",
+          "--set", "selection=test_fold_best_epoch"] + study_args(tiny)
   assert study.main(args) == 0
   folds = sorted((w / "poolformer_s12_m2_af" / "seed0").glob("fold*"))
   assert len(folds) == 4  # one per subject
@@ -142,6 +147,29 @@ def test_loso_pools_predictions_over_folds(tiny, tmp_path):
   for f in folds:
     rows = list(csv.DictReader(open(f / "predictions_test.csv")))
     assert len({r["video_id"].split("/")[0] for r in rows}) == 1
+  # selection=test_fold_best_epoch: every epoch's test predictions recorded; the run's
+  # result is still its validation-chosen epoch (that epoch's file is predictions_test.csv),
+  # and the report's leaky section redoes the per-fold test choice (brute force here).
+  from mer_jax.analysis import leak
+  y_leak, p_leak = [], []
+  for f in folds:
+    m = json.loads((f / "metrics.json").read_text())
+    # LOSO partitions the 20 videos: train is what validation and test leave.
+    assert m["train_videos"] == 20 - m["validation"]["num_videos"] - m["test"]["num_videos"]
+    epochs = sorted((f / "leaky_test_fold_best_epoch").glob("test_epoch*.csv"))
+    assert len(epochs) == m["epochs_run"] == 2
+    assert (f / "leaky_test_fold_best_epoch" / f"test_epoch{m['best_epoch']:04d}.csv"
+            ).read_text() == (f / "predictions_test.csv").read_text()
+    scored = [(np.mean(np.equal(*_pred_of(e))), k, e) for k, e in enumerate(epochs)]
+    _, _, chosen = max(scored)          # ties: the later epoch
+    y_leak.append(_pred_of(chosen)[0])
+    p_leak.append(_pred_of(chosen)[1])
+  (row,) = json.loads((w / "study.json").read_text())[leak.KEY]
+  y_leak, p_leak = np.concatenate(y_leak), np.concatenate(p_leak)
+  assert row["uf1"]["honest"] == pytest.approx(uf1) and row["uar"]["honest"] == pytest.approx(uar)
+  assert row["uf1"]["leaky"] == pytest.approx(
+      f1_score(y_leak, p_leak, labels=np.unique(y_leak), average="macro", zero_division=0))
+  assert "## Leaky: the epoch chosen on each test fold" in text
 
 
 def test_bad_arguments_are_reported(tmp_path, capsys):

@@ -60,7 +60,10 @@ def test_run_writes_the_promised_workdir(reference):
   best = max(h["val_macro_f1"] for h in m["history"])
   assert m["history"][m["best_epoch"] - 1]["val_macro_f1"] == best
   rows = (w / "predictions_test.csv").read_text().strip().splitlines()
-  assert rows[0] == "video_id,subject,label,pred" and len(rows) - 1 == m["test"]["num_videos"]
+  assert rows[0] == "video_id,subject,dataset,label,pred"
+  assert len(rows) - 1 == m["test"]["num_videos"]
+  assert all(r.split(",")[2] == "casme2" for r in rows[1:])   # a CASME II build names none
+  assert m["train_videos"] == 20 - m["validation"]["num_videos"] - m["test"]["num_videos"]
   assert all(r.split(",")[1] == r.split("/")[0] for r in rows[1:])   # subNN/EP.. -> subNN
   assert "report:" in out.stdout and "macro-F1" in out.stdout
 

@@ -53,15 +53,15 @@ def pair_model(cells: dict, phase: str, a: str = "m1", b: str = "m2") -> str | N
 
 
 def _on_same_videos(ua: dict, ub: dict):
-  """(labels, predictions a, predictions b, subjects) of two units matched by video id, or
-  None when their test videos differ."""
+  """(labels, predictions a, predictions b, subject clusters) of two units matched by video
+  id, or None when their test videos differ."""
   if not np.array_equal(ua["video_ids"], ub["video_ids"]):
     return None
   if not np.array_equal(ua["y"], ub["y"]):
     raise UserError(f"Runs disagree on the labels of the same test videos: "
                     f"{ua.get('workdir', '')} {ub.get('workdir', '')} (runs on different "
                     "datasets?); give each study its own --workdir.")
-  return ua["y"], ua["pred"], ub["pred"], ua["subjects"]
+  return ua["y"], ua["pred"], ub["pred"], ua["clusters"]
 
 
 def _with_holm(rows: list[dict]) -> list[dict]:

@@ -164,7 +164,7 @@ def section(result: dict) -> list[str]:
               f"eight cells; seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
               + ("; one seed: the intervals hold the test set's variation only" if
                  len(seeds) == 1 else f"; each cell the mean of {len(seeds)} seeds")
-              + (f"; LOSO, subjects resampled" if r["loso"] else "")
+              + ("; LOSO, subjects resampled" if r["loso"] else "")
               + f"; {n:,} resamples)", "",
               "| method | crop | colour | size | test macro-F1 | 95 % CI |",
               "|---|---|---|---:|---:|---|"]

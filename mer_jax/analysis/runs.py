@@ -22,6 +22,7 @@ from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.plumbing.errors import UserError
+from mer_jax.run.report import DEFAULT_DATASET
 
 METHODS = Method.names()                                   # m1, m2, m2a, m3
 PAPER_METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
@@ -54,9 +55,11 @@ def read_plan(root: pathlib.Path) -> dict | None:
 # --- gathering -----------------------------------------------------------------
 
 
-def _read_predictions(path: pathlib.Path):
-  """Video ids, labels, predictions and subjects of a predictions CSV; a video's subject is
-  its `subject` column or, in files without one, the part of its id before '/'."""
+def read_predictions(path: pathlib.Path):
+  """Video ids, labels, predictions, subjects and source datasets of a predictions CSV
+  (run.report.PREDICTION_FIELDS); a video's subject is its `subject` column or, in files
+  without one, the part of its id before '/'; its dataset its `dataset` column or, in
+  files without one, run.report.DEFAULT_DATASET."""
   with open(path) as f:
     rows = list(csv.DictReader(f))
   ids = np.array([r["video_id"] for r in rows], dtype=str)
@@ -64,7 +67,15 @@ def _read_predictions(path: pathlib.Path):
   p = np.array([EMOTIONS.index(r["pred"]) for r in rows], dtype=np.int64)
   subjects = np.array([r.get("subject") or r["video_id"].split("/")[0] for r in rows],
                       dtype=str)
-  return ids, y, p, subjects
+  datasets = np.array([r.get("dataset") or DEFAULT_DATASET for r in rows], dtype=str)
+  return ids, y, p, subjects, datasets
+
+
+def subject_clusters(subjects, datasets) -> np.ndarray:
+  """The resampling cluster of each video: its subject within its source dataset (two
+  datasets may both have a subject "01"). On one dataset the draws equal those of the
+  bare subjects (the same sorted order)."""
+  return np.char.add(np.char.add(np.asarray(datasets, str), "/"), np.asarray(subjects, str))
 
 
 def _score(block: dict | None) -> float:
@@ -81,13 +92,15 @@ def gather(root: pathlib.Path) -> list[dict]:
     m = json.loads(mfile.read_text())
     c, d = m["config"], m["config"]["data"]
     protocol = d.get("protocol", "paper")
-    ids, y, p, subjects = _read_predictions(w / "predictions_test.csv")
+    ids, y, p, subjects, datasets = read_predictions(w / "predictions_test.csv")
     out.append({"model": c["model"]["name"], "method": d["method"], "phase": d["phase"],
                 "seed": int(c["seed"]), "fold": int(d.get("fold", -1)) if protocol == "loso"
                 else -1, "protocol": protocol, "split": d.get("split", "video"),
                 "split_seed": int(d.get("split_seed", 0)),
                 "val_f1": _score(m.get("validation")), "dataset": m.get("dataset"),
-                "video_ids": ids, "y": y, "pred": p, "subjects": subjects, "workdir": str(w)})
+                "video_ids": ids, "y": y, "pred": p, "subjects": subjects,
+                "datasets": datasets, "train_videos": m.get("train_videos"),
+                "best_epoch": m.get("best_epoch"), "workdir": str(w)})
   kinds = {(r["protocol"], r["split"]) for r in out}
   if len(kinds) > 1:
     raise UserError(f"{root} holds runs of several protocols or split kinds "
@@ -112,8 +125,10 @@ def _unit(runs: list[dict]) -> dict:
   p = np.concatenate([r["pred"] for r in runs])[order]
   rep = metrics.classification_report(y, p, K)
   per_fold = [metrics.macro_f1(r["y"], r["pred"], K) for r in runs]
-  return {"video_ids": ids[order], "y": y, "pred": p,
-          "subjects": np.concatenate([r["subjects"] for r in runs])[order],
+  subjects = np.concatenate([r["subjects"] for r in runs])[order]
+  datasets = np.concatenate([r["datasets"] for r in runs])[order]
+  return {"video_ids": ids[order], "y": y, "pred": p, "subjects": subjects,
+          "datasets": datasets, "clusters": subject_clusters(subjects, datasets),
           "macro_f1": rep["macro_f1"], "uar": rep["uar"], "per_class_f1": rep["per_class_f1"],
           "confusion": rep["confusion"], "val_f1": metrics.mean_std([r["val_f1"] for r in runs])[0],
           "folds": len(runs), "fold_mean": metrics.mean_std(per_fold)[0],
@@ -127,7 +142,7 @@ def _interval(units: list[dict], n_resamples: int, by_subject: bool):
   ids = units[0]["video_ids"]
   if any(not np.array_equal(u["video_ids"], ids) for u in units):
     return float("nan"), float("nan")       # seeds on different videos: no joint interval
-  clusters = units[0]["subjects"] if by_subject else None
+  clusters = units[0]["clusters"] if by_subject else None
   if len(units) == 1:
     return metrics.bootstrap_ci(units[0]["y"], units[0]["pred"], K, n_resamples=n_resamples,
                                 clusters=clusters)
@@ -149,6 +164,24 @@ def _pooled_over_splits(units: dict, n_resamples: int):
             for seed in seeds]
   f1 = float(np.mean([metrics.macro_f1(u["y"], u["pred"], K) for u in pooled]))
   return f1, _interval(pooled, n_resamples, by_subject=False)
+
+
+def per_dataset(units: list[dict], n_resamples: int) -> dict:
+  """dataset -> UF1 and UAR of a cell's predictions restricted to that source dataset
+  (the MEGC convention reports the composite per dataset): mean over the units, with the
+  subject-clustered interval of the mean UF1, and the dataset's videos and subjects."""
+  out = {}
+  for d in sorted(set(units[0]["datasets"])):
+    sub = []
+    for u in units:
+      i = u["datasets"] == d
+      sub.append({k: u[k][i] for k in ("video_ids", "y", "pred", "subjects", "clusters")})
+    reps = [metrics.classification_report(u["y"], u["pred"], K) for u in sub]
+    out[d] = {"uf1": metrics.mean_std([r["macro_f1"] for r in reps])[0],
+              "uar": metrics.mean_std([r["uar"] for r in reps])[0],
+              "ci": tuple(_interval(sub, n_resamples, by_subject=True)),
+              "videos": int(len(sub[0]["y"])), "subjects": int(len(set(sub[0]["subjects"])))}
+  return out
 
 
 def summarise_cells(runs: list[dict], n_resamples: int = 1000,
@@ -189,6 +222,7 @@ def summarise_cells(runs: list[dict], n_resamples: int = 1000,
     if loso:
       folds = min(u["folds"] for u in units.values())
       cell.update(folds=folds, expected_folds=expected_folds,
-                  complete=expected_folds is not None and folds >= expected_folds)
+                  complete=expected_folds is not None and folds >= expected_folds,
+                  per_dataset=per_dataset(list(units.values()), n_resamples))
     out[key] = cell
   return out

@@ -18,7 +18,7 @@ import numpy as np
 from mer_jax import metrics
 from mer_jax.analysis.compare import (CHOICE, PAIRED_RESAMPLES, best_key, pair_model,
                                       paired_difference, paired_m1_m2, paired_methods)
-from mer_jax.analysis import factorial
+from mer_jax.analysis import factorial, leak
 from mer_jax.analysis.figures import factorial_figure, figures
 from mer_jax.analysis.runs import (K, METHODS, PAPER_METHODS, PHASES, cell_coordinates, gather,
                                    read_plan, summarise_cells)
@@ -280,6 +280,19 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
                    f"{'complete' if v['complete'] else 'INCOMPLETE: not a LOSO result'} |")
     lines += ["", "Model selection (early stopping) used validation videos of the training "
               "subjects only; the held-out subject was never looked at before testing.", ""]
+    several = {k: v for k, v in cells.items() if len(v["per_dataset"]) > 1}
+    if several:
+      lines += ["### Per source dataset (the MEGC convention)", "",
+                "| model | method | phase | dataset | subjects | videos | UF1 | "
+                "95 % CI (subjects) | UAR |", "|---|---|---|---|---:|---:|---:|---|---:|"]
+      for k, v in several.items():
+        for d, r in v["per_dataset"].items():
+          lines.append(f"| {k[0]} | {k[1].upper()} | {k[2].upper()} | {d} | {r['subjects']} | "
+                       f"{r['videos']} | {_fmt(r['uf1'])} | {_ci(r['ci'])} | {_fmt(r['uar'])} |")
+      lines += [""]
+
+  leaky = leak.leaky_units(runs)
+  lines += leak.section(leaky)
 
   cube = factorial.factorial(cells, PAIRED_RESAMPLES)
   lines += factorial.section(cube)
@@ -297,7 +310,8 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
       "pooled_macro_f1": v["pooled_macro_f1"], "n_seeds": v["n_seeds"],
       "split_seeds": sorted(v["splits"]), "per_class_f1": v["per_class_f1"],
       **({"folds": v["folds"], "expected_folds": v["expected_folds"],
-          "complete": v["complete"]} if v["loso"] else {})} for k, v in cells.items()}
+          "complete": v["complete"], "per_dataset": v["per_dataset"]} if v["loso"] else {})}
+      for k, v in cells.items()}
   chosen = {me: {p: {"model": k[0], "val_macro_f1": cells[k]["val_f1"],
                      "test_macro_f1": cells[k]["macro_f1"]}
                  for (me2, p), k in best.items() if me2 == me and k} for me in methods}
@@ -308,6 +322,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
                                        if by_test[(me, p)]} for me in methods},
                          "m1_m2": test_diff},
        "cells": summary, "paired_methods": pairs, "paired_m1_m2": paired_m1_m2(pairs),
-       "factorial": factorial.as_json(cube)}),
+       "factorial": factorial.as_json(cube),
+       **({leak.KEY: leaky} if leaky else {})}),
       indent=1, default=float, allow_nan=False))
   return text

@@ -313,3 +313,33 @@ def class_counts(ids: Iterable[str], videos: Sequence[Video]) -> dict[str, int]:
   label = {v.video_id: v.emotion for v in videos}
   got = collections.Counter(label[i] for i in ids)
   return {e: got[e] for e in EMOTIONS}
+
+
+def check_train_fraction(fraction) -> None:
+  """SplitError (one line) unless data.train_fraction is a number in (0, 1]."""
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+      or not 0 < fraction <= 1:
+    raise SplitError(f"data.train_fraction must be in (0, 1] (1 = every training video), "
+                     f"got {fraction!r}")
+
+
+def train_subsample(videos: Sequence[Video], fraction: float, seed: int) -> tuple[str, ...]:
+  """The sorted ids of a stratified `fraction` of `videos` (a split's training videos):
+  `data.train_fraction`, for learning curves.
+
+  Each emotion keeps round(fraction * its count) videos (half up, exact), at least one,
+  so no class leaves training; they are the first of its videos in the order
+  `shuffled(ids, (seed, class index, 1))` gives. A function of the ids, labels and
+  `seed` alone: methods run at one seed train on the same videos (their difference
+  stays paired), and a smaller fraction's videos are a subset of a larger one's.
+  """
+  check_train_fraction(fraction)
+  if fraction == 1:
+    return tuple(sorted(v.video_id for v in videos))
+  num, den = float(fraction).as_integer_ratio()
+  out = []
+  for k, (e, ids) in enumerate(_by_class(videos).items()):
+    if ids:
+      keep = max(1, (2 * len(ids) * num + den) // (2 * den))  # round half up, exactly
+      out += shuffled(ids, (seed, k, 1))[:keep]
+  return tuple(sorted(out))

@@ -62,6 +62,8 @@ def make_setup(config, log=print) -> Setup:
   data = input_pipeline.load_splits(d, config.data.protocol, config.data.fold,
                                     config.data.get("split", "video"),
                                     config.data.get("split_seed", 0))  # runs before them lack them
+  data = input_pipeline.subsample_train(data, config.data.get("train_fraction", 1.0),
+                                        config.seed)
   in_chans = data["train"].images.shape[-1]
   return Setup(config, data, steps.build_model(config, in_chans), in_chans,
                runtime.make_mesh(), dict(fingerprint.read(d), dir=d))
@@ -86,7 +88,7 @@ def evaluate_split(setup: Setup, params, split: str, predict_fn) -> dict:
   c = setup.config
   return report.summarise(predict_split(setup, params, split, predict_fn), data.labels,
                           data.video_ids, data.subjects, n_resamples=c.bootstrap_resamples,
-                          level=c.ci_level, seed=c.seed)
+                          level=c.ci_level, seed=c.seed, datasets=data.datasets)
 
 
 def load_run_config(workdir: str | pathlib.Path):
@@ -143,7 +145,7 @@ NEUTRAL_FIELDS = ("data.manual_dir", "data.data_dir", "init.cache_dir", "data.pr
 RERUN_FIELDS = ("num_epochs", "bootstrap_resamples", "ci_level")
 # What train and its report write into a workdir: --force deletes these.
 RUN_FILES = ("checkpoints", "tensorboard", "config.json", "metrics.json", "metrics.jsonl",
-             "report.md", "confusion_test.png", "predictions_*.csv")
+             "report.md", "confusion_test.png", "predictions_*.csv", report.EPOCH_PREDICTIONS)
 
 
 class ConfigChanged(UsageError):

@@ -39,6 +39,7 @@ import numpy as np
 from mer_jax.data import flow, labels, splits
 from mer_jax.data.videos import Video
 from mer_jax.plumbing.errors import UsageError
+from mer_jax.run import report
 
 # ImageNet statistics (timm's IMAGENET_DEFAULT_MEAN/STD); a 1-channel input
 # uses their means, as timm does for in_chans=1.
@@ -55,6 +56,7 @@ class SplitData:
   video_ids: np.ndarray        # str [N]
   subjects: np.ndarray         # str [N]
   frame_index: np.ndarray      # int32 [N]
+  datasets: np.ndarray         # str [N]: each example's source dataset (a composite's vary)
 
   def __len__(self):
     return len(self.labels)
@@ -78,7 +80,9 @@ def _decode_source(src, workers: int = 8) -> SplitData:
   return SplitData(images=np.stack([e["image"] for e in examples]),
                    labels=np.array([e["label"] for e in examples], np.int32),
                    video_ids=s("video_id"), subjects=s("subject"),
-                   frame_index=np.array([e["frame_index"] for e in examples], np.int32))
+                   frame_index=np.array([e["frame_index"] for e in examples], np.int32),
+                   datasets=s("dataset") if "dataset" in examples[0]
+                   else np.full(n, report.DEFAULT_DATASET))
 
 
 def _concat(parts: Sequence[SplitData]) -> SplitData:
@@ -127,6 +131,17 @@ def load_splits(dataset_dir: str, protocol: str = "paper", fold: int = -1,
                        f"{', '.join(f.subject for f in folds)}), got {fold}")
     chosen = folds[fold].splits()
   return {k: every.take(np.isin(every.video_ids, np.array(chosen[k]))) for k in SPLITS}
+
+
+def subsample_train(data: dict[str, SplitData], fraction: float, seed: int
+                    ) -> dict[str, SplitData]:
+  """`data` with its training split cut to `splits.train_subsample` (data.train_fraction,
+  drawn by the run's `seed`); validation and test as they were."""
+  if fraction == 1:
+    return data
+  train = data["train"]
+  keep = splits.train_subsample(_videos_of(train), fraction, seed)
+  return dict(data, train=train.take(np.isin(train.video_ids, np.array(keep))))
 
 
 def loso_subjects(dataset_dir: str) -> list[str]:

@@ -214,6 +214,11 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       val = experiment.evaluate_split(setup, state["params"], "validation", predict_fn)
       vf1 = val["video"]["macro_f1"]
       improved = stopper.update(vf1, epoch)
+      if c.get("selection", "validation") == "test_fold_best_epoch":
+        # Recorded for the study's measure of the leaky choice; never read by this run.
+        test = experiment.evaluate_split(setup, state["params"], "test", predict_fn)
+        if is_main:
+          report.write_epoch_predictions(workdir, epoch + 1, test)
       record = {"epoch": epoch + 1, "train_loss": float(losses_sum) / max(n_steps, 1),
                 "val_macro_f1": vf1, "val_uar": val["video"]["uar"],
                 "val_accuracy": val["video"]["accuracy"],
@@ -254,7 +259,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     logger.close()
     ckpt.close()
   return report.finish_run(workdir, c, results, meta, best.record(), say=_say,
-                           dataset=setup.dataset)
+                           dataset=setup.dataset, train_videos=setup.data["train"].num_videos)
 
 
 def _check_finite(finite, ckpt, workdir):

@@ -116,6 +116,8 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.data.split = "video"                # paper: "video" (the paper's, subject-dependent) or
                                         # "subject" (test/validation subjects never in train)
   c.data.split_seed = 0                 # paper: 0 = the paper's split (as built); K: another
+  c.data.train_fraction = 1.0           # a stratified subsample of the training videos,
+                                        # drawn by `seed` (splits.train_subsample)
   c.data.class_balanced = False         # sample training frames class-balanced
   c.data.prefetch = 2
 
@@ -153,6 +155,10 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.eval_batch_size = 2 * BATCH_SIZE[method]
   c.num_epochs = 50
   c.patience = 5                        # epochs without a better validation macro-F1
+  # "validation" (the run's result: the epoch best on validation). "test_fold_best_epoch"
+  # ALSO records each epoch's test predictions, so the study can measure the field's
+  # leaky choice of the epoch best on the test videos; the run's result stays the same.
+  c.selection = "validation"
   c.min_delta = 0.0
 
   c.checkpoint_keep = 2                 # latest checkpoints kept (the best is kept apart)

@@ -19,27 +19,37 @@ from mer_jax import metrics
 from mer_jax.data.labels import EMOTIONS
 
 NUM_CLASSES = len(EMOTIONS)
+# The source dataset of examples that do not name one (a CASME II build's).
+DEFAULT_DATASET = "casme2"
+PREDICTION_FIELDS = ("video_id", "subject", "dataset", "label", "pred")
+# A run with selection=test_fold_best_epoch: each epoch's test predictions, one CSV per
+# epoch (EPOCH_FILE), for the study's measure of the leaky epoch choice (analysis/leak.py).
+EPOCH_PREDICTIONS = "leaky_test_fold_best_epoch"
+EPOCH_FILE = "test_epoch{epoch:04d}.csv"
 
 
 def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[str],
               subjects: Sequence[str], *, n_resamples: int = 1000, level: float = 0.95,
-              seed: int = 0) -> dict:
+              seed: int = 0, datasets: Sequence[str] | None = None) -> dict:
   """Video- and frame-level metrics of one split (per-frame labels, video ids, subjects).
 
   A video's label and subject are its frames'; its prediction is the frames'
   majority vote (ties by summed probability). The CI is the stratified
   bootstrap over videos (`metrics.bootstrap_ci`'s default: every class of the
-  split stays in every resample). Each prediction row carries the subject, so
-  a study can cluster a pooled interval by subject from the run's own files.
+  split stays in every resample). Each prediction row carries the subject and
+  the source dataset (`datasets`, per frame; default casme2), so a study can
+  cluster a pooled interval by subject, and report per dataset, from the run's
+  own files.
   """
   frame_probs = np.asarray(frame_probs, np.float64)
   labels = np.asarray(labels, np.int64)
   video_ids = np.asarray(video_ids)
   subjects = np.asarray(subjects)
+  datasets = np.full(len(labels), DEFAULT_DATASET) if datasets is None else np.asarray(datasets)
   vids, vpred = metrics.video_vote(frame_probs, video_ids)
   first = {v: i for i, v in reversed(list(enumerate(video_ids)))}
   rows = np.array([first[v] for v in vids], np.int64)
-  vtrue, vsubj = labels[rows], subjects[rows]
+  vtrue, vsubj, vdata = labels[rows], subjects[rows], datasets[rows]
   video = metrics.classification_report(vtrue, vpred, NUM_CLASSES)
   video["macro_f1_ci"] = list(metrics.bootstrap_ci(
       vtrue, vpred, NUM_CLASSES, n_resamples=n_resamples, level=level, seed=seed))
@@ -49,8 +59,9 @@ def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[s
       "frame": jsonable(frame),
       "num_videos": int(len(vids)),
       "num_frames": int(len(labels)),
-      "predictions": [{"video_id": str(v), "subject": str(s), "label": EMOTIONS[t],
-                       "pred": EMOTIONS[p]} for v, s, t, p in zip(vids, vsubj, vtrue, vpred)],
+      "predictions": [{"video_id": str(v), "subject": str(s), "dataset": str(d),
+                       "label": EMOTIONS[t], "pred": EMOTIONS[p]}
+                      for v, s, d, t, p in zip(vids, vsubj, vdata, vtrue, vpred)],
   }
 
 
@@ -174,10 +185,7 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
                                          extra=extra), indent=2))
   tmp.replace(workdir / "metrics.json")
   for split, r in results.items():
-    with open(workdir / f"predictions_{split}.csv", "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=["video_id", "subject", "label", "pred"])
-      w.writeheader()
-      w.writerows(r["predictions"])
+    write_predictions(workdir / f"predictions_{split}.csv", r["predictions"])
   if "test" in results:
     plot_confusion(results["test"]["video"]["confusion"], workdir / "confusion_test.png")
   report = workdir / "report.md"
@@ -186,17 +194,38 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
   return report
 
 
+def write_predictions(path: pathlib.Path, rows: Sequence[Mapping]) -> None:
+  """A predictions CSV (PREDICTION_FIELDS), written whole then renamed."""
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+  tmp.replace(path)
+
+
+def write_epoch_predictions(workdir: pathlib.Path, epoch: int, result: dict) -> None:
+  """One epoch's test predictions (`summarise`'s result) as
+  WORKDIR/EPOCH_PREDICTIONS/EPOCH_FILE; a resumed run overwrites the epoch it redoes."""
+  d = workdir / EPOCH_PREDICTIONS
+  d.mkdir(exist_ok=True)
+  write_predictions(d / EPOCH_FILE.format(epoch=epoch), result["predictions"])
+
+
 def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict,
-               checkpoint: Mapping[str, Any], say=print, *, dataset: dict) -> dict:
+               checkpoint: Mapping[str, Any], say=print, *, dataset: dict,
+               train_videos: int) -> dict:
   """Writes a trained run's report (main process) and prints its summary;
   returns the metrics.json dict. `meta` is the run's latest (its whole
   history); `checkpoint` the evaluated one (checkpointing.Restored.record());
-  `dataset` the build's fingerprint and dir (experiment.Setup.dataset)."""
+  `dataset` the build's fingerprint and dir (experiment.Setup.dataset);
+  `train_videos` the number of videos it trained on (after data.train_fraction)."""
   from mer_jax.plumbing import runtime
   stop = meta["early_stopping"]
   best_epoch = stop["best_epoch"] + 1 if stop["best_epoch"] >= 0 else None
   extra = {"epochs_run": meta["epoch"], "history": meta["history"],
-           "evaluated_checkpoint": dict(checkpoint), "dataset": dataset}
+           "evaluated_checkpoint": dict(checkpoint), "dataset": dataset,
+           "train_videos": int(train_videos)}
   if runtime.is_main_process():
     write_report(workdir, results, best_epoch=best_epoch, config=c.to_dict(),
                  history=meta["history"], extra=extra,

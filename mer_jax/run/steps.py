@@ -27,6 +27,9 @@ from mer_jax.models.layers import REMAT_POLICIES
 PROTOCOLS = ("paper", "loso")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
+# config.selection: the run's epoch is always chosen on validation; test_fold_best_epoch
+# also records each epoch's test predictions for the study's measure of that leak.
+SELECTIONS = ("validation", "test_fold_best_epoch")
 
 
 def _valid(field: str, value, valid) -> None:
@@ -44,6 +47,8 @@ def check_config(config) -> None:
   _valid("data.protocol", config.data.protocol, PROTOCOLS)
   splits.check_split(config.data.protocol, config.data.get("split", "video"),
                      config.data.get("split_seed", splits.PAPER_SEED))  # before a build
+  splits.check_train_fraction(config.data.get("train_fraction", 1.0))
+  _valid("selection", config.get("selection", "validation"), SELECTIONS)
   _valid("model.dtype", config.model.dtype, DTYPES)
   _valid("optim.schedule", config.optim.schedule, SCHEDULES)
   if config.model.get("remat", "") not in REMAT_POLICIES:
