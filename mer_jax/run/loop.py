@@ -30,7 +30,7 @@ from mer_jax.data.preprocess import Method
 from mer_jax.plumbing import runtime
 from mer_jax.plumbing.errors import UserError
 from mer_jax.plumbing.progress import StepProgress
-from mer_jax.run import checkpointing, experiment, input_pipeline, report, steps
+from mer_jax.run import checkpointing, experiment, input_pipeline, report, sequences, steps
 from mer_jax.run.workdir import hold
 
 
@@ -179,7 +179,9 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     while not stopper.should_stop and epoch < c.num_epochs:
       start_step = meta["step_in_epoch"]
       t0 = time.perf_counter()
-      batches = input_pipeline.train_batches(
+      feeder = sequences.train_batches if sequences.is_temporal(c) else \
+          input_pipeline.train_batches
+      batches = feeder(
           train, global_batch, seed=c.seed, epoch=epoch, start_step=start_step,
           class_balanced=c.data.class_balanced)
       feed = input_pipeline.Prefetcher(batches, lambda b: runtime.to_global(b, setup.mesh),
