@@ -185,7 +185,7 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
   """The run's probabilities for a clip: per frame and for the clip."""
   import jax
 
-  from mer_jax.run import experiment, steps
+  from mer_jax.run import experiment, sequences, steps
   from mer_jax import metrics
   from mer_jax.plumbing import runtime
 
@@ -193,6 +193,10 @@ def predict_clip(workdir: str | pathlib.Path, clip: str | pathlib.Path, *,
   if not clip.exists():
     raise PredictError(f"{clip} does not exist: pass a folder of frames or a video file.")
   config = experiment.load_run_config(workdir)
+  if sequences.is_temporal(config):
+    raise PredictError(f"{workdir} is a temporal-head run (model.temporal="
+                       f"{config.model.temporal}); predict runs frame-vote runs only: evaluate "
+                       "it with python -m mer_jax.evaluate, or predict with a frame model's run.")
   method = preprocess.Method.parse(config.data.method)
   phase = phases.Phase.parse(config.data.phase)
   in_chans = method.image_shape[-1]

@@ -27,6 +27,7 @@ import numpy as np
 
 from mer_jax.data import casme2
 from mer_jax.data.preprocess import Method
+from mer_jax.models import temporal
 from mer_jax.plumbing import runtime
 from mer_jax.plumbing.errors import UserError
 from mer_jax.plumbing.progress import StepProgress
@@ -164,8 +165,10 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
                        out_shardings=(rep, rep), donate_argnums=0)
   predict_fn = experiment.jit_predict(setup)
   logger = _Logger(workdir, is_main)
-  _say(f"{c.model.name} {c.data.method.upper()} {c.data.phase.upper()}: {len(train)} training "
-       f"frames ({train.num_videos} videos), {len(setup.data['validation'])} validation, "
+  unit = "videos of whole sequences" if sequences.is_temporal(c) else "frames"
+  _say(f"{temporal.spec_of(c.model)} {c.data.method.upper()} {c.data.phase.upper()}: "
+       f"{len(train)} training {unit} ({train.num_videos} videos), "
+       f"{len(setup.data['validation'])} validation, "
        f"{len(setup.data['test'])} test; {jax.device_count()} devices in "
        f"{jax.process_count()} process(es); global batch {global_batch}, {spe} steps/epoch")
 
