@@ -209,10 +209,14 @@ def run_predictor(workdir: str | pathlib.Path, checkpoint: str = "best") -> Pred
   """A run directory's best (else latest) checkpoint through the Flax model."""
   import jax
 
-  from mer_jax.run import experiment, steps
   from mer_jax.plumbing import runtime
+  from mer_jax.run import experiment, sequences, steps
 
   config = experiment.load_run_config(workdir)
+  if sequences.is_temporal(config):
+    raise PredictError(f"{workdir} is a temporal-head run (model.temporal="
+                       f"{config.model.temporal}); predict runs frame-vote runs only: evaluate "
+                       "it with python -m mer_jax.evaluate, or predict with a frame model's run.")
   method = preprocess.Method.parse(config.data.method)
   in_chans = method.image_shape[-1]
   model = steps.build_model(config, in_chans)

@@ -38,6 +38,12 @@ epoch best on that fold's test videos) beside the honest one, with the inflation
 data.train_fraction in WORKDIR/train_fraction<F> and writes size_report.md and
 fig_size.png: M1 − X against the number of training videos (mer_jax.analysis.size).
 
+Models: registry names, or a temporal head on one as BACKBONE+HEAD[+frozen]
+(`--models poolformer_s12,poolformer_s12+gru`: the backbone's frames voting
+and its GRU over each video's frames, HEAD gru or mean, +frozen on frozen
+backbone features; a temporal head has no AF cells). The report pairs each
+temporal head with its backbone's frame vote on the same test videos.
+
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
 the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess,
 and any corner of crop x colour x size is a method too (face_rgb_384, ...).
@@ -76,6 +82,7 @@ from mer_jax.analysis.factorial import CUBE
 from mer_jax.analysis.runs import METHODS, PAPER_METHODS, PHASES, cell_coordinates, write_plan
 from mer_jax.analysis.tables import report
 from mer_jax.data import splits
+from mer_jax.models import temporal
 from mer_jax.plumbing import cli
 from mer_jax.plumbing.errors import UsageError
 from mer_jax.run import recipe
@@ -141,10 +148,23 @@ def cell_command(cell: Cell, overrides: list[str], protocol: str, root: pathlib.
                      *flags, "--workdir", str(cell.workdir(root))])
 
 
+def parse_models(s: str) -> list[str]:
+  """The --models list: model specs, a registry name or BACKBONE+HEAD[+frozen]
+  (mer_jax.models.temporal.parse_spec), each checked."""
+  from mer_jax import models as registry
+  items = parse_list(s)
+  for spec in items:
+    registry.family(temporal.parse_spec(spec)[0])
+  return items
+
+
 def make_cells(models, methods, phases, seeds, folds=(-1,), split_seeds=(0,),
                split="video") -> list[Cell]:
+  """Every combination, but a temporal head's AF cells (one frame per video: nothing to
+  run a sequence model over)."""
   return [Cell(m, me, p, s, f, k, split) for m, me, p, k, s, f in
-          itertools.product(models, methods, phases, split_seeds, seeds, folds)]
+          itertools.product(models, methods, phases, split_seeds, seeds, folds)
+          if p != "af" or temporal.parse_spec(m)[1] == temporal.NONE]
 
 
 def plan(cells: list[Cell], protocol: str, split: str, loso_folds: int | None) -> dict:
@@ -204,7 +224,9 @@ def main(argv=None) -> int:
   p = cli.parser("mer_jax.study", __doc__)
   p.add_argument("--workdir", required=True)
   p.add_argument("--grid", default="", help="'paper': the paper's four models")
-  p.add_argument("--models", default="", help="comma list (overrides --grid's models)")
+  p.add_argument("--models", default="",
+                 help="comma list (overrides --grid's models); BACKBONE+gru, BACKBONE+mean "
+                      "(+frozen) for a temporal head, e.g. poolformer_s12,poolformer_s12+gru")
   p.add_argument("--methods", default="",
                  help=f"comma list of {', '.join(METHODS)} (default: the paper's two)")
   p.add_argument("--factorial", action="store_true",
@@ -257,9 +279,8 @@ def main(argv=None) -> int:
 def _study(args, root: pathlib.Path, overrides: list[str]) -> int:
   """One study (the cells of args with `overrides`) in root, then its report."""
   root.mkdir(parents=True, exist_ok=True)
-  from mer_jax import models as registry
   if not args.report_only:
-    models = parse_list(args.models, registry.MODEL_NAMES) if args.models else \
+    models = parse_models(args.models) if args.models else \
         list(GRIDS.get(args.grid or "paper", ()))
     if args.grid and args.grid not in GRIDS:
       raise UsageError(f"Unknown grid {args.grid!r}; valid: {', '.join(GRIDS)}")

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from mer_jax import study
 from mer_jax.analysis import leak
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.run import report
 
 EPOCHS = 5

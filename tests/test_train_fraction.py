@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mer_jax.data import splits
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.run import input_pipeline
 from test_splits import casme2_like
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from mer_jax import metrics
 from mer_jax.analysis.runs import K, METHODS, PHASES
+from mer_jax.models import temporal
 from mer_jax.plumbing.errors import UserError
 
 PAIRED_RESAMPLES = 10000
@@ -69,6 +70,24 @@ def _with_holm(rows: list[dict]) -> list[dict]:
   return [dict(r, p_holm=float(h)) for r, h in zip(rows, adjusted)]
 
 
+def _unit_pairs(a: dict, b: dict, n_resamples: int, **row) -> list[dict]:
+  """Cell a - cell b, one row per (split seed, seed) both ran on the same test videos
+  (paired bootstrap; LOSO resamples subjects); `row` is copied into each."""
+  rows = []
+  for split_seed, seed in sorted(set(a["units"]) & set(b["units"])):
+    ua, ub = a["units"][(split_seed, seed)], b["units"][(split_seed, seed)]
+    same = _on_same_videos(ua, ub)
+    if same is None:
+      continue
+    y, pa, pb, subjects = same
+    r = metrics.paired_bootstrap(y, pa, pb, K, n_resamples=n_resamples, seed=seed,
+                                 clusters=subjects if a["loso"] else None)
+    rows.append(dict(row, split_seed=split_seed, seed=seed, f1_a=ua["macro_f1"],
+                     f1_b=ub["macro_f1"], diff=r["diff"], ci=list(r["ci"]),
+                     p_value=r["p_value"], n_resamples=r["n_resamples"]))
+  return rows
+
+
 def paired_methods(cells: dict, n_resamples: int = PAIRED_RESAMPLES) -> list[dict]:
   """Method a - method b test macro-F1 for every pair of methods present (a before b in
   METHODS), per (model, phase, split seed, seed), on the same test videos matched by id
@@ -79,20 +98,23 @@ def paired_methods(cells: dict, n_resamples: int = PAIRED_RESAMPLES) -> list[dic
   for model, phase in itertools.product(models, PHASES):
     for ma, mb in itertools.combinations(methods, 2):
       a, b = cells.get((model, ma, phase)), cells.get((model, mb, phase))
-      if not a or not b:
-        continue
-      for split_seed, seed in sorted(set(a["units"]) & set(b["units"])):
-        ua, ub = a["units"][(split_seed, seed)], b["units"][(split_seed, seed)]
-        same = _on_same_videos(ua, ub)
-        if same is None:
-          continue
-        y, pa, pb, subjects = same
-        r = metrics.paired_bootstrap(y, pa, pb, K, n_resamples=n_resamples, seed=seed,
-                                     clusters=subjects if a["loso"] else None)
-        rows.append({"model": model, "phase": phase, "split_seed": split_seed, "seed": seed,
-                     "a": ma, "b": mb, "f1_a": ua["macro_f1"], "f1_b": ub["macro_f1"],
-                     "diff": r["diff"], "ci": list(r["ci"]), "p_value": r["p_value"],
-                     "n_resamples": r["n_resamples"]})
+      if a and b:
+        rows += _unit_pairs(a, b, n_resamples, model=model, phase=phase, a=ma, b=mb)
+  return _with_holm(rows)
+
+
+def paired_temporal(cells: dict, n_resamples: int = PAIRED_RESAMPLES) -> list[dict]:
+  """Each temporal head (a model spec BACKBONE+HEAD[+frozen]) - its backbone's frame vote
+  (the cell BACKBONE of the same method and phase), test macro-F1 per (split seed, seed)
+  on the same test videos matched by id: "PoolFormer + GRU" vs "PoolFormer + voting" as
+  one paired comparison; p_holm adjusts over all the rows."""
+  rows = []
+  for (model, method, phase), a in sorted(cells.items()):
+    backbone, head, _ = temporal.parse_spec(model)
+    b = cells.get((backbone, method, phase))
+    if head != temporal.NONE and b:
+      rows += _unit_pairs(a, b, n_resamples, model=model, vote=backbone, method=method,
+                          phase=phase)
   return _with_holm(rows)
 
 

@@ -21,6 +21,7 @@ from mer_jax import metrics
 from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
+from mer_jax.models import temporal
 from mer_jax.plumbing.errors import UserError
 from mer_jax.run.report import DEFAULT_DATASET
 
@@ -85,7 +86,8 @@ def _score(block: dict | None) -> float:
 
 def gather(root: pathlib.Path) -> list[dict]:
   """One record per finished run under root (CELL/seed<S>[/fold<K>] or CELL/<split>/seed<S>):
-  its cell coordinates from its saved config, validation macro-F1, test predictions."""
+  its cell coordinates from its saved config (the model as its spec, e.g.
+  poolformer_s12+gru for a temporal head: mer_jax.models.temporal.spec_of), validation macro-F1, test predictions."""
   out = []
   for mfile in sorted(f for pattern in RUN_FILES for f in root.glob(pattern)):
     w = mfile.parent
@@ -93,7 +95,7 @@ def gather(root: pathlib.Path) -> list[dict]:
     c, d = m["config"], m["config"]["data"]
     protocol = d.get("protocol", "paper")
     ids, y, p, subjects, datasets = read_predictions(w / "predictions_test.csv")
-    out.append({"model": c["model"]["name"], "method": d["method"], "phase": d["phase"],
+    out.append({"model": temporal.spec_of(c["model"]), "method": d["method"], "phase": d["phase"],
                 "seed": int(c["seed"]), "fold": int(d.get("fold", -1)) if protocol == "loso"
                 else -1, "protocol": protocol, "split": d.get("split", "video"),
                 "split_seed": int(d.get("split_seed", 0)),

@@ -2,7 +2,8 @@
 
 `report(root)` reads every finished run under a study root (mer_jax.analysis.runs),
 chooses on validation and pairs methods (mer_jax.analysis.compare), writes Tables
-I, III-V and the paired tests as report.md, the same numbers as study.json, and
+I, III-V and the paired tests (methods; temporal heads against their backbone's
+frame vote) as report.md, the same numbers as study.json, and
 the figures (mer_jax.analysis.figures). A study's report can be remade from its
 run directories (`python -m mer_jax.study --report_only`). A report of an
 unfinished plan, or of a LOSO cell with missing folds, says so at the top; the
@@ -17,7 +18,8 @@ import numpy as np
 
 from mer_jax import metrics
 from mer_jax.analysis.compare import (CHOICE, PAIRED_RESAMPLES, best_key, pair_model,
-                                      paired_difference, paired_m1_m2, paired_methods)
+                                      paired_difference, paired_m1_m2, paired_methods,
+                                      paired_temporal)
 from mer_jax.analysis import factorial, leak
 from mer_jax.analysis.figures import factorial_figure, figures
 from mer_jax.analysis.runs import (K, METHODS, PAPER_METHODS, PHASES, cell_coordinates, gather,
@@ -99,6 +101,28 @@ def _legend(cells: dict) -> str:
                 "subjects (and seeds, for the seed mean).")
   return s + ("bootstrap CI of the seed mean, resampling test videos within each class "
               "(and seeds, when there are several).")
+
+
+def temporal_table(pairs: list[dict], loso: bool) -> list[str]:
+  """The report's section of `paired_temporal`'s rows: temporal head vs frame voting."""
+  lines = ["## Temporal head vs frame voting on the same test videos (paired bootstrap)", "",
+           "Each temporal head (BACKBONE+HEAD: the backbone's frame embeddings through a GRU "
+           "or their mean, one prediction per video; +frozen: on frozen backbone features) "
+           "against the same backbone's frames voting, per method, phase and seed: A − B of "
+           "test macro-F1 on the same test videos (matched by video id), paired bootstrap "
+           f"95 % CI and add-one p ({PAIRED_RESAMPLES:,} resamples"
+           + (", resampling subjects" if loso else ", within classes") + f"); p (Holm) "
+           f"adjusts for the {len(pairs)} comparison(s) in this table.", "",
+           "| A (temporal head) | B (frame vote) | method | phase | split seed | seed | "
+           "A macro-F1 | B macro-F1 | A − B | 95 % CI | p | p (Holm) |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+  for r in pairs:
+    lines.append(f"| {r['model']} | {r['vote']} | {r['method'].upper()} | "
+                 f"{r['phase'].upper()} | {r['split_seed']} | {r['seed']} | {_fmt(r['f1_a'])} | "
+                 f"{_fmt(r['f1_b'])} | {_fmt(r['diff'])} | {_ci(r['ci'])} | "
+                 f"{metrics.format_p(r['p_value'], r['n_resamples'])} | "
+                 f"{metrics.format_p(r['p_holm'], r['n_resamples'])} |")
+  return lines + [""]
 
 
 def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
@@ -249,6 +273,10 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
                    f"{metrics.format_p(r['p_holm'], r['n_resamples'])} |")
     lines += [""]
 
+  temporal_pairs = paired_temporal(cells)
+  if temporal_pairs:
+    lines += temporal_table(temporal_pairs, loso)
+
   if split_seeds != [0]:
     lines += ["## Split variance", "",
               f"Each cell on {len(split_seeds)} split seeds (split seed 0 is "
@@ -322,7 +350,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
                                        if by_test[(me, p)]} for me in methods},
                          "m1_m2": test_diff},
        "cells": summary, "paired_methods": pairs, "paired_m1_m2": paired_m1_m2(pairs),
-       "factorial": factorial.as_json(cube),
+       "factorial": factorial.as_json(cube), "paired_temporal": temporal_pairs,
        **({leak.KEY: leaky} if leaky else {})}),
       indent=1, default=float, allow_nan=False))
   return text

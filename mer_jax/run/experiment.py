@@ -21,6 +21,7 @@ import numpy as np
 from mer_jax.run import checkpointing
 from mer_jax.run import input_pipeline
 from mer_jax.run import report
+from mer_jax.run import sequences
 from mer_jax.plumbing import runtime
 from mer_jax.run import steps
 from mer_jax.plumbing.errors import NotFound, UsageError
@@ -48,7 +49,8 @@ def dataset_dir(config, log=print) -> str:
 class Setup:
   """What training and evaluation of one config share."""
   config: Any
-  data: dict            # split name -> input_pipeline.SplitData
+  data: dict            # split name -> input_pipeline.SplitData (a temporal head's:
+                        # sequences.VideoSplit)
   model: Any
   in_chans: int
   mesh: Any
@@ -65,11 +67,15 @@ def make_setup(config, log=print) -> Setup:
   data = input_pipeline.subsample_train(data, config.data.get("train_fraction", 1.0),
                                         config.seed)
   in_chans = data["train"].images.shape[-1]
+  if sequences.is_temporal(config):
+    data = sequences.video_splits(data)
   return Setup(config, data, steps.build_model(config, in_chans), in_chans,
                runtime.make_mesh(), dict(fingerprint.read(d), dir=d))
 
 
 def jit_predict(setup: Setup):
+  if sequences.is_temporal(setup.config):
+    return sequences.jit_predict(setup.model, setup.config.model.img_size, setup.mesh)
   return steps.jit_predict(setup.model, setup.config.model.img_size, setup.mesh)
 
 
@@ -86,6 +92,9 @@ def predict_split(setup: Setup, params, split: str, predict_fn) -> np.ndarray:
 def evaluate_split(setup: Setup, params, split: str, predict_fn) -> dict:
   data = setup.data[split]
   c = setup.config
+  if sequences.is_temporal(c):
+    return sequences.summarise(data, sequences.predict_videos(
+        data, params, predict_fn, c.eval_batch_size, setup.mesh), c)
   return report.summarise(predict_split(setup, params, split, predict_fn), data.labels,
                           data.video_ids, data.subjects, n_resamples=c.bootstrap_resamples,
                           level=c.ci_level, seed=c.seed, datasets=data.datasets)

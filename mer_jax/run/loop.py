@@ -27,10 +27,11 @@ import numpy as np
 
 from mer_jax.data import labels
 from mer_jax.data.preprocess import Method
+from mer_jax.models import temporal
 from mer_jax.plumbing import runtime
 from mer_jax.plumbing.errors import UserError
 from mer_jax.plumbing.progress import StepProgress
-from mer_jax.run import checkpointing, experiment, input_pipeline, report, steps
+from mer_jax.run import checkpointing, experiment, input_pipeline, report, sequences, steps
 from mer_jax.run.workdir import hold
 
 
@@ -164,8 +165,10 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
                        out_shardings=(rep, rep), donate_argnums=0)
   predict_fn = experiment.jit_predict(setup)
   logger = _Logger(workdir, is_main)
-  _say(f"{c.model.name} {c.data.method.upper()} {c.data.phase.upper()}: {len(train)} training "
-       f"frames ({train.num_videos} videos), {len(setup.data['validation'])} validation, "
+  unit = "videos of whole sequences" if sequences.is_temporal(c) else "frames"
+  _say(f"{temporal.spec_of(c.model)} {c.data.method.upper()} {c.data.phase.upper()}: "
+       f"{len(train)} training {unit} ({train.num_videos} videos), "
+       f"{len(setup.data['validation'])} validation, "
        f"{len(setup.data['test'])} test; {jax.device_count()} devices in "
        f"{jax.process_count()} process(es); global batch {global_batch}, {spe} steps/epoch")
 
@@ -179,7 +182,9 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     while not stopper.should_stop and epoch < c.num_epochs:
       start_step = meta["step_in_epoch"]
       t0 = time.perf_counter()
-      batches = input_pipeline.train_batches(
+      feeder = sequences.train_batches if sequences.is_temporal(c) else \
+          input_pipeline.train_batches
+      batches = feeder(
           train, global_batch, seed=c.seed, epoch=epoch, start_step=start_step,
           class_balanced=c.data.class_balanced)
       feed = input_pipeline.Prefetcher(batches, lambda b: runtime.to_global(b, setup.mesh),

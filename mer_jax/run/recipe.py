@@ -11,7 +11,7 @@ import ml_collections
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.plumbing.errors import UsageError
-from mer_jax.models import MODEL_NAMES
+from mer_jax.models import MODEL_NAMES, temporal
 
 # Paper-name shorthand used in config file names -> create_model() name.
 MODELS = {
@@ -84,7 +84,10 @@ def from_arg(arg: str) -> ml_collections.ConfigDict:
 def get_config(model: str = "poolformer_m36", method: str = "m1",
                phase: str = "mfs") -> ml_collections.ConfigDict:
   """The paper's recipe for one cell; an unknown model, method or phase is a
-  UsageError naming the valid ones."""
+  UsageError naming the valid ones. `model` is a model spec
+  (mer_jax.models.temporal.parse_spec): a registry or paper name, or with a
+  temporal head `poolformer_s12+gru`, `poolformer_s12+mean+frozen`."""
+  model, temporal_head, frozen = temporal.parse_spec(model)
   model = model_name(model)
   method, phase = Method.parse(method).value, Phase.parse(phase).value
   c = ml_collections.ConfigDict()
@@ -97,6 +100,10 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.model.drop_path_rate = 0.1
   c.model.dtype = "float32"             # compute dtype; "bfloat16" on GPUs
   c.model.remat = ""                    # "block"/"dots": recompute activations (GPU memory)
+  c.model.temporal = temporal_head      # "none": frames vote; "gru"/"mean": one video, one
+                                        # prediction (mer_jax.models.temporal; KFS, MFS)
+  c.model.freeze_backbone = frozen      # temporal head on frozen backbone features
+  c.model.temporal_hidden = 256         # the GRU's state size
 
   c.init = ml_collections.ConfigDict()
   c.init.weights = WEIGHTS.get((model, IMG_SIZE[method]), "")  # "" = random init

@@ -17,6 +17,7 @@ import numpy as np
 
 from mer_jax import metrics
 from mer_jax.data.labels import EMOTIONS
+from mer_jax.models import temporal
 
 NUM_CLASSES = len(EMOTIONS)
 # The source dataset of examples that do not name one (a CASME II build's).
@@ -106,7 +107,7 @@ def report_markdown(results: Mapping[str, dict], *, title: str, best_epoch: int 
   lines = [f"# {title}", ""]
   m = config.get("model", {}) if isinstance(config, Mapping) else {}
   d = config.get("data", {}) if isinstance(config, Mapping) else {}
-  lines += [f"Model `{m.get('name')}`, method {str(d.get('method', '')).upper()}, phase "
+  lines += [f"Model `{temporal.spec_of(m) if m else None}`, method {str(d.get('method', '')).upper()}, phase "
             f"{str(d.get('phase', '')).upper()}, protocol {d.get('protocol', 'paper')}; "
             f"best epoch {best_epoch}.", ""]
   lines += ["## Video-level results (the paper's unit)", "",
@@ -229,13 +230,13 @@ def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict,
   if runtime.is_main_process():
     write_report(workdir, results, best_epoch=best_epoch, config=c.to_dict(),
                  history=meta["history"], extra=extra,
-                 title=f"{c.model.name} {c.data.method.upper()} "
+                 title=f"{temporal.spec_of(c.model)} {c.data.method.upper()} "
                        f"{c.data.phase.upper()} ({workdir.name})")
     t = results["test"]["video"]
     lo, hi = t["macro_f1_ci"]
     say("\n".join([
         "",
-        f"== {c.model.name} {c.data.method.upper()} {c.data.phase.upper()} ==",
+        f"== {temporal.spec_of(c.model)} {c.data.method.upper()} {c.data.phase.upper()} ==",
         f"best epoch {best_epoch} of {meta['epoch']} "
         f"(validation macro-F1 {stop['best']:.4f}); tested: the {checkpoint['kind']} "
         f"checkpoint, step {checkpoint['step']}",

@@ -15,6 +15,7 @@ import optax
 
 from mer_jax.run import input_pipeline
 from mer_jax.run import losses
+from mer_jax.run import sequences
 from mer_jax import models
 from mer_jax.plumbing import runtime
 from mer_jax.data import splits
@@ -22,6 +23,7 @@ from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.plumbing.errors import UsageError
+from mer_jax.models import temporal
 from mer_jax.models.layers import REMAT_POLICIES
 
 PROTOCOLS = ("paper", "loso")
@@ -51,6 +53,7 @@ def check_config(config) -> None:
   _valid("selection", config.get("selection", "validation"), SELECTIONS)
   _valid("model.dtype", config.model.dtype, DTYPES)
   _valid("optim.schedule", config.optim.schedule, SCHEDULES)
+  sequences.check_config(config)
   if config.model.get("remat", "") not in REMAT_POLICIES:
     raise UsageError(f"Unknown model.remat {config.model.remat!r}; valid: "
                      f"{', '.join(repr(r) for r in REMAT_POLICIES)}")
@@ -86,30 +89,46 @@ def check_method_fields(config) -> None:
 
 
 def build_model(config, in_chans: int):
-  """The config's Flax model for the 7 emotions."""
-  return models.create_model(
-      config.model.name, num_classes=len(EMOTIONS), img_size=config.model.img_size,
-      in_chans=in_chans, drop_rate=config.model.drop_rate,
-      drop_path_rate=config.model.drop_path_rate, dtype=jnp.dtype(config.model.dtype),
-      remat=config.model.get("remat", ""))  # runs from before remat existed have none
+  """The config's Flax model for the 7 emotions: the frame model, or with
+  model.temporal its backbone's features under a temporal head."""
+  m, head = config.model, config.model.get("temporal", temporal.NONE)
+  backbone = models.create_model(
+      m.name, num_classes=0 if head != temporal.NONE else len(EMOTIONS),
+      img_size=m.img_size, in_chans=in_chans,
+      drop_rate=m.drop_rate if head == temporal.NONE else 0.0,
+      drop_path_rate=m.drop_path_rate, dtype=jnp.dtype(m.dtype),
+      remat=m.get("remat", ""))  # runs from before remat existed have none
+  if head == temporal.NONE:
+    return backbone
+  return temporal.VideoClassifier(backbone, head, len(EMOTIONS), hidden=m.temporal_hidden,
+                                  drop_rate=m.drop_rate, freeze_backbone=m.freeze_backbone)
 
 
-def dummy_images(config, in_chans: int):
-  return jnp.zeros((1, config.model.img_size, config.model.img_size, in_chans), jnp.float32)
+def dummy_inputs(config, in_chans: int) -> tuple:
+  """The model's inputs for init: one image, or one video of two frames and its mask."""
+  image = jnp.zeros((1, config.model.img_size, config.model.img_size, in_chans), jnp.float32)
+  if not sequences.is_temporal(config):
+    return (image,)
+  return jnp.stack([image, image], axis=1), jnp.ones((1, 2), jnp.float32)
 
 
 def init_params(config, model, in_chans: int, log=print):
   """ImageNet weights through the converter (cached), or random init."""
+  video = sequences.is_temporal(config)
   if config.init.weights:
     from mer_jax.models import weights
     log(f"Initialising from {config.init.weights}")
     variables = weights.load_pretrained(
         config.model.name, config.init.weights, img_size=config.model.img_size,
-        in_chans=in_chans, num_classes=len(EMOTIONS), seed=config.seed,
+        in_chans=in_chans, num_classes=0 if video else len(EMOTIONS), seed=config.seed,
         cache_dir=config.init.cache_dir or None)
-    return variables["params"]
-  return jax.jit(model.init)(jax.random.PRNGKey(config.seed),
-                             dummy_images(config, in_chans))["params"]
+    if not video:
+      return variables["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(config.seed),
+                               *dummy_inputs(config, in_chans))["params"]
+  if config.init.weights:  # the backbone converted, the temporal head fresh
+    params = dict(params, backbone=variables["params"])
+  return params
 
 
 def make_schedule(config, steps_per_epoch: int):
@@ -132,6 +151,9 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
                    weight_decay=o.weight_decay)
   if o.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  if config.model.get("freeze_backbone", False):  # no update, not even AdamW's decay
+    tx = optax.multi_transform({"trained": tx, temporal.FROZEN: optax.set_to_zero()},
+                               temporal.backbone_labels)
   return tx
 
 
@@ -157,11 +179,13 @@ def make_train_step(model, tx, loss_fn, aug_cfg, img_size: int, seed: int, *,
   def step(state, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
     aug_rng, drop_rng = jax.random.split(rng)
-    images = input_pipeline.augment(aug_rng, batch["image"], aug_cfg, img_size,
-                                    is_flow=is_flow)
+    video = "frame_mask" in batch  # a batch of videos (sequences.train_batches)
+    images = (sequences.augment_videos if video else input_pipeline.augment)(
+        aug_rng, batch["image"], aug_cfg, img_size, is_flow=is_flow)
+    inputs = (images, batch["frame_mask"]) if video else (images,)
 
     def loss_of(params):
-      logits = model.apply({"params": params}, images, train=True,
+      logits = model.apply({"params": params}, *inputs, train=True,
                            rngs={"dropout": drop_rng})
       return loss_fn(logits.astype(jnp.float32), batch["label"], mask=batch["mask"])
 
@@ -197,7 +221,7 @@ def abstract_state(model, config, in_chans: int, tx, sharding):
   what a checkpoint is restored into (converted weights have the model's own
   structure, so random-init shapes serve every run)."""
   def shapes():
-    params = model.init(jax.random.PRNGKey(0), dummy_images(config, in_chans))["params"]
+    params = model.init(jax.random.PRNGKey(0), *dummy_inputs(config, in_chans))["params"]
     return fresh_state(params, tx)
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                       jax.eval_shape(shapes))
