@@ -19,6 +19,7 @@ from mer_jax import metrics
 from mer_jax.analysis.compare import (CHOICE, PAIRED_RESAMPLES, best_key, pair_model,
                                       paired_difference, paired_m1_m2, paired_methods)
 from mer_jax.analysis.figures import figures
+from mer_jax.analysis.looking import section as looking_section
 from mer_jax.analysis.runs import (K, METHODS, PAPER_METHODS, PHASES, cell_coordinates, gather,
                                    read_plan, summarise_cells)
 from mer_jax.data.casme2 import EMOTIONS
@@ -280,6 +281,8 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
     lines += ["", "Model selection (early stopping) used validation videos of the training "
               "subjects only; the held-out subject was never looked at before testing.", ""]
 
+  looking, looked = looking_section(root, n_resamples)
+  lines += looking
   lines += ["## Figures", "", "![Fig. 2](fig2_preprocessing.png)",
             "![Fig. 3](fig3_temporal.png)", "![Fig. 4](fig4_confusion.png)", ""]
   figures(root, cells, models, best, overall)
@@ -301,6 +304,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
        "test_selected": {"best": {me: {p: by_test[(me, p)][0] for p in phases
                                        if by_test[(me, p)]} for me in methods},
                          "m1_m2": test_diff},
-       "cells": summary, "paired_methods": pairs, "paired_m1_m2": paired_m1_m2(pairs)}),
+       "cells": summary, "paired_methods": pairs, "paired_m1_m2": paired_m1_m2(pairs),
+       "where_models_look": looked}),
       indent=1, default=float, allow_nan=False))
   return text

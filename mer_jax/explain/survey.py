@@ -97,6 +97,18 @@ def _summary(values, chance, labels) -> dict:
   return out
 
 
+def per_video(values, video_ids) -> list:
+  """Each video's (sorted ids) mean of its frames' finite values; None where it has none.
+  The study report resamples videos, the unit a test set is drawn in."""
+  values, video_ids = np.asarray(values, np.float64), np.asarray(video_ids)
+  out = []
+  for vid in np.unique(video_ids):
+    v = values[video_ids == vid]
+    v = v[np.isfinite(v)]
+    out.append(float(v.mean()) if v.size else None)
+  return out
+
+
 def compute_maps(name: str, setup_model, params, images, targets, img_size: int,
                  settings: dict) -> np.ndarray:
   prepare = lambda x: input_pipeline.preprocess_eval(x, img_size)
@@ -163,9 +175,15 @@ def explain_run(workdir, *, split: str = "test", method_names=None,
     if geometry is not None:
       share, chance = where.face_mass(np.nan_to_num(maps), np.nan_to_num(geometry[0]))
       share[~np.isfinite(geometry[0]).all(1)] = np.nan
+      regions = where.region_mass(maps, geometry[1])
       entry["face_mass"] = _summary(share, chance, data.labels)
-      entry["region_mass"] = {k: _summary(m, c, data.labels)
-                              for k, (m, c) in where.region_mass(maps, geometry[1]).items()}
+      entry["region_mass"] = {k: _summary(m, c, data.labels) for k, (m, c) in regions.items()}
+      chance = np.where(np.isfinite(share), chance, np.nan)
+      entry["per_video"] = {"face_mass": per_video(share, data.video_ids),
+                            "face_chance": per_video(chance, data.video_ids)}
+      for k, (m, c) in regions.items():
+        entry["per_video"][k] = per_video(m, data.video_ids)
+        entry["per_video"][f"{k}_chance"] = per_video(c, data.video_ids)
     entry["deletion"] = where.deletion_curve(predict, data.images, maps, data.labels,
                                              data.video_ids, seed=seed)
     entry["deletion_seconds"] = round(time.perf_counter() - t1, 2)
