@@ -54,17 +54,22 @@ def _arr(values) -> np.ndarray:
   return np.array([np.nan if v is None else v for v in values], np.float64)
 
 
-def explained_runs(root: pathlib.Path) -> list[tuple[dict, dict]]:
-  """(gathered run record, its explain.json) for every finished run under root whose
-  test split was explained, in gather's order."""
-  out = []
+def explained_runs(root: pathlib.Path) -> tuple[list[tuple[dict, dict]], list[str]]:
+  """((gathered run record, its explain.json) for every finished run under root whose
+  test split was explained, in gather's order; the runs whose explain.json lacks the
+  per-video numbers (written before they were kept), to be explained again)."""
+  out, stale = [], []
   for r in gather(root):
     f = pathlib.Path(r["workdir"]) / "explain" / "explain.json"
     if f.exists():
       e = json.loads(f.read_text())
-      if e.get("split") == "test":
+      if e.get("split") != "test":
+        continue
+      if all("predictions" in a["deletion"] for a in e["attributions"].values()):
         out.append((r, e))
-  return out
+      else:
+        stale.append(str(pathlib.Path(r["workdir"]).relative_to(root)))
+  return out, stale
 
 
 def runs_to_explain(root: pathlib.Path) -> list[pathlib.Path]:
@@ -132,7 +137,7 @@ def summarise(entry: dict, method: str, n_resamples: int = 1000, seed: int = 0) 
                      "diff_ci": metrics.percentile_interval(boot[:, j, 2]),
                      "videos": int(np.isfinite(vals[:, 3 * j]).sum())}
     out[name] = rows
-  if "face" in out:
+  if "face" in out and out["face"]["all"]["videos"]:
     out["verdict"] = verdict(out["face"]["all"]["mass"], out["face"]["all"]["diff_ci"])
   return out
 
@@ -148,10 +153,12 @@ def _ci(ci, d=3):
 def section(root: pathlib.Path, n_resamples: int = 1000) -> tuple[list[str], dict]:
   """(report.md lines, study.json's dict) of "Where the models look"; no lines when no
   run of the study was explained."""
-  found = explained_runs(root)
-  if not found:
+  found, stale = explained_runs(root)
+  if not found and not stale:
     return [], {}
-  summary, lines = {}, ["## Where the models look", "",
+  summary, lines = {}, ["## Where the models look", ""] + (
+      [f"**Left out:** {', '.join(stale)}: explained by an older version (no per-video "
+       "numbers); delete its explain/ and rerun with --explain.", ""] if stale else []) + [
                         f"{len(found)} explained run(s) (test split; "
                         "`python -m mer_jax.study ... --explain` explains the "
                         "validation-chosen model of each method and phase, "
