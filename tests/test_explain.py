@@ -91,17 +91,21 @@ def _numpy_rollout(attns, residual=0.5):
   return out
 
 
-@pytest.mark.slow   # 10-15 s on 2 busy cores: the tiny ViT's jit compiles
+@pytest.mark.slow   # the tiny ViT's compiles (jitted: eager flax compiles op by op)
 def test_attention_rollout_matches_numpy():
   from mer_jax.models.vit import VisionTransformer
-  model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2,
+  model = VisionTransformer(img_size=32, patch_size=8, embed_dim=8, depth=2, num_heads=2,
                             num_classes=4)
   x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
-  params = model.init(jax.random.PRNGKey(0), x)["params"]
-  plain = model.apply({"params": params}, x)
-  logits, state = model.apply({"params": params}, x, mutable=["intermediates"])
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+
+  @jax.jit
+  def both(x):
+    return model.apply({"params": params}, x), model.apply({"params": params}, x,
+                                                           mutable=["intermediates"])
+  plain, (logits, state) = both(x)
   np.testing.assert_array_equal(plain, logits)      # sowing changes nothing
-  attns = [state["intermediates"][f"blocks_{i}"]["attn"]["attention"][0] for i in range(3)]
+  attns = [state["intermediates"][f"blocks_{i}"]["attn"]["attention"][0] for i in range(2)]
   assert attns[0].shape == (3, 2, 17, 17)
   maps = explain.attention_rollout(model, params, x, batch_size=2)
   ref = _numpy_rollout(attns)[:, 0, 1:].reshape(3, 4, 4)
@@ -109,17 +113,18 @@ def test_attention_rollout_matches_numpy():
   np.testing.assert_allclose(maps, up, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.slow   # 12-21 s on 2 busy cores: the model's compiles
+@pytest.mark.slow   # the model's compiles (jitted: eager flax compiles op by op)
 def test_grad_cam_shape_and_by_hand():
   from mer_jax.models.poolformer import PoolFormer
   model = PoolFormer(depths=(1, 1), dims=(8, 16), num_classes=3, in_chans=1)
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
-  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
   maps = explain.grad_cam(model, params, x, [2, 1])
   assert maps.shape == (2, 32, 32) and (maps >= 0).all()
   # by hand: the last block's output A (4x4 at 32 px, stride 8) from capture_intermediates,
   # its gradient from running the head on A
-  _, st = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
+  logits, st = jax.jit(lambda x: model.apply({"params": params}, x, capture_intermediates=True,
+                                             mutable=["intermediates"]))(x)
   a = st["intermediates"][model.last_stage]["__call__"][0]
 
   def head(a):
@@ -127,7 +132,7 @@ def test_grad_cam_shape_and_by_hand():
     mu, var = f.mean(-1, keepdims=True), f.var(-1, keepdims=True)
     f = (f - mu) / jnp.sqrt(var + 1e-6) * params["head_norm"]["scale"] + params["head_norm"]["bias"]
     return f @ params["head"]["kernel"] + params["head"]["bias"]
-  np.testing.assert_allclose(head(a), model.apply({"params": params}, x), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(head(a), logits, rtol=1e-4, atol=1e-5)
   g = jax.grad(lambda a: head(a)[np.arange(2), np.array([2, 1])].sum())(a)
   cam = np.maximum((np.asarray(g).mean((1, 2), keepdims=True) * np.asarray(a)).sum(-1), 0)
   assert cam.shape == (2, 4, 4) and cam.max() > 0
@@ -222,7 +227,7 @@ def test_program_on_the_reference_run(reference_run, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(reference_run[0], run)
   assert main(["--workdir", str(run), "--method", "integrated_gradients,grad_cam",
-               "--steps", "4"]) == 0
+               "--steps", "2", "--max_videos", "2"]) == 0
   out = json.loads((run / "explain" / "explain.json").read_text())
   z = np.load(run / "explain" / "maps.npz")
   assert set(out["attributions"]) == {"integrated_gradients", "grad_cam"}
@@ -236,6 +241,12 @@ def test_program_on_the_reference_run(reference_run, tmp_path):
     assert entry["face_mass"]["all"]["chance"] == pytest.approx(chance.mean(), rel=1e-6)
     assert 0.3 < entry["face_mass"]["all"]["chance"] < 1
     assert len(entry["deletion"]["macro_f1"]) == len(where.DELETION_FRACTIONS)
+    vids = np.unique(z["video_ids"])
+    assert entry["deletion"]["video_ids"] == list(vids) and len(vids) == out["videos"] == 2
+    seen = [share[(z["video_ids"] == v) & np.isfinite(share)] for v in vids]
+    np.testing.assert_allclose(   # None: a video whose map has no positive mass anywhere
+        [np.nan if m is None else m for m in entry["per_video"]["face_mass"]],
+        [x.mean() if x.size else np.nan for x in seen], atol=2e-3)
   from mer_jax.plumbing.errors import UsageError
   with pytest.raises(UsageError, match="grad_cam"):
     main(["--workdir", str(run), "--method", "attention_rollout"])
