@@ -6,8 +6,10 @@ model finds for what the frame is). Maps are at the dataset image's
 resolution (the model's on-device resize is part of the explained function),
 in the image's pixel units (0-255). Writes into RUN/explain/:
 - explain.json: per method, face mass with its chance level and region
-  masses (means over frames, overall and per true class), the deletion curve
-  (video-level macro-F1) against random removal with their AUCs, timings;
+  masses (means over frames, overall and per true class; and per video, the
+  study report's resampling unit), the deletion curve (video-level macro-F1)
+  against random removal with their AUCs and each point's voted predictions
+  (mer_jax.analysis.looking draws its intervals from them), timings;
 - maps.npz: the maps (float16), face boxes, landmarks, labels, video ids and
   frame numbers, from which every number of explain.json is recomputed;
 - explain.png: overlays of a few videos per class (their middle frame).
