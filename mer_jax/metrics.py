@@ -221,9 +221,10 @@ def _bootstrap_f1(t: np.ndarray, preds: Sequence[np.ndarray], k: int, n_resample
   return np.concatenate(out)
 
 
-def percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
-  """The percentile interval ``(low, high)`` of resampled statistics at ``level`` (NaNs
-  dropped; ``np.percentile``'s linear interpolation), as every interval here is taken."""
+def percentile_interval(stats, level: float = 0.95) -> tuple[float, float]:
+  """``(low, high)``: the percentiles ``100*(1-level)/2`` and ``100*(1+level)/2`` of the
+  bootstrap statistics (nan ones dropped; nan, nan when none is left)."""
+  stats = np.asarray(stats, np.float64)
   if not 0 < level < 1:
     raise ValueError(f"level must be in (0, 1), got {level}")
   alpha = (1.0 - level) / 2.0
@@ -236,19 +237,42 @@ def percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float]:
 
 def bootstrap_macro_f1(y_true, y_pred, num_classes: int, n_resamples: int = 1000,
                        seed: int = 0, *, stratify: bool = True, clusters=None) -> np.ndarray:
-  """The [n_resamples] macro-F1 values of the bootstrap resamples (see `bootstrap_ci`)."""
+  """The [n_resamples] macro-F1 values of the bootstrap resamples (see `bootstrap_ci`).
+
+  ``y_pred`` [P, n] (P prediction sets of the same samples, e.g. one per point of
+  a curve) gives [n_resamples, P]: every set scored on the same resamples.
+  """
+  sets = np.asarray(y_pred)
+  if sets.ndim == 2:
+    t = _as_labels(y_true, num_classes, "y_true")
+    ps = [_check_pair(t, row, num_classes)[1] for row in sets]
+    return _bootstrap_f1(t, ps, num_classes, n_resamples, seed, stratify, clusters)
   t, p = _check_pair(y_true, y_pred, num_classes)
   return _bootstrap_f1(t, [p], num_classes, n_resamples, seed, stratify, clusters)[:, 0]
 
 
-def resampled_macro_f1(y_true, preds, num_classes: int, n_resamples: int = 1000,
-                       seed: int = 0, *, stratify: bool = True, clusters=None) -> np.ndarray:
-  """[n_resamples, S] macro-F1 of S prediction sets (``preds`` [S, n], aligned with
-  ``y_true``) on the SAME resamples, drawn as in `bootstrap_ci`: the base of any paired
-  contrast of several prediction sets on one test set (mer_jax.analysis.factorial)."""
+def bootstrap_mean(values, y_true, num_classes: int, n_resamples: int = 1000, seed: int = 0,
+                   *, stratify: bool = True, clusters=None) -> np.ndarray:
+  """The means of ``values`` ([n] or [n, P], one row per sample of ``y_true``) over the
+  bootstrap resamples `bootstrap_ci` draws for ``y_true`` (the same draw for a seed,
+  with ``stratify`` and ``clusters``): [n_resamples] or [n_resamples, P]. A nan
+  value is left out of its resample's mean."""
   t = _as_labels(y_true, num_classes, "y_true")
-  ps = [_check_pair(t, row, num_classes)[1] for row in np.asarray(preds)]
-  return _bootstrap_f1(t, ps, num_classes, n_resamples, seed, stratify, clusters)
+  v = np.asarray(values, np.float64)
+  if v.shape[:1] != t.shape:
+    raise ValueError(f"values must hold one row per sample ({t.size}), got shape {v.shape}")
+  if t.size == 0:
+    raise ValueError("bootstrap needs at least one sample")
+  flat = v.reshape(t.size, -1)
+  ok = np.isfinite(flat)
+  unit, n_units, weights = _resample_weights(t, n_resamples, np.random.default_rng(seed),
+                                             stratify=stratify, clusters=clusters)
+  sums, counts = np.zeros((n_units, flat.shape[1])), np.zeros((n_units, flat.shape[1]))
+  np.add.at(sums, unit, np.where(ok, flat, 0.0))
+  np.add.at(counts, unit, ok)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out = np.concatenate([(w @ sums) / (w @ counts) for w in weights])
+  return out.reshape((n_resamples,) + v.shape[1:])
 
 
 def bootstrap_p_value(d) -> float:

@@ -67,6 +67,12 @@ the fold count. Figures: fig2_preprocessing.png (the validation-chosen model
 per phase and method, 95 % CI error bars), fig3_temporal.png,
 fig4_confusion.png. mer_jax.analysis.tables makes them from the finished runs
 and says how it chose; this module runs the cells.
+
+`--explain` runs mer_jax.explain's survey (integrated gradients, SmoothGrad and
+the model's own map on the test videos) on the validation-chosen model of each
+method and phase (its run of the lowest split seed and seed; a run already
+explained is kept) before the report, whose "Where the models look" section
+reads every run's explain/explain.json (mer_jax.analysis.looking).
 """
 from __future__ import annotations
 
@@ -220,6 +226,17 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
   return ran
 
 
+def explain_chosen(root: pathlib.Path, log=print) -> None:
+  """Explains the test videos of the runs looking.runs_to_explain chooses, unless explained."""
+  from mer_jax.analysis.looking import runs_to_explain
+  from mer_jax.explain.survey import explain_run
+  for w in runs_to_explain(root):
+    if (w / "explain" / "explain.json").exists():
+      log(f"{w.relative_to(root)}: explained, kept (delete its explain/ to redo)")
+      continue
+    explain_run(w, say=log)
+
+
 def main(argv=None) -> int:
   p = cli.parser("mer_jax.study", __doc__)
   p.add_argument("--workdir", required=True)
@@ -258,6 +275,9 @@ def main(argv=None) -> int:
                  help="retrain afresh the cells whose workdir holds a run of another config "
                       "(which stops the command otherwise); see mer_jax.train --force")
   p.add_argument("--bootstrap", type=int, default=1000)
+  p.add_argument("--explain", action="store_true",
+                 help="explain the validation-chosen model of each method and phase "
+                      "(mer_jax.explain) and report where the models look")
   args = cli.parse(p, argv)
   root = pathlib.Path(args.workdir).absolute()
   fractions = [float(f) for f in parse_list(args.train_fractions)]
@@ -310,6 +330,8 @@ def _study(args, root: pathlib.Path, overrides: list[str]) -> int:
       # Other tasks may still be training: no task writes a partial report.
       print("Cells done; run with --report_only once every task has finished.")
       return 0
+  if args.explain:
+    explain_chosen(root)
   report(root, args.bootstrap)
   print(f"report: {root / 'report.md'}")
   return 0

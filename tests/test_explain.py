@@ -91,17 +91,21 @@ def _numpy_rollout(attns, residual=0.5):
   return out
 
 
-@pytest.mark.slow   # 10-15 s on 2 busy cores: the tiny ViT's jit compiles
+@pytest.mark.slow   # the tiny ViT's compiles (jitted: eager flax compiles op by op)
 def test_attention_rollout_matches_numpy():
   from mer_jax.models.vit import VisionTransformer
-  model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2,
+  model = VisionTransformer(img_size=32, patch_size=8, embed_dim=8, depth=2, num_heads=2,
                             num_classes=4)
   x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)
-  params = model.init(jax.random.PRNGKey(0), x)["params"]
-  plain = model.apply({"params": params}, x)
-  logits, state = model.apply({"params": params}, x, mutable=["intermediates"])
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+
+  @jax.jit
+  def both(x):
+    return model.apply({"params": params}, x), model.apply({"params": params}, x,
+                                                           mutable=["intermediates"])
+  plain, (logits, state) = both(x)
   np.testing.assert_array_equal(plain, logits)      # sowing changes nothing
-  attns = [state["intermediates"][f"blocks_{i}"]["attn"]["attention"][0] for i in range(3)]
+  attns = [state["intermediates"][f"blocks_{i}"]["attn"]["attention"][0] for i in range(2)]
   assert attns[0].shape == (3, 2, 17, 17)
   maps = explain.attention_rollout(model, params, x, batch_size=2)
   ref = _numpy_rollout(attns)[:, 0, 1:].reshape(3, 4, 4)
@@ -109,17 +113,18 @@ def test_attention_rollout_matches_numpy():
   np.testing.assert_allclose(maps, up, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.slow   # 12-21 s on 2 busy cores: the model's compiles
+@pytest.mark.slow   # the model's compiles (jitted: eager flax compiles op by op)
 def test_grad_cam_shape_and_by_hand():
   from mer_jax.models.poolformer import PoolFormer
   model = PoolFormer(depths=(1, 1), dims=(8, 16), num_classes=3, in_chans=1)
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
-  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
   maps = explain.grad_cam(model, params, x, [2, 1])
   assert maps.shape == (2, 32, 32) and (maps >= 0).all()
   # by hand: the last block's output A (4x4 at 32 px, stride 8) from capture_intermediates,
   # its gradient from running the head on A
-  _, st = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
+  logits, st = jax.jit(lambda x: model.apply({"params": params}, x, capture_intermediates=True,
+                                             mutable=["intermediates"]))(x)
   a = st["intermediates"][model.last_stage]["__call__"][0]
 
   def head(a):
@@ -127,7 +132,7 @@ def test_grad_cam_shape_and_by_hand():
     mu, var = f.mean(-1, keepdims=True), f.var(-1, keepdims=True)
     f = (f - mu) / jnp.sqrt(var + 1e-6) * params["head_norm"]["scale"] + params["head_norm"]["bias"]
     return f @ params["head"]["kernel"] + params["head"]["bias"]
-  np.testing.assert_allclose(head(a), model.apply({"params": params}, x), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(head(a), logits, rtol=1e-4, atol=1e-5)
   g = jax.grad(lambda a: head(a)[np.arange(2), np.array([2, 1])].sum())(a)
   cam = np.maximum((np.asarray(g).mean((1, 2), keepdims=True) * np.asarray(a)).sum(-1), 0)
   assert cam.shape == (2, 4, 4) and cam.max() > 0
@@ -222,7 +227,7 @@ def test_program_on_the_reference_run(reference_run, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(reference_run[0], run)
   assert main(["--workdir", str(run), "--method", "integrated_gradients,grad_cam",
-               "--steps", "4"]) == 0
+               "--steps", "2", "--max_videos", "2"]) == 0
   out = json.loads((run / "explain" / "explain.json").read_text())
   z = np.load(run / "explain" / "maps.npz")
   assert set(out["attributions"]) == {"integrated_gradients", "grad_cam"}
@@ -236,6 +241,122 @@ def test_program_on_the_reference_run(reference_run, tmp_path):
     assert entry["face_mass"]["all"]["chance"] == pytest.approx(chance.mean(), rel=1e-6)
     assert 0.3 < entry["face_mass"]["all"]["chance"] < 1
     assert len(entry["deletion"]["macro_f1"]) == len(where.DELETION_FRACTIONS)
+    vids = np.unique(z["video_ids"])
+    assert entry["deletion"]["video_ids"] == list(vids) and len(vids) == out["videos"] == 2
+    seen = [share[(z["video_ids"] == v) & np.isfinite(share)] for v in vids]
+    np.testing.assert_allclose(   # None: a video whose map has no positive mass anywhere
+        [np.nan if m is None else m for m in entry["per_video"]["face_mass"]],
+        [x.mean() if x.size else np.nan for x in seen], atol=2e-3)
   from mer_jax.plumbing.errors import UsageError
   with pytest.raises(UsageError, match="grad_cam"):
     main(["--workdir", str(run), "--method", "attention_rollout"])
+
+
+# --- the study report's section (mer_jax.analysis.looking), on hand-written runs ---
+
+
+def _stratified_draw(y, b, seed):
+  """metrics' documented stratified draw: sample j becomes the u-th sample (index
+  order) of its own class, u = rng.integers(0, n_{y_j}, (B, n))."""
+  members = [np.flatnonzero(y == k) for k in range(y.max() + 1)]
+  u = np.random.default_rng(seed).integers(0, np.bincount(y)[y], (b, len(y)))
+  return np.array([[members[y[j]][u[r, j]] for j in range(len(y))] for r in range(b)])
+
+
+def _sk_macro_f1(y, p):
+  from sklearn.metrics import f1_score
+  return f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0)
+
+
+def test_bootstrap_mean_and_curves_on_the_stratified_draw():
+  rng = np.random.default_rng(2)
+  y = np.array([0] * 5 + [1] * 4 + [2] * 3)
+  v = rng.normal(size=(12, 2))
+  v[3, 1] = np.nan
+  idx = _stratified_draw(y, 20, seed=9)
+  got = metrics.bootstrap_mean(v, y, 7, 20, seed=9)
+  ref = np.array([np.nanmean(v[i], axis=0) for i in idx])
+  np.testing.assert_allclose(got, ref, rtol=1e-12)
+  preds = rng.integers(0, 3, (3, 12))
+  f = metrics.bootstrap_macro_f1(y, preds, 7, 20, seed=9)
+  assert f.shape == (20, 3)
+  np.testing.assert_allclose(f, [[_sk_macro_f1(y[i], p[i]) for p in preds] for i in idx])
+
+
+def _entry(y, rng):
+  """An explain.json attribution entry of len(y) videos (3 deletion fractions)."""
+  n = len(y)
+  pv = {"face_mass": list(rng.uniform(0.4, 0.9, n)), "face_chance": list(rng.uniform(0.2, 0.3, n))}
+  pv["face_mass"][2] = pv["face_chance"][2] = None          # a video without a face box
+  for k in ("eyes_brows", "nose", "mouth"):
+    pv[k], pv[f"{k}_chance"] = list(rng.uniform(0, 0.4, n)), list(rng.uniform(0, 0.1, n))
+  flip = lambda acc: [int(t) if rng.random() < acc else int((t + 1) % 7) for t in y]
+  return {"per_video": pv, "deletion": {
+      "fractions": [0.0, 0.5, 1.0], "video_ids": [f"v{i}" for i in range(n)],
+      "video_labels": [int(t) for t in y], "predictions": [flip(1.0), flip(0.3), flip(0.1)],
+      "random_predictions": [flip(1.0), flip(0.9), flip(0.6)]}}
+
+
+def test_looking_summarise_by_hand():
+  from mer_jax.analysis import looking
+  rng = np.random.default_rng(4)
+  y = np.array([0] * 6 + [1] * 4 + [2] * 4)
+  e = _entry(y, rng)
+  s = looking.summarise(e, "m2", n_resamples=25, seed=0)
+  d = e["deletion"]
+  fr = np.array(d["fractions"])
+  auc = lambda preds, i: np.trapezoid([_sk_macro_f1(y[i], np.array(p)[i]) for p in preds], fr)
+  full = np.arange(len(y))
+  assert s["deletion"]["auc"] == pytest.approx(auc(d["predictions"], full))
+  assert s["deletion"]["random_auc"] == pytest.approx(auc(d["random_predictions"], full))
+  idx = _stratified_draw(y, 25, seed=0)
+  diffs = [auc(d["predictions"], i) - auc(d["random_predictions"], i) for i in idx]
+  np.testing.assert_allclose(s["deletion"]["diff_ci"], np.percentile(diffs, [2.5, 97.5]))
+  assert s["deletion"]["faithful"] == (np.percentile(diffs, 97.5) < 0)
+  m = np.array([np.nan if x is None else x for x in e["per_video"]["face_mass"]])
+  c = np.array([np.nan if x is None else x for x in e["per_video"]["face_chance"]])
+  assert s["face"]["all"]["mass"] == pytest.approx(np.nanmean(m))
+  assert s["face"]["all"]["videos"] == len(y) - 1
+  np.testing.assert_allclose(s["face"]["all"]["diff_ci"],
+                             np.percentile([np.nanmean((m - c)[i]) for i in idx], [2.5, 97.5]))
+  assert s["face"]["disgust"]["mass"] == pytest.approx(np.mean(m[6:10]))
+  assert s["nose"]["all"]["chance"] == pytest.approx(np.mean(e["per_video"]["nose_chance"]))
+  assert s["verdict"] == "face"         # every mass > 0.4 > chance, mean above one half
+  assert "nose" not in looking.summarise(e, "m1", n_resamples=10)   # M1: face mass only
+  assert [looking.verdict(*a) for a in [(0.6, (0.1, 0.2)), (0.4, (0.1, 0.2)),
+                                        (0.6, (-0.1, 0.2)), (0.1, (-0.2, -0.1))]] == [
+      "face", "both", "both", "background"]
+
+
+def test_report_says_where_the_models_look(tmp_path):
+  """A study of two M1 cells, the validation-better one explained: runs_to_explain picks
+  it, and report.md / study.json carry its numbers and the plain statement for M1."""
+  import csv
+  from mer_jax import study
+  from mer_jax.analysis import looking, tables
+  from mer_jax.data.casme2 import EMOTIONS
+  rng = np.random.default_rng(5)
+  y = np.array([0] * 6 + [1] * 4 + [2] * 4)
+  for model, val in (("poolformer_s12", 0.7), ("vit_b32", 0.4)):
+    w = study.Cell(model, "m1", "af", 0).workdir(tmp_path)
+    w.mkdir(parents=True)
+    (w / "metrics.json").write_text(json.dumps({
+        "config": study.cell_config(study.Cell(model, "m1", "af", 0), [], "paper").to_dict(),
+        "validation": {"macro_f1": val}, "test": {"macro_f1": 1.0}}))
+    with open(w / "predictions_test.csv", "w", newline="") as f:
+      csv.writer(f).writerows([("video_id", "label", "pred")] + [
+          (f"v{i}", EMOTIONS[t], EMOTIONS[t]) for i, t in enumerate(y)])
+  (chosen,) = looking.runs_to_explain(tmp_path)
+  assert chosen.parent.name == "poolformer_s12_m1_af"
+  (chosen / "explain").mkdir()
+  (chosen / "explain" / "explain.json").write_text(json.dumps(
+      {"split": "test", "attributions": {"integrated_gradients": _entry(y, rng)}}))
+  text = tables.report(tmp_path, n_resamples=20)
+  assert "## Where the models look" in text and looking.VERDICT in text
+  want = looking.summarise(_entry(y, np.random.default_rng(5)), "m1", 20)
+  line = next(ln for ln in text.splitlines() if ln.startswith("- poolformer_s12 M1 AF"))
+  assert f"**{want['verdict']}**" in line and f"{want['face']['all']['mass']:.3f}" in line
+  back = json.loads((tmp_path / "study.json").read_text())["where_models_look"]
+  got = back["poolformer_s12_m1_af/seed0"]["integrated_gradients"]
+  assert got["deletion"]["auc"] == pytest.approx(want["deletion"]["auc"])
+  assert got["face"]["all"]["diff_ci"] == pytest.approx(list(want["face"]["all"]["diff_ci"]))

@@ -18,7 +18,7 @@ terms cancel between two opposite corners): the paper's one difference, split.
 
 Paired on the test videos: the eight cells are scored on the same test videos (matched
 by id), and each bootstrap resample draws the videos once (within class:
-mer_jax.metrics.resampled_macro_f1, the stratified draw of every interval here) and
+mer_jax.metrics.bootstrap_macro_f1, the stratified draw of every interval here) and
 scores all eight cells on it, so each effect's interval and add-one p-value come from
 the effect computed on every resample; p-values are Holm-adjusted over the seven
 effects. A cell's score is the mean over its seeds (independent trainings: the expected
@@ -86,7 +86,7 @@ def cube_effects(cube: list[dict], n_resamples: int = 10000, seed: int = 0,
   loso = cube[0]["loso"]
   s = len(keys)
   preds = np.stack([u["pred"] for row in units for u in row])            # [8 S, n]
-  f = metrics.resampled_macro_f1(y, preds, K, n_resamples, seed,
+  f = metrics.bootstrap_macro_f1(y, preds, K, n_resamples, seed,
                                  clusters=units[0][0]["subjects"] if loso else None)
   f = f.reshape(n_resamples, 8, s)
   if s > 1:  # each cell's seeds drawn with replacement, independently per cell

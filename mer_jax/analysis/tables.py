@@ -22,6 +22,7 @@ from mer_jax.analysis.compare import (CHOICE, PAIRED_RESAMPLES, best_key, pair_m
                                       paired_temporal)
 from mer_jax.analysis import factorial, leak
 from mer_jax.analysis.figures import factorial_figure, figures
+from mer_jax.analysis.looking import section as looking_section
 from mer_jax.analysis.runs import (K, METHODS, PAPER_METHODS, PHASES, cell_coordinates, gather,
                                    read_plan, summarise_cells)
 from mer_jax.data.labels import EMOTIONS
@@ -327,6 +328,8 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   if cube["cubes"]:
     factorial_figure(root, cube["cubes"])
 
+  looking, looked = looking_section(root, n_resamples)
+  lines += looking
   lines += ["## Figures", "", "![Fig. 2](fig2_preprocessing.png)",
             "![Fig. 3](fig3_temporal.png)", "![Fig. 4](fig4_confusion.png)", ""]
   figures(root, cells, models, best, overall)
@@ -351,6 +354,6 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
                          "m1_m2": test_diff},
        "cells": summary, "paired_methods": pairs, "paired_m1_m2": paired_m1_m2(pairs),
        "factorial": factorial.as_json(cube), "paired_temporal": temporal_pairs,
-       **({leak.KEY: leaky} if leaky else {})}),
+       "where_models_look": looked, **({leak.KEY: leaky} if leaky else {})}),
       indent=1, default=float, allow_nan=False))
   return text

@@ -6,8 +6,10 @@ model finds for what the frame is). Maps are at the dataset image's
 resolution (the model's on-device resize is part of the explained function),
 in the image's pixel units (0-255). Writes into RUN/explain/:
 - explain.json: per method, face mass with its chance level and region
-  masses (means over frames, overall and per true class), the deletion curve
-  (video-level macro-F1) against random removal with their AUCs, timings;
+  masses (means over frames, overall and per true class; and per video, the
+  study report's resampling unit), the deletion curve (video-level macro-F1)
+  against random removal with their AUCs and each point's voted predictions
+  (mer_jax.analysis.looking draws its intervals from them), timings;
 - maps.npz: the maps (float16), face boxes, landmarks, labels, video ids and
   frame numbers, from which every number of explain.json is recomputed;
 - explain.png: overlays of a few videos per class (their middle frame).
@@ -98,6 +100,18 @@ def _summary(values, chance, labels) -> dict:
   return out
 
 
+def per_video(values, video_ids) -> list:
+  """Each video's (sorted ids) mean of its frames' finite values; None where it has none.
+  The study report resamples videos, the unit a test set is drawn in."""
+  values, video_ids = np.asarray(values, np.float64), np.asarray(video_ids)
+  out = []
+  for vid in np.unique(video_ids):
+    v = values[video_ids == vid]
+    v = v[np.isfinite(v)]
+    out.append(float(v.mean()) if v.size else None)
+  return out
+
+
 def compute_maps(name: str, setup_model, params, images, targets, img_size: int,
                  settings: dict) -> np.ndarray:
   prepare = lambda x: input_pipeline.preprocess_eval(x, img_size)
@@ -164,9 +178,15 @@ def explain_run(workdir, *, split: str = "test", method_names=None,
     if geometry is not None:
       share, chance = where.face_mass(np.nan_to_num(maps), np.nan_to_num(geometry[0]))
       share[~np.isfinite(geometry[0]).all(1)] = np.nan
+      regions = where.region_mass(maps, geometry[1])
       entry["face_mass"] = _summary(share, chance, data.labels)
-      entry["region_mass"] = {k: _summary(m, c, data.labels)
-                              for k, (m, c) in where.region_mass(maps, geometry[1]).items()}
+      entry["region_mass"] = {k: _summary(m, c, data.labels) for k, (m, c) in regions.items()}
+      chance = np.where(np.isfinite(share), chance, np.nan)
+      entry["per_video"] = {"face_mass": per_video(share, data.video_ids),
+                            "face_chance": per_video(chance, data.video_ids)}
+      for k, (m, c) in regions.items():
+        entry["per_video"][k] = per_video(m, data.video_ids)
+        entry["per_video"][f"{k}_chance"] = per_video(c, data.video_ids)
     entry["deletion"] = where.deletion_curve(predict, data.images, maps, data.labels,
                                              data.video_ids, seed=seed)
     entry["deletion_seconds"] = round(time.perf_counter() - t1, 2)

@@ -151,7 +151,10 @@ def deletion_curve(predict: Callable, images, maps, labels, video_ids, *,
   and macro-F1 is over the classes present (metrics.macro_f1). The random
   reference removes the same number of pixels in a seeded random order per
   image. AUC: the trapezoid area under each curve over the fractions (lower
-  for the maps = removing what they point at hurts the model more).
+  for the maps = removing what they point at hurts the model more). The
+  videos (sorted ids), their labels and each point's voted predictions are
+  returned too, so that an interval of the AUCs can be drawn by resampling
+  videos (mer_jax.analysis.looking).
   """
   images = np.asarray(images)
   labels = np.asarray(labels)
@@ -161,14 +164,18 @@ def deletion_curve(predict: Callable, images, maps, labels, video_ids, *,
   vids, first = np.unique(np.asarray(video_ids), return_index=True)
   video_labels = labels[first]
 
-  def score(x):
+  def votes(x):
     v, pred = metrics.video_vote(predict(x), video_ids)
     assert (v == vids).all()
-    return metrics.macro_f1(video_labels, pred, num_classes)
+    return [int(p) for p in pred]
 
   order = deletion_order(maps)
-  attributed = [score(delete_top(images, order, f)) for f in fractions]
-  random = [score(delete_top(images, random_order, f)) for f in fractions]
+  attributed = [votes(delete_top(images, order, f)) for f in fractions]
+  random = [votes(delete_top(images, random_order, f)) for f in fractions]
+  f1 = lambda preds: [metrics.macro_f1(video_labels, p, num_classes) for p in preds]
   fr = np.asarray(fractions, np.float64)
-  return {"fractions": [float(f) for f in fr], "macro_f1": attributed, "random_macro_f1": random,
-          "auc": float(np.trapezoid(attributed, fr)), "random_auc": float(np.trapezoid(random, fr))}
+  return {"fractions": [float(f) for f in fr], "macro_f1": f1(attributed),
+          "random_macro_f1": f1(random), "auc": float(np.trapezoid(f1(attributed), fr)),
+          "random_auc": float(np.trapezoid(f1(random), fr)),
+          "video_ids": [str(v) for v in vids], "video_labels": [int(k) for k in video_labels],
+          "predictions": attributed, "random_predictions": random}
