@@ -334,7 +334,7 @@ def test_report_says_where_the_models_look(tmp_path):
   import csv
   from mer_jax import study
   from mer_jax.analysis import looking, tables
-  from mer_jax.data.casme2 import EMOTIONS
+  from mer_jax.data.labels import EMOTIONS
   rng = np.random.default_rng(5)
   y = np.array([0] * 6 + [1] * 4 + [2] * 4)
   for model, val in (("poolformer_s12", 0.7), ("vit_b32", 0.4)):

@@ -125,7 +125,7 @@ def split_data(lengths, seed=0):
   return input_pipeline.SplitData(
       images, np.array([v % 7 for v, _ in rows], np.int32),
       np.array([f"sub{v:02d}/EP{v}" for v, _ in rows]), np.array([f"sub{v:02d}" for v, _ in rows]),
-      np.array([f for _, f in rows], np.int32))
+      np.array([f for _, f in rows], np.int32), np.array(["casme2"] * len(rows)))
 
 
 def test_videos_come_whole_in_frame_order_padded_at_the_end():
@@ -168,7 +168,7 @@ def test_temporal_pairs_are_each_head_against_its_backbones_vote():
   ids = np.array([f"v{i:02d}" for i in range(len(y))])
 
   def cell(pred):
-    u = {"video_ids": ids, "y": y, "pred": pred, "subjects": ids,
+    u = {"video_ids": ids, "y": y, "pred": pred, "subjects": ids, "clusters": ids,
          "macro_f1": compare.metrics.macro_f1(y, pred, 7)}
     return {"units": {(0, 0): u}, "loso": False}
 

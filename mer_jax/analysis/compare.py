@@ -70,18 +70,18 @@ def _with_holm(rows: list[dict]) -> list[dict]:
   return [dict(r, p_holm=float(h)) for r, h in zip(rows, adjusted)]
 
 
-def _unit_pairs(a: dict, b: dict, n_resamples: int, **row) -> list[dict]:
-  """Cell a - cell b, one row per (split seed, seed) both ran on the same test videos
+def _unit_pairs(cell_a: dict, cell_b: dict, n_resamples: int, **row) -> list[dict]:
+  """cell_a - cell_b, one row per (split seed, seed) both ran on the same test videos
   (paired bootstrap; LOSO resamples subjects); `row` is copied into each."""
   rows = []
-  for split_seed, seed in sorted(set(a["units"]) & set(b["units"])):
-    ua, ub = a["units"][(split_seed, seed)], b["units"][(split_seed, seed)]
+  for split_seed, seed in sorted(set(cell_a["units"]) & set(cell_b["units"])):
+    ua, ub = cell_a["units"][(split_seed, seed)], cell_b["units"][(split_seed, seed)]
     same = _on_same_videos(ua, ub)
     if same is None:
       continue
     y, pa, pb, subjects = same
     r = metrics.paired_bootstrap(y, pa, pb, K, n_resamples=n_resamples, seed=seed,
-                                 clusters=subjects if a["loso"] else None)
+                                 clusters=subjects if cell_a["loso"] else None)
     rows.append(dict(row, split_seed=split_seed, seed=seed, f1_a=ua["macro_f1"],
                      f1_b=ub["macro_f1"], diff=r["diff"], ci=list(r["ci"]),
                      p_value=r["p_value"], n_resamples=r["n_resamples"]))

@@ -33,7 +33,7 @@ import numpy as np
 from mer_jax import metrics
 from mer_jax.analysis.compare import best_key
 from mer_jax.analysis.runs import K, gather
-from mer_jax.data.casme2 import EMOTIONS
+from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.preprocess import Method
 
 FACE_MAJORITY = 0.5

@@ -52,6 +52,7 @@ class VideoSplit:
   labels: np.ndarray         # int32 [V]
   video_ids: np.ndarray      # str [V]
   subjects: np.ndarray       # str [V]
+  datasets: np.ndarray       # str [V]: each video's source dataset
 
   def __len__(self):
     return len(self.labels)
@@ -65,7 +66,8 @@ class VideoSplit:
     """The videos as one-row examples whose `images` are their row numbers: what the
     frame feeders order, slice and pad."""
     return input_pipeline.SplitData(np.arange(len(self)), self.labels, self.video_ids,
-                                    self.subjects, np.zeros(len(self), np.int32))
+                                    self.subjects, np.zeros(len(self), np.int32),
+                                    self.datasets)
 
 
 def video_split(data: input_pipeline.SplitData) -> VideoSplit:
@@ -78,7 +80,7 @@ def video_split(data: input_pipeline.SplitData) -> VideoSplit:
   mask = (np.arange(t)[None, :] < np.array([len(r) for r in per_video])[:, None])
   first = np.array([r[0] for r in per_video])
   return VideoSplit(data, index.astype(np.int64), mask.astype(np.float32),
-                    data.labels[first], vids, data.subjects[first])
+                    data.labels[first], vids, data.subjects[first], data.datasets[first])
 
 
 def video_splits(data: dict) -> dict:
@@ -152,6 +154,6 @@ def summarise(videos: VideoSplit, probs: np.ndarray, config) -> dict:
   frames the head saw."""
   out = report.summarise(probs, videos.labels, videos.video_ids, videos.subjects,
                          n_resamples=config.bootstrap_resamples, level=config.ci_level,
-                         seed=config.seed)
+                         seed=config.seed, datasets=videos.datasets)
   out["num_frames"] = int(videos.frame_mask.sum())
   return out
