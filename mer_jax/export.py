@@ -41,7 +41,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path | None = Non
 
   from mer_jax.run import experiment, input_pipeline, steps
   from mer_jax.plumbing import runtime
-  from mer_jax.data.labels import EMOTIONS
+  from mer_jax.run import sources
   from mer_jax.data.phases import Phase
   from mer_jax.data.preprocess import Method
 
@@ -76,7 +76,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path | None = Non
   mean, std = input_pipeline.normalisation(chans)
   contract = {
       "model": config.model.name, "method": method.value, "phase": phase.value,
-      "labels": list(EMOTIONS), "output": "logits",
+      "labels": list(sources.classes(config.data)), "output": "logits",
       "input": {"size": size, "channels": chans, "dtype": "float32", "layout": "NHWC",
                 "batch": batch, "range": "uint8 values 0..255 before normalisation",
                 "method_image_shape": list(method.image_shape),

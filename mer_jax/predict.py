@@ -41,7 +41,7 @@ import numpy as np
 
 from mer_jax.plumbing import cli
 from mer_jax.data import faces, phases, preprocess
-from mer_jax.data.labels import EMOTIONS
+from mer_jax.run import sources
 from mer_jax.data.pixels import centre_square, expand_box, read_frame
 from mer_jax.data.videos import Video
 from mer_jax.plumbing.errors import UsageError, UserError
@@ -229,7 +229,8 @@ def run_predictor(workdir: str | pathlib.Path, checkpoint: str = "best") -> Pred
     return np.concatenate([np.asarray(predict_fn(params, batch[i:i + 32]))
                            for i in range(0, len(batch), 32)])
 
-  return Predictor(method, phases.Phase.parse(config.data.phase), EMOTIONS,
+  return Predictor(method, phases.Phase.parse(config.data.phase),
+                   sources.classes(config.data),
                    probabilities,
                    {"workdir": str(pathlib.Path(workdir).absolute()), "checkpoint": restored.kind,
                     "step": int(restored.state["step"]), "model": config.model.name})

@@ -11,7 +11,19 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --grid paper --train_fractions 0.25,0.5,1 --workdir runs/size
   python -m mer_jax.study --grid paper --protocol loso --set selection=test_fold_best_epoch \
       --workdir runs/loso_leak
+  python -m mer_jax.study --dataset megc2019 --protocol loso --workdir runs/megc \
+      --set data.manual_dir=~/me_data     # ~/me_data/{casme2,samm,smic_hs}
+  python -m mer_jax.study --datasets casme2,samm,smic_hs --protocol loso --workdir runs/each
+  python -m mer_jax.study --protocol cross --train_datasets casme2 --test_dataset samm \
+      --workdir runs/casme2_to_samm
   python -m mer_jax.study --workdir runs/study --report_only
+
+`--dataset` names the data of every cell (data.dataset: casme2, samm, smic_hs, casme3,
+or megc2019, the MEGC 2019 composite, whose LOSO report gives UF1/UAR pooled and per
+source dataset); `--datasets a,b` runs the study once per dataset in WORKDIR/<dataset>,
+each with its own report (and Table I). `--protocol cross` trains on --train_datasets
+(megc2019 = its three; the test dataset is left out of them: "the composite minus one")
+and tests on every video of --test_dataset, in the shared megc3 classes by default.
 
 A cell is (model, method, phase, split seed, seed[, LOSO fold]); its run
 directory is WORKDIR/<model>_<method>_<phase>/seed<S>[/fold<K>] on the paper's
@@ -91,7 +103,7 @@ from mer_jax.data import splits
 from mer_jax.models import temporal
 from mer_jax.plumbing import cli
 from mer_jax.plumbing.errors import UsageError
-from mer_jax.run import recipe
+from mer_jax.run import recipe, sources
 from mer_jax.run.workdir import WorkdirBusy
 
 GRIDS = {"paper": ("vit_b32", "swin_b", "poolformer_m36", "poolformer_m48")}
@@ -182,8 +194,11 @@ def plan(cells: list[Cell], protocol: str, split: str, loso_folds: int | None) -
 
 
 def loso_fold_count(config) -> int:
+  """The config's LOSO folds: its builds' subjects with a video its label scheme keeps
+  (68 on the real MEGC 2019 composite)."""
   from mer_jax.run import experiment, input_pipeline
-  return len(input_pipeline.loso_subjects(experiment.dataset_dir(config)))
+  return len(input_pipeline.loso_subjects(experiment.dataset_dirs(config),
+                                          sources.scheme(config.data)))
 
 
 # --- running -------------------------------------------------------------------
@@ -251,7 +266,14 @@ def main(argv=None) -> int:
                       "the methods, one batch size for all; the report adds their effects")
   p.add_argument("--phases", default=",".join(PHASES))
   p.add_argument("--seeds", default="0")
-  p.add_argument("--protocol", choices=("paper", "loso"), default="paper")
+  p.add_argument("--protocol", choices=("paper", "loso", "cross"), default="paper")
+  p.add_argument("--dataset", default="",
+                 help="data.dataset of every cell: casme2 (default), samm, smic_hs, casme3, "
+                      "megc2019 (the composite)")
+  p.add_argument("--datasets", default="",
+                 help="comma list: the study once per dataset in WORKDIR/<dataset>")
+  p.add_argument("--train_datasets", default="", help="--protocol cross: trained on")
+  p.add_argument("--test_dataset", default="", help="--protocol cross: tested on")
   p.add_argument("--folds", default="", help="LOSO: comma list of fold indices (default all)")
   p.add_argument("--split_seeds", default="0",
                  help="comma list of data.split_seed values: each cell runs on each split "
@@ -280,20 +302,40 @@ def main(argv=None) -> int:
                       "(mer_jax.explain) and report where the models look")
   args = cli.parse(p, argv)
   root = pathlib.Path(args.workdir).absolute()
+  if args.datasets:
+    if args.dataset or args.train_fractions:
+      raise UsageError("--datasets runs one study per dataset; drop --dataset and "
+                       "--train_fractions (run those per dataset)")
+    for name in parse_list(args.datasets, sources.DATASET_NAMES):
+      _study(args, root / name, data_overrides(args, name) + args.set)
+    return 0
+  overrides = data_overrides(args, args.dataset) + args.set  # the user's --set still wins
   fractions = [float(f) for f in parse_list(args.train_fractions)]
   for f in fractions:
     splits.check_train_fraction(f)
   if args.report_only and not fractions:
     fractions = size.fractions_of(root)      # a --train_fractions study, read back
   if not fractions:
-    return _study(args, root, args.set)
+    return _study(args, root, overrides)
   for f in fractions:
-    _study(args, size.fraction_dir(root, f), args.set + [f"data.train_fraction={f:g}"])
+    _study(args, size.fraction_dir(root, f), overrides + [f"data.train_fraction={f:g}"])
   if args.num_tasks > 1 and not args.report_only:
     return 0
   size.report(root)
   print(f"size report: {root / 'size_report.md'}")
   return 0
+
+
+def data_overrides(args, dataset: str) -> list[str]:
+  """The --set items of --dataset (or one of --datasets) and the cross protocol's flags."""
+  out = [f"data.dataset={dataset}"] if dataset else []
+  if (args.protocol == "cross") != bool(args.train_datasets and args.test_dataset):
+    raise UsageError("--protocol cross takes --train_datasets and --test_dataset (both), "
+                     "and they need --protocol cross")
+  if args.protocol == "cross":
+    out += [f"data.train_datasets={args.train_datasets}",
+            f"data.test_dataset={args.test_dataset}"]
+  return out
 
 
 def _study(args, root: pathlib.Path, overrides: list[str]) -> int:

@@ -22,7 +22,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mer_jax.plumbing import cli
-from mer_jax.data import build, casme2, fingerprint, phases, pixels, runner, splits, tfds_casme2
+from mer_jax.data import build, casme2, fingerprint, phases, pixels, runner, splits, tfds_builder
 from mer_jax.data.phases import Phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def test_registered_builder_builds_what_training_reuses(manual, cache, m2_mfs, t
   spec.loader.exec_module(module)
   module.Builder(config="m1_kfs", data_dir=str(tmp_path)).download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-  d = tmp_path / "casme2" / "m1_kfs" / str(tfds_casme2.VERSION)
+  d = tmp_path / "casme2" / "m1_kfs" / str(tfds_builder.VERSION)
   assert json.loads((d / "quality.json").read_text())["detected"] == 0  # the env's cache
   assert list(d.glob("*.array_record*"))
   data = read_all(d)
@@ -235,7 +235,7 @@ def test_a_build_records_its_source(manual, m2_mfs):
   # conftest's synthetic_casme2: 16 videos, 4 subjects, seed 3, intensity 1.
   assert {k: fp["synthetic"][k] for k in ("videos", "subjects", "seed", "intensity")} == \
       {"videos": 16, "subjects": 4, "seed": 3, "intensity": 1.0}
-  assert fp["version"] == str(tfds_casme2.VERSION) and len(fp["code"]) == 12
+  assert fp["version"] == str(tfds_builder.VERSION) and len(fp["code"]) == 12
   assert f"/{fingerprint.key(fp)}/casme2/m2_mfs/" in d
 
 
@@ -246,7 +246,7 @@ def test_code_version_follows_every_module_that_makes_the_examples(tmp_path, mon
   monkeypatch.setattr(fingerprint, "HERE", tmp_path)
   version = fingerprint.code_version.__wrapped__   # without its cache
   assert version() == fingerprint.code_version()
-  for name in ("preprocess", "splits", "tfds_casme2"):
+  for name in ("preprocess", "splits", "tfds_builder"):
     before = version()
     with open(tmp_path / f"{name}.py", "a") as f:
       f.write("\nX = 1\n")
@@ -305,12 +305,12 @@ def test_old_builds_and_killed_builds_are_not_reused_or_left(manual, cache, m2_m
   """A build without fingerprint.json (made before builds had one) is rebuilt,
   saying why; an `incomplete.*` folder a killed build left is gone afterwards."""
   data_dir = tmp_path / "tfds"
-  legacy = data_dir / "casme2" / "m2_mfs" / str(tfds_casme2.VERSION)
+  legacy = data_dir / "casme2" / "m2_mfs" / str(tfds_builder.VERSION)
   shutil.copytree(m2_mfs[0], legacy)
   (legacy / "fingerprint.json").unlink()
   want = build.builder("m2_af", str(data_dir)).source_fingerprint(manual)
-  config_dir = data_dir / build.SOURCES / fingerprint.key(want) / "casme2" / "m2_mfs"
-  stale = config_dir / f"incomplete.ABC123_{tfds_casme2.VERSION}"
+  config_dir = data_dir / build.sources_dir("casme2") / fingerprint.key(want) / "casme2" / "m2_mfs"
+  stale = config_dir / f"incomplete.ABC123_{tfds_builder.VERSION}"
   stale.mkdir(parents=True)
   (stale / "casme2-train.array_record-00000-of-00001").write_bytes(b"half")
   logs = []

@@ -66,7 +66,8 @@ def figures(root: pathlib.Path, cells: dict, models: list[str], best: dict, over
     n = cells[key]["n_units"]
     plot_confusion(cells[key]["confusion"], root / "fig4_confusion.png",
                               title=f"{key[0]} {key[1].upper()} {key[2].upper()} (test"
-                                    + (f", {n} runs summed)" if n > 1 else ")"))
+                                    + (f", {n} runs summed)" if n > 1 else ")"),
+                              classes=cells[key]["classes"])
 
 
 def factorial_figure(root: pathlib.Path, cubes: dict) -> None:

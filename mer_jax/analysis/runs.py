@@ -18,6 +18,7 @@ import pathlib
 import numpy as np
 
 from mer_jax import metrics
+from mer_jax.data import labels
 from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
@@ -28,7 +29,10 @@ from mer_jax.run.report import DEFAULT_DATASET
 METHODS = Method.names()                                   # m1, m2, m2a, m3
 PAPER_METHODS = tuple(m.value for m in (Method.M1, Method.M2))  # the paper's two
 PHASES = tuple(p.value for p in Phase)
-K = len(EMOTIONS)
+# The largest head of any label scheme: the class count of the analyses that pool runs
+# (compare, factorial, leak). Their scores are macro-F1 and UAR over the classes present,
+# which absent classes do not change; a cell's own figures use its runs' `classes`.
+K = max(len(s.classes) for s in labels.SCHEMES.values())
 PLAN = "study_plan.json"
 RUN_FILES = ("*/seed*/metrics.json", "*/seed*/fold*/metrics.json", "*/*/seed*/metrics.json")
 
@@ -56,16 +60,17 @@ def read_plan(root: pathlib.Path) -> dict | None:
 # --- gathering -----------------------------------------------------------------
 
 
-def read_predictions(path: pathlib.Path):
-  """Video ids, labels, predictions, subjects and source datasets of a predictions CSV
+def read_predictions(path: pathlib.Path, classes=EMOTIONS):
+  """Video ids, labels, predictions (indices into the run's `classes`: metrics.json's,
+  CASME II's EMOTIONS in runs from before it), subjects and source datasets of a predictions CSV
   (run.report.PREDICTION_FIELDS); a video's subject is its `subject` column or, in files
   without one, the part of its id before '/'; its dataset its `dataset` column or, in
   files without one, run.report.DEFAULT_DATASET."""
   with open(path) as f:
     rows = list(csv.DictReader(f))
   ids = np.array([r["video_id"] for r in rows], dtype=str)
-  y = np.array([EMOTIONS.index(r["label"]) for r in rows], dtype=np.int64)
-  p = np.array([EMOTIONS.index(r["pred"]) for r in rows], dtype=np.int64)
+  y = np.array([classes.index(r["label"]) for r in rows], dtype=np.int64)
+  p = np.array([classes.index(r["pred"]) for r in rows], dtype=np.int64)
   subjects = np.array([r.get("subject") or r["video_id"].split("/")[0] for r in rows],
                       dtype=str)
   datasets = np.array([r.get("dataset") or DEFAULT_DATASET for r in rows], dtype=str)
@@ -94,7 +99,8 @@ def gather(root: pathlib.Path) -> list[dict]:
     m = json.loads(mfile.read_text())
     c, d = m["config"], m["config"]["data"]
     protocol = d.get("protocol", "paper")
-    ids, y, p, subjects, datasets = read_predictions(w / "predictions_test.csv")
+    classes = tuple(m.get("classes", EMOTIONS))
+    ids, y, p, subjects, datasets = read_predictions(w / "predictions_test.csv", classes)
     out.append({"model": temporal.spec_of(c["model"]), "method": d["method"], "phase": d["phase"],
                 "seed": int(c["seed"]), "fold": int(d.get("fold", -1)) if protocol == "loso"
                 else -1, "protocol": protocol, "split": d.get("split", "video"),
@@ -102,7 +108,7 @@ def gather(root: pathlib.Path) -> list[dict]:
                 "val_f1": _score(m.get("validation")), "dataset": m.get("dataset"),
                 "video_ids": ids, "y": y, "pred": p, "subjects": subjects,
                 "datasets": datasets, "train_videos": m.get("train_videos"),
-                "best_epoch": m.get("best_epoch"), "workdir": str(w)})
+                "best_epoch": m.get("best_epoch"), "workdir": str(w), "classes": classes})
   kinds = {(r["protocol"], r["split"]) for r in out}
   if len(kinds) > 1:
     raise UserError(f"{root} holds runs of several protocols or split kinds "
@@ -125,15 +131,16 @@ def _unit(runs: list[dict]) -> dict:
   order = np.argsort(ids, kind="stable")
   y = np.concatenate([r["y"] for r in runs])[order]
   p = np.concatenate([r["pred"] for r in runs])[order]
-  rep = metrics.classification_report(y, p, K)
-  per_fold = [metrics.macro_f1(r["y"], r["pred"], K) for r in runs]
+  k = len(runs[0]["classes"])
+  rep = metrics.classification_report(y, p, k)
+  per_fold = [metrics.macro_f1(r["y"], r["pred"], k) for r in runs]
   subjects = np.concatenate([r["subjects"] for r in runs])[order]
   datasets = np.concatenate([r["datasets"] for r in runs])[order]
   return {"video_ids": ids[order], "y": y, "pred": p, "subjects": subjects,
           "datasets": datasets, "clusters": subject_clusters(subjects, datasets),
           "macro_f1": rep["macro_f1"], "uar": rep["uar"], "per_class_f1": rep["per_class_f1"],
           "confusion": rep["confusion"], "val_f1": metrics.mean_std([r["val_f1"] for r in runs])[0],
-          "folds": len(runs), "fold_mean": metrics.mean_std(per_fold)[0],
+          "folds": len(runs), "fold_mean": metrics.mean_std(per_fold)[0], "k": k,
           "fold_std": metrics.mean_std(per_fold)[1]}
 
 
@@ -146,9 +153,10 @@ def _interval(units: list[dict], n_resamples: int, by_subject: bool):
     return float("nan"), float("nan")       # seeds on different videos: no joint interval
   clusters = units[0]["clusters"] if by_subject else None
   if len(units) == 1:
-    return metrics.bootstrap_ci(units[0]["y"], units[0]["pred"], K, n_resamples=n_resamples,
-                                clusters=clusters)
-  return metrics.seed_mean_ci(units[0]["y"], np.stack([u["pred"] for u in units]), K,
+    return metrics.bootstrap_ci(units[0]["y"], units[0]["pred"], units[0].get("k", K),
+                                n_resamples=n_resamples, clusters=clusters)
+  return metrics.seed_mean_ci(units[0]["y"], np.stack([u["pred"] for u in units]),
+                              units[0].get("k", K),
                               n_resamples=n_resamples, clusters=clusters)
 
 
@@ -177,8 +185,9 @@ def per_dataset(units: list[dict], n_resamples: int) -> dict:
     sub = []
     for u in units:
       i = u["datasets"] == d
-      sub.append({k: u[k][i] for k in ("video_ids", "y", "pred", "subjects", "clusters")})
-    reps = [metrics.classification_report(u["y"], u["pred"], K) for u in sub]
+      sub.append(dict({k: u[k][i] for k in ("video_ids", "y", "pred", "subjects", "clusters")},
+                      k=u["k"]))
+    reps = [metrics.classification_report(u["y"], u["pred"], u["k"]) for u in sub]
     out[d] = {"uf1": metrics.mean_std([r["macro_f1"] for r in reps])[0],
               "uar": metrics.mean_std([r["uar"] for r in reps])[0],
               "ci": tuple(_interval(sub, n_resamples, by_subject=True)),
@@ -213,7 +222,8 @@ def summarise_cells(runs: list[dict], n_resamples: int = 1000,
     else:
       mean, std = metrics.mean_std([v["macro_f1"] for v in splits.values()])
       pooled, ci = _pooled_over_splits(units, n_resamples)
-    cell = {"units": units, "splits": splits, "macro_f1": mean, "macro_f1_std": std,
+    cell = {"units": units, "splits": splits,
+            "classes": next(iter(by_unit.values()))[0]["classes"], "macro_f1": mean, "macro_f1_std": std,
             "spread": "seeds" if len(splits) == 1 else "split seeds", "ci": tuple(ci),
             "pooled_macro_f1": pooled,
             "val_f1": metrics.mean_std([u["val_f1"] for u in units.values()])[0],

@@ -23,7 +23,7 @@ from mer_jax.analysis.compare import (CHOICE, PAIRED_RESAMPLES, best_key, pair_m
 from mer_jax.analysis import factorial, leak
 from mer_jax.analysis.figures import factorial_figure, figures
 from mer_jax.analysis.looking import section as looking_section
-from mer_jax.analysis.runs import (K, METHODS, PAPER_METHODS, PHASES, cell_coordinates, gather,
+from mer_jax.analysis.runs import (METHODS, PAPER_METHODS, PHASES, cell_coordinates, gather,
                                    read_plan, summarise_cells)
 from mer_jax.data.labels import EMOTIONS
 from mer_jax.plumbing.errors import NotFound
@@ -39,26 +39,38 @@ def _fmt(x, d=4):
 
 def table_one(runs: list[dict]) -> list[str]:
   """Table I from the quality.json of the builds the runs trained on (metrics.json's
-  `dataset`), so it describes their data and no other build of the same name."""
+  `dataset`), so it describes their data and no other build of the same name; one row per
+  dataset and method when the runs read several datasets (a composite, cross-dataset)."""
   from mer_jax.data import build
-  built = {(r["method"], r["phase"]): r["dataset"]["dir"] for r in runs if r["dataset"]}
-  lines = ["| method | resolution | colour | face-centring rate | information density "
-           "| training samples AF / KFS / MFS |", "|---|---|---|---:|---:|---|"]
-  for method in METHODS:
-    qs = {}
-    for phase in PHASES:
-      d = built.get((method, phase))
-      if d is not None and pathlib.Path(d).exists():
-        qs[phase] = build.read_quality(d)
-    if not qs:
-      continue
-    q = qs.get("mfs") or next(iter(qs.values()))
-    h, w, c = q["image_shape"]
-    samples = " / ".join(str(qs[p]["splits"]["train"]["frames"]) if p in qs else "—"
-                         for p in PHASES)
-    colour = {"m3": "flow (u, v, magnitude)"}.get(method, "RGB" if c == 3 else "grayscale")
-    lines.append(f"| {method.upper()} | {h}x{w} | {colour} | "
-                 f"{q['face_centring_rate']:.3f} | {q['information_density']:,} | {samples} |")
+  built = {}
+  for r in runs:
+    if r["dataset"]:
+      for name, rec in r["dataset"].get("builds", {"": r["dataset"]}).items():
+        built[(name or rec.get("dataset", "casme2"), r["method"], r["phase"])] = rec["dir"]
+  names = sorted({k[0] for k in built})
+  several = len(names) > 1
+  lines = [("| dataset " if several else "") + "| method | resolution | colour | face-centring "
+           "rate | information density | training samples AF / KFS / MFS |",
+           ("|---" if several else "") + "|---|---|---|---:|---:|---|"]
+  for name in names:
+    for method in METHODS:
+      qs = {}
+      for phase in PHASES:
+        d = built.get((name, method, phase))
+        if d is not None and pathlib.Path(d).exists():
+          qs[phase] = build.read_quality(d)
+      if not qs:
+        continue
+      q = qs.get("mfs") or next(iter(qs.values()))
+      h, w, c = q["image_shape"]
+      samples = " / ".join(str(qs[p]["splits"]["train"]["frames"]) if p in qs else "—"
+                           for p in PHASES)
+      colour = {"m3": "flow (u, v, magnitude)"}.get(method, "RGB" if c == 3 else "grayscale")
+      if colour == "RGB" and q.get("source_colour") == "gray":
+        colour = "grayscale in 3 channels (the source has no colour)"
+      lines.append(("| " + name + " " if several else "") +
+                   f"| {method.upper()} | {h}x{w} | {colour} | "
+                   f"{q['face_centring_rate']:.3f} | {q['information_density']:,} | {samples} |")
   return lines
 
 
@@ -244,9 +256,10 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
 
   overall = {me: best_key(cells, [k for k in cells if k[1] == me]) for me in methods}
   overall = {me: k for me, k in overall.items() if k}
+  classes = next((cells[k]["classes"] for k in overall.values()), EMOTIONS)
   lines += ["## Table V: per-class test F1 of the best models (chosen on validation over "
             "models and phases; averaged over seeds; — = class absent from the test set)",
-            "", "| model | " + " | ".join(EMOTIONS) + " |", "|---|" + "---:|" * K]
+            "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
   for method, key in overall.items():
     lines.append(f"| {key[0]} {method.upper()} {key[2].upper()} | " +
                  " | ".join(_fmt(x, 3) for x in cells[key]["per_class_f1"]) + " |")

@@ -1,6 +1,7 @@
-r"""Build the CASME II TFDS configs from Python, on first use, and report their quality.
+r"""Build each dataset's TFDS configs from Python, on first use, and report their quality.
 
   python -m mer_jax.data.build --configs all --manual_dir ~/casme2
+  python -m mer_jax.data.build --dataset samm --configs m2_mfs --manual_dir ~/SAMM
   python -m mer_jax.data.build --configs m2_mfs --manual_dir data/synthetic_casme2 --synthetic
   python -m mer_jax.data.build --configs m2a_af,m3_mfs --manual_dir ~/casme2   # beyond the paper
   python -m mer_jax.data.build --quality --configs all --manual_dir ~/casme2   # Table I
@@ -14,7 +15,7 @@ A build records its fingerprint (mer_jax.data.fingerprint: the resolved
 source directory, the coding sheet's sha256, the synthetic settings, the
 data code's own hash) and is handed out only for a request of the same
 fingerprint. A build from another source, sheet or code goes to its own
-folder, DATA_DIR/casme2_by_source/KEY/casme2/CONFIG/VERSION, so builds of
+folder, DATA_DIR/DATASET_by_source/KEY/DATASET/CONFIG/VERSION, so builds of
 different sources coexist and the log says why a build is made. TFDS's own
 `tfds build` writes the same fingerprint into DATA_DIR/casme2/CONFIG/VERSION,
 which is reused when it matches; a build without a fingerprint (made before
@@ -39,25 +40,28 @@ import sys
 import time
 
 from mer_jax.plumbing import cli
-from mer_jax.data import casme2, fingerprint
-from mer_jax.plumbing.errors import NotFound, disk_full
+from mer_jax.data import DATASETS, casme2, fingerprint, sheets
+from mer_jax.plumbing.errors import NotFound, UserError, disk_full
 from mer_jax.data.dataset_configs import CONFIG_NAMES, check_config_name, parse_configs
 
 
-SOURCES = "casme2_by_source"  # DATA_DIR/SOURCES/KEY/casme2/CONFIG/VERSION (fingerprint.key)
+def sources_dir(dataset: str) -> str:
+  """The folder of ensure_built's builds of `dataset`:
+  DATA_DIR/sources_dir(dataset)/KEY/DATASET/CONFIG/VERSION (KEY: fingerprint.key)."""
+  return f"{dataset}_by_source"
 
 
 def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
-def builder(config: str, data_dir: str | None = None, **options):
-  """The TFDS builder of one config (`options`: detection_cache, workers,
-  skip_unreadable, sheet; see mer_jax.data.tfds_casme2)."""
-  from mer_jax.data import tfds_casme2
+def builder(config: str, data_dir: str | None = None, dataset: str = "casme2", **options):
+  """The TFDS builder of one config of `dataset` (`options`: detection_cache, workers,
+  skip_unreadable, sheet; see mer_jax.data.tfds_builder)."""
+  from mer_jax.data import tfds_builder
   check_config_name(config)
-  return tfds_casme2.Casme2Builder(config=config, data_dir=data_dir or default_data_dir(),
-                                   **options)
+  return tfds_builder.builder_class(dataset)(config=config,
+                                             data_dir=data_dir or default_data_dir(), **options)
 
 
 def is_built(b) -> bool:
@@ -77,18 +81,24 @@ def exclusive(path: pathlib.Path):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _has_casme2(manual_dir: pathlib.Path) -> bool:
+def has_source(dataset: str, manual_dir: pathlib.Path) -> bool:
+  """Whether `manual_dir` holds a copy of `dataset`: CASME II's coding sheet; another
+  dataset's folder, not empty (its reader says what is wrong with it)."""
   if not manual_dir.is_dir():
     return False
-  return any(manual_dir.glob("CASME2-coding*")) or any(manual_dir.glob("*/CASME2-coding*"))
+  if dataset == "casme2":
+    return any(manual_dir.glob("CASME2-coding*")) or any(manual_dir.glob("*/CASME2-coding*"))
+  return any(manual_dir.iterdir())
 
 
-def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int = 255,
-                      subjects: int = 26, seed: int = 0, intensity: float = 1.0,
-                      log=print) -> pathlib.Path:
-  """The CASME II copy; with `synthetic`, writes the synthetic set there if absent."""
+def ensure_manual_dir(manual_dir: str, *, dataset: str = "casme2", synthetic: bool = False,
+                      videos: int = 255, subjects: int = 26, seed: int = 0,
+                      intensity: float = 1.0, log=print) -> pathlib.Path:
+  """The copy of `dataset`; with `synthetic`, writes its synthetic stand-in there if
+  absent (mer_jax.data.synthetic: CASME II's full-size set, another dataset's small
+  stand-in of `videos` videos)."""
   d = pathlib.Path(manual_dir).expanduser()
-  if _has_casme2(d):
+  if has_source(dataset, d):
     made = d / fingerprint.SYNTHETIC_FILE
     wanted = {"videos": videos, "subjects": subjects, "seed": seed, "intensity": intensity}
     if synthetic and made.exists() and any(
@@ -98,98 +108,113 @@ def ensure_manual_dir(manual_dir: str, *, synthetic: bool = False, videos: int =
           "using it as it is (another manual_dir writes a new one)")
     return d
   if not synthetic:
-    raise casme2.Casme2Error(
-        f"No CASME II copy at {d.resolve()} (no CASME2-coding-*.xlsx/csv there).\n\n"
-        + casme2.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    if dataset == "casme2":
+      raise casme2.Casme2Error(
+          f"No CASME II copy at {d.resolve()} (no CASME2-coding-*.xlsx/csv there).\n\n"
+          + casme2.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    from mer_jax.data import tfds_builder
+    raise sheets.DatasetError(f"No {dataset} copy at {d.resolve()} (the folder is missing or "
+                             f"empty).\n\n{tfds_builder.manual_download_instructions(dataset)}")
   from mer_jax.data import synthetic as syn
   with exclusive(d.parent / f".{d.name}.lock"):
-    if not _has_casme2(d):
-      log(f"Writing the synthetic CASME II ({videos} videos, {subjects} subjects, motion "
+    if not has_source(dataset, d):
+      log(f"Writing the synthetic {dataset} ({videos} videos, {subjects} subjects, motion "
           f"intensity {intensity:g}) to {d} ...")
       start = time.perf_counter()
-      syn.write_synthetic_casme2(d, videos=videos, subjects=subjects, seed=seed,
-                                 intensity=intensity)
+      if dataset == "casme2":
+        syn.write_synthetic_casme2(d, videos=videos, subjects=subjects, seed=seed,
+                                   intensity=intensity)
+      else:
+        syn.write_stand_in(dataset, d, videos=videos, subjects=subjects, seed=seed,
+                           intensity=intensity)
       log(f"  done in {time.perf_counter() - start:.0f} s")
   return d
 
 
 def ensure_built(config: str, manual_dir: str, data_dir: str | None = None, *,
-                 synthetic: bool = False, synthetic_videos: int = 255,
+                 dataset: str = "casme2", synthetic: bool = False, synthetic_videos: int = 255,
                  synthetic_subjects: int = 26, synthetic_intensity: float = 1.0,
                  log=print, **options) -> str:
-  """The dataset directory of `config` built from `manual_dir`, built first
-  unless a build of the same fingerprint exists.
+  """The dataset directory of `dataset`'s `config` built from `manual_dir`, built
+  first unless a build of the same fingerprint exists.
 
   A build of another fingerprint (source, sheet, synthetic settings, code) is
-  never returned: the new one goes to its own folder, DATA_DIR/SOURCES/KEY/.
+  never returned: the new one goes to its own folder, DATA_DIR/sources_dir(dataset)/KEY/.
   When `manual_dir` is absent and `synthetic` is off, the newest build made
   from that same path by this code is returned (a cluster may
-  hold the built data but not the frames). Raises casme2.Casme2Error (with the
+  hold the built data but not the frames). Raises sheets.DatasetError (with the
   download instructions) when there is neither, or when the disk fills.
   """
   check_config_name(config)
+  if dataset not in DATASETS:
+    raise UserError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
   root = pathlib.Path(data_dir or default_data_dir())
   if synthetic:
-    ensure_manual_dir(manual_dir, synthetic=True, videos=synthetic_videos,
+    ensure_manual_dir(manual_dir, dataset=dataset, synthetic=True, videos=synthetic_videos,
                       subjects=synthetic_subjects, intensity=synthetic_intensity, log=log)
-  found = find_build(config, manual_dir, root, log=log, **options)
+  found = find_build(config, manual_dir, root, dataset=dataset, log=log, **options)
   if found is not None:
     return str(found)
-  d = ensure_manual_dir(manual_dir)  # raises with the download instructions when absent
-  want = builder(config, str(root), **options).source_fingerprint(d)
-  target = str(root / SOURCES / fingerprint.key(want))
-  b = builder(config, target, **options)
+  # raises with the download instructions when absent
+  d = ensure_manual_dir(manual_dir, dataset=dataset)
+  want = builder(config, str(root), dataset, **options).source_fingerprint(d)
+  target = str(root / sources_dir(dataset) / fingerprint.key(want))
+  b = builder(config, target, dataset, **options)
   config_dir = pathlib.Path(b.data_path).parent
-  # Only ensure_built builds under SOURCES, always under this lock: a folder
+  # Only ensure_built builds under sources_dir, always under this lock: a folder
   # `incomplete.*` found while holding it is a killed build's, never a live one's.
   with exclusive(config_dir.parent / f".{config}.lock"):
-    b = builder(config, target, **options)  # re-read: another process may have built it
+    b = builder(config, target, dataset, **options)  # re-read: another may have built it
     if is_built(b):
       return str(b.data_dir)
     for stale in sorted(config_dir.glob("incomplete.*")):
       log(f"Removing {stale}, left by a build that was stopped")
       shutil.rmtree(stale)
     import tensorflow_datasets as tfds
-    log(f"Building CASME II {config} from {d} into {b.data_dir} (once): "
-        f"{why_new(config, root, want)} ...")
+    log(f"Building {dataset} {config} from {d} into {b.data_dir} (once): "
+        f"{why_new(config, root, want, dataset)} ...")
     start = time.perf_counter()
     try:
       b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(d)))
     except (OSError, RuntimeError) as e:
       if disk_full(e) is None:
         raise
-      raise casme2.Casme2Error(disk_full_message(e, config, d, root, options.get("sheet"))) \
-          from e
+      raise sheets.DatasetError(disk_full_message(e, config, d, root, options.get("sheet"),
+                                                  dataset)) from e
     q = read_quality(b.data_dir)
     log(f"  built in {time.perf_counter() - start:.0f} s: {quality_line(q)}")
   return str(b.data_dir)
 
 
 def find_build(config: str, manual_dir: str, data_dir: str | pathlib.Path | None = None, *,
-               log=print, **options) -> pathlib.Path | None:
-  """The build of `config` whose fingerprint is that of `manual_dir` now (with
-  this code and `options`' sheet), or None. Without a CASME II at `manual_dir`,
+               dataset: str = "casme2", log=print, **options) -> pathlib.Path | None:
+  """The build of `dataset`'s `config` whose fingerprint is that of `manual_dir` now
+  (with this code and `options`' sheet), or None. Without a copy at `manual_dir`,
   the newest build from that path by this code (said in `log`)."""
   root = pathlib.Path(data_dir or default_data_dir())
   src = pathlib.Path(manual_dir).expanduser()
-  if not _has_casme2(src):
-    d = build_of_absent_source(config, src, root)
+  if not has_source(dataset, src):
+    d = build_of_absent_source(config, src, root, dataset)
     if d is not None:
       log(f"{src} is not there to check its coding sheet; using the {config} built from it "
           f"at {d} ({fingerprint.describe(fingerprint.read(d))})")
     return d
-  want = builder(config, str(root), **options).source_fingerprint(src)
-  same = [b for b in built_dirs(root, config) if same_fingerprint(fingerprint.read(b), want)]
+  want = builder(config, str(root), dataset, **options).source_fingerprint(src)
+  same = [b for b in built_dirs(root, config, dataset)
+          if same_fingerprint(fingerprint.read(b), want)]
   return same[-1] if same else None
 
 
-def built_dirs(data_dir: str | pathlib.Path | None = None, config: str = "*") -> list[pathlib.Path]:
-  """Every complete build of `config` (a glob) under `data_dir`: ensure_built's
-  (SOURCES/KEY/casme2/CONFIG/VERSION) and TFDS's own (casme2/CONFIG/VERSION),
+def built_dirs(data_dir: str | pathlib.Path | None = None, config: str = "*",
+               dataset: str = "*") -> list[pathlib.Path]:
+  """Every complete build of `dataset`'s `config` (globs) under `data_dir`: ensure_built's
+  (DATASET_by_source/KEY/DATASET/CONFIG/VERSION) and TFDS's own (DATASET/CONFIG/VERSION),
   oldest first."""
   root = pathlib.Path(data_dir or default_data_dir())
-  infos = [p for pattern in (f"casme2/{config}/*/dataset_info.json",
-                             f"{SOURCES}/*/casme2/{config}/*/dataset_info.json")
+  names = DATASETS if dataset == "*" else (dataset,)
+  infos = [p for name in names
+           for pattern in (f"{name}/{config}/*/dataset_info.json",
+                           f"{sources_dir(name)}/*/{name}/{config}/*/dataset_info.json")
            for p in root.glob(pattern) if not p.parent.name.startswith("incomplete.")]
   return [p.parent for p in sorted(infos, key=lambda p: p.stat().st_mtime)]
 
@@ -198,17 +223,18 @@ def same_fingerprint(a: dict | None, b: dict) -> bool:
   return a is not None and all(a.get(f) == b.get(f) for f in fingerprint.FIELDS)
 
 
-def build_of_absent_source(config: str, src: pathlib.Path, root: pathlib.Path):
-  """The newest build from the path `src` by this code, or None."""
-  found = [d for d in built_dirs(root, config)
+def build_of_absent_source(config: str, src: pathlib.Path, root: pathlib.Path,
+                           dataset: str = "casme2"):
+  """The newest build of `dataset` from the path `src` by this code, or None."""
+  found = [d for d in built_dirs(root, config, dataset)
            if (fp := fingerprint.read(d)) and fp["source"] == str(src.resolve())
            and fp["code"] == fingerprint.code_version()]
   return found[-1] if found else None
 
 
-def why_new(config: str, root: pathlib.Path, want: dict) -> str:
+def why_new(config: str, root: pathlib.Path, want: dict, dataset: str = "casme2") -> str:
   """Why a build is made: none yet, or how the newest build of `config` differs."""
-  others = built_dirs(root, config)
+  others = built_dirs(root, config, dataset)
   if not others:
     return "no earlier build of it here"
   old = fingerprint.read(others[-1])
@@ -220,12 +246,12 @@ def why_new(config: str, root: pathlib.Path, want: dict) -> str:
 
 
 def disk_full_message(e: BaseException, config: str, manual_dir: pathlib.Path,
-                      root: pathlib.Path, sheet=None) -> str:
+                      root: pathlib.Path, sheet=None, dataset: str = "casme2") -> str:
   """One line: where the disk filled, about how much to free (the build's frames
   x their uncompressed bytes, an upper bound: PNG compresses)."""
-  from mer_jax.data import dataset_configs, preprocess
+  from mer_jax.data import dataset_configs, preprocess, tfds_builder
   method, phase = dataset_configs.parse_config_name(config)
-  videos = casme2.load_casme2(manual_dir, sheet).videos
+  videos = tfds_builder.read_source(dataset, manual_dir, sheet).videos
   frames = sum(len(preprocess.phase_frames(v, phase.value, method.value)) for v in videos)
   need = frames * math.prod(method.image_shape)
   where = root
@@ -279,24 +305,29 @@ def quality_line(q: dict) -> str:
 
 
 def colour(q: dict) -> str:
-  """What a built config's images hold: 'RGB', 'gray' or M3's 'flow (u, v, magnitude)'."""
+  """What a built config's images hold: 'RGB', 'gray' or M3's 'flow (u, v, magnitude)';
+  three channels of a gray source (SAMM's M1) say 'gray (3 channels: the source has no
+  colour)'."""
   if q.get("method") == "m3":
     return "flow (u, v, magnitude)"
-  return "RGB" if q["image_shape"][-1] == 3 else "gray"
+  if q["image_shape"][-1] == 1:
+    return "gray"
+  return ("gray (3 channels: the source has no colour)" if q.get("source_colour") == "gray"
+          else "RGB")
 
 
 def quality_table(qs: list[dict]) -> str:
   """The paper's Table I (dataset and methodology) for built configs, in markdown."""
-  rows = ["| config | resolution | colour | face-centring rate | information density "
+  rows = ["| dataset | config | resolution | colour | face-centring rate | information density "
           "| train / val / test images | borrowed | fallback videos | landmark fallbacks |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|"]
   for q in qs:
     h, w, c = q["image_shape"]
     sp = q["splits"]
     landmark = (str(len(q.get("landmark_fallback_videos", [])))
                 if q.get("method") in ("m2a", "m3") else "—")
     rows.append(
-        f"| {q['config']} | {h}x{w} | {colour(q)} | "
+        f"| {q.get('dataset', 'casme2')} | {q['config']} | {h}x{w} | {colour(q)} | "
         f"{q['face_centring_rate']:.3f} | {q['information_density']:,} | "
         f"{' / '.join(str(sp.get(s, {}).get('frames', 0)) for s in ('train', 'validation', 'test'))}"
         f" | {len(q['borrowed'])} | {len(q['fallback_videos'])} | {landmark} |")
@@ -308,7 +339,10 @@ def main(argv=None) -> int:
   p.add_argument("--configs", default="all",
                  help="'all' (the twelve configs of m1, m2, m2a, m3) or a comma list of "
                       f"{', '.join(CONFIG_NAMES)}")
-  p.add_argument("--manual_dir", default="~/casme2", help="CASME II as distributed")
+  p.add_argument("--dataset", default="casme2", choices=DATASETS,
+                 help="the dataset to build (the MEGC 2019 composite reads the casme2, samm "
+                      "and smic_hs builds: build each)")
+  p.add_argument("--manual_dir", default="~/casme2", help="the dataset as distributed")
   p.add_argument("--data_dir", default="", help="TFDS data dir (default ~/tensorflow_datasets)")
   p.add_argument("--synthetic", action="store_true",
                  help="write a synthetic CASME II into manual_dir if it holds none")
@@ -332,7 +366,7 @@ def main(argv=None) -> int:
   if args.quality:
     qs = []
     for n in names:
-      d = find_build(n, args.manual_dir, data_dir, log=lambda *a: None)
+      d = find_build(n, args.manual_dir, data_dir, dataset=args.dataset, log=lambda *a: None)
       if d is not None:
         qs.append(read_quality(d))
       else:
@@ -340,7 +374,7 @@ def main(argv=None) -> int:
     print(quality_table(qs))
     return 0 if qs else 1
   for n in names:
-    ensure_built(n, args.manual_dir, data_dir, synthetic=args.synthetic,
+    ensure_built(n, args.manual_dir, data_dir, dataset=args.dataset, synthetic=args.synthetic,
                  synthetic_videos=args.videos, synthetic_subjects=args.subjects,
                  workers=args.workers or None, detection_cache=args.detection_cache,
                  skip_unreadable=args.skip_unreadable)

@@ -1,9 +1,11 @@
-"""What a CASME II build was made from, so that a build is never handed out for another source.
+"""What a build was made from, so that a build is never handed out for another source.
 
 A build's fingerprint (fingerprint.json in its dataset directory, beside
 quality.json) holds:
-  source     the CASME II directory, absolute with symlinks resolved;
-  sheet      the coding sheet's file name and the sha256 of its bytes;
+  dataset    the dataset read (casme2, samm, smic_hs, casme3);
+  source     the dataset's directory, absolute with symlinks resolved;
+  sheet      the coding sheet's file name and the sha256 of its bytes (None for
+             SMIC-HS, whose labels are its folders);
   synthetic  the parameters of a synthetic set (its SYNTHETIC_FILE, which
              mer_jax.data.synthetic writes into the tree), or None for real data;
   code       `code_version()`: a hash of the source text of the modules that
@@ -25,10 +27,10 @@ import pathlib
 
 FILE = "fingerprint.json"
 SYNTHETIC_FILE = "synthetic.json"
-FIELDS = ("source", "sheet", "synthetic", "code", "version")
+FIELDS = ("dataset", "source", "sheet", "synthetic", "code", "version")
 # mer_jax.data modules whose code decides a build's examples.
-CODE_MODULES = ("casme2", "sheets", "videos", "labels", "dataset_configs", "splits", "phases",
-                "faces", "align", "flow", "pixels", "preprocess", "runner", "tfds_casme2")
+CODE_MODULES = ("casme2", "samm", "smic_hs", "casme3", "sheets", "videos", "labels", "dataset_configs", "splits", "phases",
+                "faces", "align", "flow", "pixels", "preprocess", "runner", "tfds_builder")
 HERE = pathlib.Path(__file__).parent
 
 
@@ -41,14 +43,16 @@ def code_version(modules: tuple[str, ...] = CODE_MODULES) -> str:
   return h.hexdigest()[:12]
 
 
-def of_source(source: str | pathlib.Path, sheet: str | pathlib.Path, version: str) -> dict:
-  """The fingerprint of a build from the CASME II tree `source` read with the coding
-  sheet `sheet`, by this checkout's code."""
+def of_source(source: str | pathlib.Path, sheet: str | pathlib.Path | None, version: str, *,
+              dataset: str = "casme2") -> dict:
+  """The fingerprint of a build of `dataset` from the tree `source` read with the coding
+  sheet `sheet` (None: a dataset without one), by this checkout's code."""
   source = pathlib.Path(source).expanduser().resolve()
-  sheet = pathlib.Path(sheet).expanduser()
   syn = source / SYNTHETIC_FILE
-  return {"source": str(source),
-          "sheet": {"name": sheet.name, "sha256": hashlib.sha256(sheet.read_bytes()).hexdigest()},
+  if sheet is not None:
+    sheet = pathlib.Path(sheet).expanduser()
+    sheet = {"name": sheet.name, "sha256": hashlib.sha256(sheet.read_bytes()).hexdigest()}
+  return {"dataset": dataset, "source": str(source), "sheet": sheet,
           "synthetic": json.loads(syn.read_text()) if syn.exists() else None,
           "code": code_version(), "version": str(version)}
 
@@ -84,7 +88,7 @@ def show(field: str, fp: dict) -> str:
 
 def describe(fp: dict) -> str:
   """One line: source, sheet, synthetic settings, code and TFDS version."""
-  return (f"source {show('source', fp)}, sheet {show('sheet', fp)}, synthetic "
+  return (f"dataset {fp.get('dataset', 'casme2')}, source {show('source', fp)}, sheet {show('sheet', fp)}, synthetic "
           f"{show('synthetic', fp)}, code {fp['code']}, version {fp['version']}")
 
 

@@ -6,7 +6,7 @@ fractions of the number of videos, rounded: 28/255 test and 26/255
 validation, the rest train (exactly 201/26/28 for CASME II's 255). Test is
 allocated first, then validation. Each split's size is shared among the
 emotions by largest remainder of its proportional quota, count * size / n
-(ties by EMOTIONS order), never taking a class's last training video, so
+(ties by class order: EMOTIONS for CASME II's labels, else the labels sorted), never taking a class's last training video, so
 every class with at least two videos keeps one in train. Inside a class, the
 videos sorted by id are shuffled and the split takes them in that order.
 
@@ -34,6 +34,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mer_jax.data import labels
 from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.videos import Video
 from mer_jax.plumbing.errors import UserError
@@ -42,6 +43,10 @@ SPLITS = ("train", "validation", "test")
 PAPER_SIZES = (201, 26, 28)  # of 255 videos
 PAPER_SEED = 0
 SPLIT_KINDS = ("video", "subject")  # data.split: paper_split | subject_split
+# A video's label is its dataset's native one, or (the records a run's examples give,
+# input_pipeline) a grouping scheme's class.
+GROUPED_CLASSES = frozenset(c for s in labels.SCHEMES.values() if s.name not in labels.NATIVE
+                            for c in s.classes)
 
 
 class SplitError(UserError, ValueError):
@@ -63,6 +68,14 @@ def shuffled(ids: Sequence[str], key: Sequence[int]) -> list[str]:
   return out
 
 
+def class_order(videos: Sequence[Video]) -> tuple[str, ...]:
+  """The classes of `videos` in the order splits break ties and draw keys by: CASME II's
+  EMOTIONS when every label is one of them (so its splits stay as they were), else the
+  labels present, sorted (another dataset's native labels, or a scheme's classes)."""
+  present = {v.emotion for v in videos}
+  return EMOTIONS if present <= set(EMOTIONS) else tuple(sorted(present))
+
+
 def _quota(counts: Mapping[str, int], total: int, cap: Mapping[str, int]) -> dict[str, int]:
   """Shares `total` among classes in proportion to `counts` (largest remainder), within `cap`."""
   n = sum(counts.values())
@@ -72,7 +85,8 @@ def _quota(counts: Mapping[str, int], total: int, cap: Mapping[str, int]) -> dic
   floor = {e: counts[e] * total // n for e in counts}
   rem = {e: counts[e] * total % n for e in counts}
   take = {e: min(floor[e], cap[e]) for e in counts}
-  order = sorted(counts, key=lambda e: (-rem[e], EMOTIONS.index(e)))
+  rank = {e: k for k, e in enumerate(counts)}  # counts are in class_order
+  order = sorted(counts, key=lambda e: (-rem[e], rank[e]))
   while sum(take.values()) < total:
     grew = False
     for e in order:
@@ -87,12 +101,12 @@ def _quota(counts: Mapping[str, int], total: int, cap: Mapping[str, int]) -> dic
 
 
 def _by_class(videos: Sequence[Video]) -> dict[str, list[str]]:
-  out = {e: [] for e in EMOTIONS}
+  out = {e: [] for e in class_order(videos)}
   seen = set()
   for v in videos:
-    if v.emotion not in out:
-      raise ValueError(f"{v.video_id}: emotion {v.emotion!r} is not one of {EMOTIONS}; "
-                       "load videos with mer_jax.data.casme2.load_casme2.")
+    if v.emotion not in labels.NATIVE.get(v.dataset, ()) and v.emotion not in GROUPED_CLASSES:
+      raise ValueError(f"{v.video_id}: emotion {v.emotion!r} is not one of {v.dataset}'s "
+                       f"{labels.NATIVE.get(v.dataset)}; load videos with mer_jax.data.load.")
     if v.video_id in seen:
       raise ValueError(f"video {v.video_id} appears twice; a split needs unique video ids.")
     seen.add(v.video_id)
@@ -106,15 +120,15 @@ def _stratified(videos: Sequence[Video], sizes: Mapping[str, int],
   groups = _by_class(videos)
   counts = {e: len(ids) for e, ids in groups.items()}
   cap = {e: c - 1 if c >= 2 else 0 for e, c in counts.items()}  # keep one for train
-  in_order = {e: shuffled(groups[e], (*key, k)) for k, e in enumerate(EMOTIONS)}
+  in_order = {e: shuffled(groups[e], (*key, k)) for k, e in enumerate(groups)}
   out = {name: [] for name in (*sizes, "train")}
-  used = {e: 0 for e in EMOTIONS}
+  used = {e: 0 for e in groups}
   for name, size in sizes.items():
-    take = _quota(counts, size, {e: cap[e] - used[e] for e in EMOTIONS})
-    for e in EMOTIONS:
+    take = _quota(counts, size, {e: cap[e] - used[e] for e in groups})
+    for e in groups:
       out[name] += in_order[e][used[e]:used[e] + take[e]]
       used[e] += take[e]
-  for e in EMOTIONS:
+  for e in groups:
     out["train"] += in_order[e][used[e]:]
   return {name: tuple(sorted(ids)) for name, ids in out.items()}
 
@@ -191,18 +205,18 @@ def _subject_holdout(videos: Sequence[Video], sizes: Mapping[str, int],
                      key: Sequence[int]) -> dict[str, tuple[str, ...]]:
   """Whole subjects into the named held-out sets (chosen in order), the rest to train."""
   groups = _by_class(videos)
-  subject_of = {v.video_id: v.subject for v in videos}
+  subject_of = {v.video_id: v.subject_id for v in videos}  # unique across datasets
   subjects = sorted(set(subject_of.values()))
   if len(subjects) <= len(sizes):
     raise SplitError(f"holding out subjects for {' and '.join(sizes)} needs at least "
                      f"{len(sizes) + 1} subjects (one for train), got {len(subjects)}: "
                      f"{', '.join(subjects)}.")
-  counts = {s: [0] * len(EMOTIONS) for s in subjects}
+  counts = {s: [0] * len(groups) for s in subjects}
   for e, ids in enumerate(groups.values()):
     for i in ids:
       counts[subject_of[i]][e] += 1
   total = [len(ids) for ids in groups.values()]
-  keep = [sum(1 for s in subjects if counts[s][e]) >= 2 for e in range(len(EMOTIONS))]
+  keep = [sum(1 for s in subjects if counts[s][e]) >= 2 for e in range(len(groups))]
   free, held = shuffled(subjects, key), {}
   for j, (name, size) in enumerate(sizes.items()):
     held[name] = _choose_subjects(free, counts, total, size, keep, len(sizes) - j)
@@ -293,26 +307,36 @@ def loso_folds(videos: Sequence[Video], val_fraction: float = 0.1,
   if not 0 <= val_fraction < 1:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
   _by_class(videos)  # validates labels and ids once
-  subjects = sorted({v.subject for v in videos})
+  subjects = sorted({v.subject_id for v in videos})  # dataset-prefixed in a composite
   if len(subjects) < 2:
     raise SplitError(f"LOSO needs at least two subjects, got {subjects}; use paper_split.")
   folds = []
   for k, s in enumerate(subjects):
-    rest = [v for v in videos if v.subject != s]
+    rest = [v for v in videos if v.subject_id != s]
     n_val = (2 * len(rest) * val_fraction + 1) // 2  # round half up
     out = (_subject_holdout(rest, {"validation": max(1, int(n_val))}, (seed, k + 1))
            if val_fraction > 0 else {"train": tuple(sorted(v.video_id for v in rest)),
                                      "validation": ()})
     folds.append(Fold(subject=s, train=out["train"], validation=out["validation"],
-                      test=tuple(sorted(v.video_id for v in videos if v.subject == s))))
+                      test=tuple(sorted(v.video_id for v in videos if v.subject_id == s))))
   return folds
 
 
+def validation_split(videos: Sequence[Video], val_fraction: float = 0.1,
+                     seed: int = PAPER_SEED) -> dict[str, tuple[str, ...]]:
+  """{"train", "validation"} -> sorted ids: whole subjects of `videos` (a cross-dataset
+  run's training datasets) held out for validation, about round(val_fraction * n) videos
+  stratified as loso_folds chooses a fold's (key (seed, 0)); needs two subjects."""
+  n_val = max(1, int((2 * len(videos) * val_fraction + 1) // 2))
+  out = _subject_holdout(videos, {"validation": n_val}, (seed, 0))
+  return {"train": out["train"], "validation": out["validation"]}
+
+
 def class_counts(ids: Iterable[str], videos: Sequence[Video]) -> dict[str, int]:
-  """Videos per emotion (in EMOTIONS order) among `ids`: for reports and checks."""
+  """Videos per emotion (in class_order) among `ids`: for reports and checks."""
   label = {v.video_id: v.emotion for v in videos}
   got = collections.Counter(label[i] for i in ids)
-  return {e: got[e] for e in EMOTIONS}
+  return {e: got[e] for e in class_order(videos)}
 
 
 def check_train_fraction(fraction) -> None:

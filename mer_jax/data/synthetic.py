@@ -564,6 +564,11 @@ def write_stand_in(dataset: str, out: str | pathlib.Path, videos: int = 12, subj
   vs = _relabel(plan(videos, subjects, seed, intensity, quirks=False), dataset, seed, length)
   {"samm": _write_samm, "smic_hs": _write_smic_hs, "casme3": _write_casme3}[dataset](
       vs, out, quirks)
+  # What made this tree, for a build's fingerprint (as write_synthetic_casme2 writes it).
+  (out / fingerprint.SYNTHETIC_FILE).write_text(json.dumps({
+      "generator": "mer_jax.data.synthetic", "dataset": dataset, "videos": videos,
+      "subjects": subjects, "seed": seed, "intensity": intensity, "quirks": quirks,
+      "length": length, "code": fingerprint.code_version(("synthetic",))}))
   return out
 
 

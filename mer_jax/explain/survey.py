@@ -23,12 +23,11 @@ import time
 import jax
 import numpy as np
 
-from mer_jax.run import experiment, input_pipeline, steps
-from mer_jax.data import casme2, preprocess
-from mer_jax.data.labels import EMOTIONS
-from mer_jax.plumbing.errors import UsageError
+from mer_jax.data import preprocess
 from mer_jax.explain import methods, where
 from mer_jax.models import family
+from mer_jax.plumbing.errors import UsageError
+from mer_jax.run import experiment, input_pipeline, sources, steps
 
 MODEL_METHODS = {"vit": "attention_rollout", "swin": "grad_cam", "poolformer": "grad_cam"}
 ALL_METHODS = methods.METHODS + ("attention_rollout", "grad_cam")
@@ -65,14 +64,17 @@ def select_videos(data: input_pipeline.SplitData, max_videos: int | None):
   return data.take(np.isin(data.video_ids, vids))
 
 
-def frame_geometry(source: str, data: input_pipeline.SplitData, method: str, say=print):
+def frame_geometry(source: str, dataset: str, data: input_pipeline.SplitData, method: str,
+                   say=print):
   """(boxes (N, 4), landmarks (N, 68, 2)) of the frames, nan where unknown; None if
-  the CASME II frames are not on this machine."""
+  the dataset's frames are not on this machine (or the run read several builds)."""
+  from mer_jax.data import load_videos
   from mer_jax.explain.geometry import video_geometry
   if not source or not pathlib.Path(source).is_dir():
-    say(f"no CASME II frames at {source}: no face boxes, so no face or region mass")
+    say(f"no {dataset or 'dataset'} frames at {source}: no face boxes, so no face or "
+        "region mass")
     return None
-  videos = {v.video_id: v for v in casme2.load_casme2(source).videos}
+  videos = {v.video_id: v for v in load_videos(dataset, source)}
   boxes = np.full((len(data), 4), np.nan)
   marks = np.full((len(data), 68, 2), np.nan)
   from mer_jax.data import faces
@@ -88,7 +90,7 @@ def frame_geometry(source: str, data: input_pipeline.SplitData, method: str, say
   return boxes, marks
 
 
-def _summary(values, chance, labels) -> dict:
+def _summary(values, chance, labels, classes) -> dict:
   def one(sel):
     v, c = values[sel], chance[sel]
     ok = np.isfinite(v)
@@ -96,7 +98,7 @@ def _summary(values, chance, labels) -> dict:
             "chance": float(np.mean(c[ok])) if ok.any() else None, "frames": int(ok.sum())}
   out = {"all": one(np.ones(len(values), bool)), "per_class": {}}
   for k in np.unique(labels):
-    out["per_class"][EMOTIONS[int(k)]] = one(labels == k)
+    out["per_class"][classes[int(k)]] = one(labels == k)
   return out
 
 
@@ -141,10 +143,12 @@ def explain_run(workdir, *, split: str = "test", method_names=None,
   params = jax.device_get(restored.state["params"])
   data = select_videos(setup.data[split], max_videos)
   img_size = config.model.img_size
+  classes = sources.classes(config.data)
   say(f"explaining {data.num_videos} {split} videos ({len(data)} frames) of {workdir} "
       f"({restored.kind} checkpoint, step {restored.step}): {', '.join(names)}")
   start = time.perf_counter()
-  geometry = frame_geometry(setup.dataset.get("source"), data, config.data.method, say)
+  geometry = frame_geometry(setup.dataset.get("source"), setup.dataset.get("dataset", "casme2"),
+                            data, config.data.method, say)
   geometry_seconds = time.perf_counter() - start
   predict_step = jax.jit(steps.make_predict_step(setup.model, img_size))
   bs = config.eval_batch_size
@@ -179,8 +183,9 @@ def explain_run(workdir, *, split: str = "test", method_names=None,
       share, chance = where.face_mass(np.nan_to_num(maps), np.nan_to_num(geometry[0]))
       share[~np.isfinite(geometry[0]).all(1)] = np.nan
       regions = where.region_mass(maps, geometry[1])
-      entry["face_mass"] = _summary(share, chance, data.labels)
-      entry["region_mass"] = {k: _summary(m, c, data.labels) for k, (m, c) in regions.items()}
+      entry["face_mass"] = _summary(share, chance, data.labels, classes)
+      entry["region_mass"] = {k: _summary(m, c, data.labels, classes)
+                              for k, (m, c) in regions.items()}
       chance = np.where(np.isfinite(share), chance, np.nan)
       entry["per_video"] = {"face_mass": per_video(share, data.video_ids),
                             "face_chance": per_video(chance, data.video_ids)}
@@ -201,12 +206,13 @@ def explain_run(workdir, *, split: str = "test", method_names=None,
   result["seconds"] = round(time.perf_counter() - start, 2)
   np.savez_compressed(out_dir / "maps.npz", **arrays)
   (out_dir / "explain.json").write_text(json.dumps(result, indent=1))
-  figure(out_dir / "explain.png", data, arrays, names, figure_videos)
+  figure(out_dir / "explain.png", data, arrays, names, figure_videos, classes)
   say(f"wrote {out_dir / 'explain.json'}, maps.npz, explain.png")
   return result
 
 
-def figure(path: pathlib.Path, data, arrays: dict, names, per_class: int) -> None:
+def figure(path: pathlib.Path, data, arrays: dict, names, per_class: int,
+           classes) -> None:
   """Rows: up to `per_class` videos of each class (their middle frame); columns: the
   image (face box in green), then each method's map over it."""
   import matplotlib
@@ -236,7 +242,7 @@ def figure(path: pathlib.Path, data, arrays: dict, names, per_class: int) -> Non
         l, t, rr, b = arrays["boxes"][i]
         ax.add_patch(plt.Rectangle((l, t), rr - l, b - t, fill=False, color="lime", lw=1))
       if c == 0:
-        ax.set_ylabel(f"{EMOTIONS[int(data.labels[i])]}\n{data.video_ids[i]}",
+        ax.set_ylabel(f"{classes[int(data.labels[i])]}\n{data.video_ids[i]}",
                       fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=80)

@@ -22,27 +22,41 @@ from mer_jax.run import checkpointing
 from mer_jax.run import input_pipeline
 from mer_jax.run import report
 from mer_jax.run import sequences
+from mer_jax.run import sources
 from mer_jax.plumbing import runtime
 from mer_jax.run import steps
 from mer_jax.plumbing.errors import NotFound, UsageError
 
 
-def dataset_dir(config, log=print) -> str:
-  """The build of `config.data`'s TFDS config from its source (manual_dir), built
-  first if there is none of the same fingerprint (mer_jax.data.fingerprint);
-  logs the fingerprint in one line."""
+def dataset_dirs(config, log=print) -> dict[str, str]:
+  """dataset -> the build of `config.data`'s TFDS config from its source (sources.members:
+  one dataset, a composite's three, a cross-dataset run's), each built first if there is
+  none of the same fingerprint (mer_jax.data.fingerprint); logs each fingerprint in one
+  line. With data.synthetic, a missing source is written first (synthetic stand-ins)."""
   from mer_jax.data import build, dataset_configs, fingerprint
-  manual = str(pathlib.Path(os.path.expanduser(config.data.manual_dir)).absolute())
+  names = sources.members(config.data)
+  manual = sources.manual_dirs(config.data.manual_dir, names)
   data_dir = (str(pathlib.Path(os.path.expanduser(config.data.data_dir)).absolute())
               if config.data.data_dir else None)
   log = log if runtime.is_main_process() else (lambda *a: None)
-  d = build.ensure_built(
-      dataset_configs.config_name(config.data.method, config.data.phase), manual, data_dir,
-      synthetic=config.data.synthetic, synthetic_videos=config.data.synthetic_videos,
-      synthetic_subjects=config.data.synthetic_subjects,
-      synthetic_intensity=config.data.get("synthetic_intensity", 1.0), log=log)
-  log(f"dataset {d}: {fingerprint.describe(fingerprint.read(d))}")
-  return d
+  out = {}
+  for name in names:
+    out[name] = build.ensure_built(
+        dataset_configs.config_name(config.data.method, config.data.phase), manual[name],
+        data_dir, dataset=name, synthetic=config.data.synthetic,
+        synthetic_videos=config.data.synthetic_videos,
+        synthetic_subjects=config.data.synthetic_subjects,
+        synthetic_intensity=config.data.get("synthetic_intensity", 1.0), log=log)
+    log(f"dataset {out[name]}: {fingerprint.describe(fingerprint.read(out[name]))}")
+  return out
+
+
+def build_record(dirs: dict[str, str]) -> dict:
+  """metrics.json's `dataset`: the build's fingerprint and "dir"; several builds (a
+  composite, cross): {"builds": {dataset: that record}}."""
+  from mer_jax.data import fingerprint
+  records = {n: dict(fingerprint.read(d), dir=d) for n, d in dirs.items()}
+  return next(iter(records.values())) if len(records) == 1 else {"builds": records}
 
 
 @dataclasses.dataclass
@@ -54,23 +68,25 @@ class Setup:
   model: Any
   in_chans: int
   mesh: Any
-  dataset: dict         # the build's fingerprint and its "dir" (metrics.json's `dataset`)
+  dataset: dict         # the builds' fingerprints and dirs (build_record; metrics.json's)
 
 
 def make_setup(config, log=print) -> Setup:
   steps.check_config(config)
-  from mer_jax.data import fingerprint
-  d = dataset_dir(config, log)
-  data = input_pipeline.load_splits(d, config.data.protocol, config.data.fold,
+  dirs = dataset_dirs(config, log)
+  scheme = sources.scheme(config.data)
+  data = input_pipeline.load_splits(dirs, config.data.protocol, config.data.fold,
                                     config.data.get("split", "video"),
-                                    config.data.get("split_seed", 0))  # runs before them lack them
+                                    config.data.get("split_seed", 0),  # runs before them lack them
+                                    scheme=scheme,
+                                    test_datasets=sources.train_test(config.data)[1])
   data = input_pipeline.subsample_train(data, config.data.get("train_fraction", 1.0),
-                                        config.seed)
+                                        config.seed, scheme.classes)
   in_chans = data["train"].images.shape[-1]
   if sequences.is_temporal(config):
     data = sequences.video_splits(data)
   return Setup(config, data, steps.build_model(config, in_chans), in_chans,
-               runtime.make_mesh(), dict(fingerprint.read(d), dir=d))
+               runtime.make_mesh(), build_record(dirs))
 
 
 def jit_predict(setup: Setup):
@@ -80,7 +96,7 @@ def jit_predict(setup: Setup):
 
 
 def predict_split(setup: Setup, params, split: str, predict_fn) -> np.ndarray:
-  """Class probabilities [N, 7] of every frame of a split (all processes get all)."""
+  """Class probabilities [N, classes] of every frame of a split (all processes get all)."""
   data = setup.data[split]
   out = []
   for batch in input_pipeline.eval_batches(data, setup.config.eval_batch_size):
@@ -97,7 +113,8 @@ def evaluate_split(setup: Setup, params, split: str, predict_fn) -> dict:
         data, params, predict_fn, c.eval_batch_size, setup.mesh), c)
   return report.summarise(predict_split(setup, params, split, predict_fn), data.labels,
                           data.video_ids, data.subjects, n_resamples=c.bootstrap_resamples,
-                          level=c.ci_level, seed=c.seed, datasets=data.datasets)
+                          level=c.ci_level, seed=c.seed, datasets=data.datasets,
+                          classes=sources.classes(c.data))
 
 
 def load_run_config(workdir: str | pathlib.Path):

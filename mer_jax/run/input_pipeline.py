@@ -30,7 +30,7 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,38 +90,83 @@ def _concat(parts: Sequence[SplitData]) -> SplitData:
                      for f in dataclasses.fields(SplitData)))
 
 
-def _videos_of(data: SplitData) -> list[Video]:
-  """Minimal Video records (enough for the split functions) from the examples."""
+def _videos_of(data: SplitData, classes: Sequence[str]) -> list[Video]:
+  """Minimal Video records (enough for the split functions) from the examples: the label
+  is the class of the run's scheme (`classes`), the subject the dataset's folder name."""
   out = {}
-  for vid, subj, label in zip(data.video_ids, data.subjects, data.labels):
+  for vid, subj, label, d in zip(data.video_ids, data.subjects, data.labels, data.datasets):
     if vid not in out:
-      out[vid] = Video(dataset="casme2", subject=subj, episode=vid.split("/", 1)[1], onset=0,
-                       apex=0, offset=0, emotion=labels.EMOTIONS[int(label)], frames={})
+      out[vid] = Video(dataset=d, subject=subj.removeprefix(f"{d}/"),
+                       episode=vid.removeprefix(f"{subj}/"), onset=0, apex=0, offset=0,
+                       emotion=classes[int(label)], frames={})
   return list(out.values())
 
 
-def load_splits(dataset_dir: str, protocol: str = "paper", fold: int = -1,
-                split: str = "video", split_seed: int = splits.PAPER_SEED
+def relabel(data: SplitData, native: Sequence[str], scheme: labels.Scheme) -> SplitData:
+  """`data` (labels: indices into its dataset's `native` labels) with the scheme's class
+  indices, and without the frames of videos the scheme drops."""
+  table = {}
+  for d in np.unique(data.datasets):
+    for k, e in enumerate(native):
+      c = scheme.class_of(Video(dataset=str(d), subject="", episode="", onset=0, apex=0,
+                                offset=0, emotion=e, frames={}))
+      table[(str(d), k)] = -1 if c is None else scheme.classes.index(c)
+  new = np.array([table[(str(d), int(y))] for d, y in zip(data.datasets, data.labels)],
+                 np.int32)
+  keep = new >= 0
+  out = data.take(keep)
+  out.labels = new[keep]
+  return out
+
+
+def read_build(dataset_dir: str, scheme: labels.Scheme | None = None) -> dict[str, SplitData]:
+  """A build's three splits decoded, their labels mapped to `scheme` (None: as built)."""
+  import tensorflow_datasets as tfds
+  b = tfds.builder_from_directory(dataset_dir)
+  sources = b.as_data_source()
+  parts = {k: _decode_source(sources[k]) for k in SPLITS}
+  if scheme is None:
+    return parts
+  native = b.info.features["label"].names
+  return {k: relabel(v, native, scheme) for k, v in parts.items()}
+
+
+def load_splits(dataset_dir: str | Mapping[str, str], protocol: str = "paper", fold: int = -1,
+                split: str = "video", split_seed: int = splits.PAPER_SEED,
+                scheme: labels.Scheme | None = None, test_datasets: Sequence[str] = ()
                 ) -> dict[str, SplitData]:
-  """{"train", "validation", "test"} -> SplitData from a built dataset directory.
+  """{"train", "validation", "test"} -> SplitData from a built dataset directory, or from
+  several ({dataset: directory}: a composite's or a cross-dataset run's builds, joined),
+  labels mapped to `scheme` (None: as built; mer_jax.run.sources.scheme) and the videos it
+  drops left out.
 
   protocol "paper": `splits.holdout(videos, split, split_seed)`; the paper's
-  own ("video", 0) is the dataset's TFDS splits, read as they are, any other
-  is drawn from all the dataset's videos by id. "loso": fold `fold` (index
-  in subject order) of `splits.loso_folds`, whose train, validation and
-  test subjects are disjoint (split and split_seed stay at their defaults:
-  splits.check_split). Bad arguments raise splits.SplitError.
+  own ("video", 0) is the builds' TFDS splits, read as they are, any other
+  is drawn from all the videos by id. "loso": fold `fold` (index
+  in subject-id order; subjects are dataset-prefixed ids) of `splits.loso_folds`, whose
+  train, validation and test subjects are disjoint (split and split_seed stay at their
+  defaults: splits.check_split). "cross": test is every video of the `test_datasets`,
+  train and validation (splits.validation_split: whole subjects) the other builds'
+  videos. Bad arguments raise splits.SplitError.
   """
-  import tensorflow_datasets as tfds
-  if protocol not in ("paper", "loso"):
-    raise splits.SplitError(f"Unknown data.protocol {protocol!r}; valid: paper, loso")
+  if protocol not in ("paper", "loso", "cross"):
+    raise splits.SplitError(f"Unknown data.protocol {protocol!r}; valid: paper, loso, cross")
   splits.check_split(protocol, split, split_seed)
-  sources = tfds.builder_from_directory(dataset_dir).as_data_source()
-  parts = {k: _decode_source(sources[k]) for k in SPLITS}
+  dirs = {"": dataset_dir} if isinstance(dataset_dir, str) else dict(dataset_dir)
+  built = {name: read_build(d, scheme) for name, d in dirs.items()}
+  parts = {k: _concat([b[k] for b in built.values()]) for k in SPLITS}
   if protocol == "paper" and (split, split_seed) == ("video", splits.PAPER_SEED):
-    return parts  # the build wrote paper_split(videos, PAPER_SEED)
+    return parts  # each build wrote paper_split(videos, PAPER_SEED)
+  classes = scheme.classes if scheme is not None else labels.EMOTIONS
+  if protocol == "cross":
+    train = _concat([built[n][k] for n in built if n not in test_datasets for k in SPLITS])
+    test = _concat([built[n][k] for n in test_datasets for k in SPLITS])
+    chosen = splits.validation_split(_videos_of(train, classes))
+    return {"train": train.take(np.isin(train.video_ids, np.array(chosen["train"]))),
+            "validation": train.take(np.isin(train.video_ids, np.array(chosen["validation"]))),
+            "test": test}
   every = _concat([parts[k] for k in SPLITS])
-  videos = _videos_of(every)
+  videos = _videos_of(every, classes)
   if protocol == "paper":
     chosen = splits.holdout(videos, split, split_seed)
   else:
@@ -133,26 +178,27 @@ def load_splits(dataset_dir: str, protocol: str = "paper", fold: int = -1,
   return {k: every.take(np.isin(every.video_ids, np.array(chosen[k]))) for k in SPLITS}
 
 
-def subsample_train(data: dict[str, SplitData], fraction: float, seed: int
-                    ) -> dict[str, SplitData]:
+def subsample_train(data: dict[str, SplitData], fraction: float, seed: int,
+                    classes: Sequence[str] = labels.EMOTIONS) -> dict[str, SplitData]:
   """`data` with its training split cut to `splits.train_subsample` (data.train_fraction,
-  drawn by the run's `seed`); validation and test as they were."""
+  drawn by the run's `seed`; `classes` name its labels); validation and test as they were."""
   if fraction == 1:
     return data
   train = data["train"]
-  keep = splits.train_subsample(_videos_of(train), fraction, seed)
+  keep = splits.train_subsample(_videos_of(train, classes), fraction, seed)
   return dict(data, train=train.take(np.isin(train.video_ids, np.array(keep))))
 
 
-def loso_subjects(dataset_dir: str) -> list[str]:
-  """The held-out subject of each LOSO fold, in fold order (without decoding images)."""
-  import tensorflow_datasets as tfds
-  sources = tfds.builder_from_directory(dataset_dir).as_data_source()
-  subjects = set()
-  for k in SPLITS:
-    src = sources[k]
-    subjects |= {src[i]["subject"].decode() for i in range(len(src))}
-  return sorted(subjects)
+def loso_subjects(dataset_dir: str | Mapping[str, str],
+                  scheme: labels.Scheme | None = None) -> list[str]:
+  """The held-out subject of each LOSO fold, in fold order: the subject ids (dataset-
+  prefixed but CASME II's) of the build(s) with a video `scheme` keeps."""
+  dirs = [dataset_dir] if isinstance(dataset_dir, str) else list(dataset_dir.values())
+  out = set()
+  for d in dirs:
+    for part in read_build(d, scheme).values():
+      out |= set(part.subjects.tolist())
+  return sorted(out)
 
 
 # --- feeding -----------------------------------------------------------------

@@ -25,13 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.data import labels
 from mer_jax.data.preprocess import Method
 from mer_jax.models import temporal
 from mer_jax.plumbing import runtime
 from mer_jax.plumbing.errors import UserError
 from mer_jax.plumbing.progress import StepProgress
-from mer_jax.run import checkpointing, experiment, input_pipeline, report, sequences, steps
+from mer_jax.run import (checkpointing, experiment, input_pipeline, report, sequences, sources,
+                         steps)
 from mer_jax.run.workdir import hold
 
 
@@ -137,7 +137,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   spe = input_pipeline.steps_per_epoch(max(len(train), global_batch), global_batch)
   tx = steps.make_optimizer(c, spe)
   schedule = steps.make_schedule(c, spe)
-  loss_fn = steps.make_loss_fn(c, np.bincount(train.labels, minlength=len(labels.EMOTIONS)))
+  loss_fn = steps.make_loss_fn(c, np.bincount(train.labels,
+                                              minlength=len(sources.classes(c.data))))
   if is_main:
     _write_json(workdir / "config.json", c.to_dict())
 

@@ -110,15 +110,23 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.init.cache_dir = ""                 # converted params; default ~/.cache/mer_jax/converted
 
   c.data = ml_collections.ConfigDict()
+  c.data.dataset = "casme2"              # casme2 | samm | smic_hs | casme3 | megc2019 (the
+                                        # composite; mer_jax.run.sources)
+  c.data.labels = ""                    # a label scheme (mer_jax.data.labels.SCHEMES); "" =
+                                        # the dataset's native one (megc2019, cross: megc3)
+  c.data.train_datasets = ""            # protocol=cross: comma list (megc2019 = its three)
+  c.data.test_dataset = ""              # protocol=cross: the dataset tested on
   c.data.method = method
   c.data.phase = phase
-  c.data.manual_dir = "~/casme2"        # CASME II as distributed (see README)
+  c.data.manual_dir = "~/casme2"        # the dataset as distributed (see README); several
+                                        # datasets: a folder of casme2/, samm/, smic_hs/...
+                                        # or casme2=DIR1,samm=DIR2,smic_hs=DIR3
   c.data.data_dir = ""                  # TFDS data dir; default ~/tensorflow_datasets
-  c.data.synthetic = False              # write a synthetic CASME II into manual_dir if it is missing
+  c.data.synthetic = False              # write synthetic stand-ins where a source is missing
   c.data.synthetic_videos = 255
   c.data.synthetic_subjects = 26
   c.data.synthetic_intensity = 1.0      # motion amplitude of the synthetic clips (1 = ~9 px)
-  c.data.protocol = "paper"             # "paper" (201/26/28 holdout) or "loso"
+  c.data.protocol = "paper"             # "paper" (201/26/28 holdout), "loso" or "cross"
   c.data.fold = -1                      # LOSO: index of the held-out subject
   c.data.split = "video"                # paper: "video" (the paper's, subject-dependent) or
                                         # "subject" (test/validation subjects never in train)

@@ -19,7 +19,6 @@ from mer_jax import metrics
 from mer_jax.data.labels import EMOTIONS
 from mer_jax.models import temporal
 
-NUM_CLASSES = len(EMOTIONS)
 # The source dataset of examples that do not name one (a CASME II build's).
 DEFAULT_DATASET = "casme2"
 PREDICTION_FIELDS = ("video_id", "subject", "dataset", "label", "pred")
@@ -31,7 +30,8 @@ EPOCH_FILE = "test_epoch{epoch:04d}.csv"
 
 def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[str],
               subjects: Sequence[str], *, n_resamples: int = 1000, level: float = 0.95,
-              seed: int = 0, datasets: Sequence[str] | None = None) -> dict:
+              seed: int = 0, datasets: Sequence[str] | None = None,
+              classes: Sequence[str] = EMOTIONS) -> dict:
   """Video- and frame-level metrics of one split (per-frame labels, video ids, subjects).
 
   A video's label and subject are its frames'; its prediction is the frames'
@@ -40,8 +40,10 @@ def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[s
   split stays in every resample). Each prediction row carries the subject and
   the source dataset (`datasets`, per frame; default casme2), so a study can
   cluster a pooled interval by subject, and report per dataset, from the run's
-  own files.
+  own files. `classes`: the names of the labels' indices (the run's label scheme;
+  mer_jax.run.sources), recorded in the result and every file written from it.
   """
+  k = len(classes)
   frame_probs = np.asarray(frame_probs, np.float64)
   labels = np.asarray(labels, np.int64)
   video_ids = np.asarray(video_ids)
@@ -51,17 +53,18 @@ def summarise(frame_probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[s
   first = {v: i for i, v in reversed(list(enumerate(video_ids)))}
   rows = np.array([first[v] for v in vids], np.int64)
   vtrue, vsubj, vdata = labels[rows], subjects[rows], datasets[rows]
-  video = metrics.classification_report(vtrue, vpred, NUM_CLASSES)
+  video = metrics.classification_report(vtrue, vpred, k)
   video["macro_f1_ci"] = list(metrics.bootstrap_ci(
-      vtrue, vpred, NUM_CLASSES, n_resamples=n_resamples, level=level, seed=seed))
-  frame = metrics.classification_report(labels, frame_probs.argmax(-1), NUM_CLASSES)
+      vtrue, vpred, k, n_resamples=n_resamples, level=level, seed=seed))
+  frame = metrics.classification_report(labels, frame_probs.argmax(-1), k)
   return {
+      "classes": list(classes),
       "video": jsonable(video),
       "frame": jsonable(frame),
       "num_videos": int(len(vids)),
       "num_frames": int(len(labels)),
       "predictions": [{"video_id": str(v), "subject": str(s), "dataset": str(d),
-                       "label": EMOTIONS[t], "pred": EMOTIONS[p]}
+                       "label": classes[t], "pred": classes[p]}
                       for v, s, d, t, p in zip(vids, vsubj, vdata, vtrue, vpred)],
   }
 
@@ -82,8 +85,10 @@ def jsonable(x):
 
 def metrics_json(results: Mapping[str, dict], *, best_epoch: int | None,
                  config: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
-  """The workdir's metrics.json: per split the video-level headline figures."""
-  out = {"best_epoch": best_epoch, "config": config}
+  """The workdir's metrics.json: the head's class names (`classes`), per split the
+  video-level headline figures."""
+  out = {"best_epoch": best_epoch, "config": config,
+         "classes": next(iter(results.values()))["classes"] if results else list(EMOTIONS)}
   for split, r in results.items():
     v = r["video"]
     out[split] = {
@@ -104,6 +109,7 @@ def _fmt(x, digits=4):
 def report_markdown(results: Mapping[str, dict], *, title: str, best_epoch: int | None,
                     config: Mapping[str, Any], history: Sequence[Mapping] = ()) -> str:
   """The paper-style tables of one run."""
+  classes = next(iter(results.values()))["classes"] if results else EMOTIONS
   lines = [f"# {title}", ""]
   m = config.get("model", {}) if isinstance(config, Mapping) else {}
   d = config.get("data", {}) if isinstance(config, Mapping) else {}
@@ -127,16 +133,16 @@ def report_markdown(results: Mapping[str, dict], *, title: str, best_epoch: int 
     lines.append(f"| {split} | {r['num_frames']} | {_fmt(f['macro_f1'])} | {_fmt(f['uar'])} | "
                  f"{_fmt(f['accuracy'])} |")
   lines += ["", "## Per-class F1 (video level; — = class absent from the split)", "",
-            "| split | " + " | ".join(EMOTIONS) + " |", "|---|" + "---:|" * NUM_CLASSES]
+            "| split | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
   for split, r in results.items():
     lines.append(f"| {split} | " + " | ".join(_fmt(x, 3) for x in r["video"]["per_class_f1"])
                  + " |")
   if "test" in results:
     conf = results["test"]["video"]["confusion"]
     lines += ["", "## Test confusion matrix (rows: truth, columns: prediction)", "",
-              "| | " + " | ".join(e[:4] for e in EMOTIONS) + " |",
-              "|---|" + "---:|" * NUM_CLASSES]
-    for name, row in zip(EMOTIONS, conf):
+              "| | " + " | ".join(e[:4] for e in classes) + " |",
+              "|---|" + "---:|" * len(classes)]
+    for name, row in zip(classes, conf):
       lines.append(f"| {name} | " + " | ".join(str(int(c)) for c in row) + " |")
   if history:
     lines += ["", "## Training history", "",
@@ -149,21 +155,22 @@ def report_markdown(results: Mapping[str, dict], *, title: str, best_epoch: int 
   return "\n".join(lines) + "\n"
 
 
-def plot_confusion(confusion, path: str | pathlib.Path, title: str = "Confusion (test videos)"):
+def plot_confusion(confusion, path: str | pathlib.Path, title: str = "Confusion (test videos)",
+                   classes: Sequence[str] = EMOTIONS):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   conf = np.asarray(confusion, np.int64)
   fig, ax = plt.subplots(figsize=(5.5, 4.8), dpi=120)
   ax.imshow(conf, cmap="Blues")
-  ax.set_xticks(range(NUM_CLASSES), EMOTIONS, rotation=45, ha="right")
-  ax.set_yticks(range(NUM_CLASSES), EMOTIONS)
+  ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+  ax.set_yticks(range(len(classes)), classes)
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
   ax.set_title(title)
   vmax = conf.max() if conf.size else 0
-  for i in range(NUM_CLASSES):
-    for j in range(NUM_CLASSES):
+  for i in range(len(classes)):
+    for j in range(len(classes)):
       if conf[i, j]:
         ax.text(j, i, int(conf[i, j]), ha="center", va="center",
                 color="white" if conf[i, j] > vmax / 2 else "black")
@@ -188,7 +195,8 @@ def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
   for split, r in results.items():
     write_predictions(workdir / f"predictions_{split}.csv", r["predictions"])
   if "test" in results:
-    plot_confusion(results["test"]["video"]["confusion"], workdir / "confusion_test.png")
+    plot_confusion(results["test"]["video"]["confusion"], workdir / "confusion_test.png",
+                   classes=results["test"]["classes"])
   report = workdir / "report.md"
   report.write_text(report_markdown(results, title=title or workdir.name,
                                     best_epoch=best_epoch, config=config, history=history))

@@ -21,7 +21,7 @@ from mer_jax.data.phases import Phase
 from mer_jax.models import temporal
 from mer_jax.plumbing import runtime
 from mer_jax.plumbing.errors import UsageError
-from mer_jax.run import input_pipeline, report
+from mer_jax.run import input_pipeline, report, sources
 
 
 def is_temporal(config) -> bool:
@@ -154,6 +154,7 @@ def summarise(videos: VideoSplit, probs: np.ndarray, config) -> dict:
   frames the head saw."""
   out = report.summarise(probs, videos.labels, videos.video_ids, videos.subjects,
                          n_resamples=config.bootstrap_resamples, level=config.ci_level,
-                         seed=config.seed, datasets=videos.datasets)
+                         seed=config.seed, datasets=videos.datasets,
+                         classes=sources.classes(config.data))
   out["num_frames"] = int(videos.frame_mask.sum())
   return out

@@ -16,17 +16,17 @@ import optax
 from mer_jax.run import input_pipeline
 from mer_jax.run import losses
 from mer_jax.run import sequences
+from mer_jax.run import sources
 from mer_jax import models
 from mer_jax.plumbing import runtime
 from mer_jax.data import splits
-from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.plumbing.errors import UsageError
 from mer_jax.models import temporal
 from mer_jax.models.layers import REMAT_POLICIES
 
-PROTOCOLS = ("paper", "loso")
+PROTOCOLS = sources.PROTOCOLS
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 # config.selection: the run's epoch is always chosen on validation; test_fold_best_epoch
@@ -47,6 +47,8 @@ def check_config(config) -> None:
   Phase.parse(config.data.phase)
   losses.Loss.parse(config.loss.name)
   _valid("data.protocol", config.data.protocol, PROTOCOLS)
+  sources.members(config.data)  # the datasets and the label scheme exist and agree
+  sources.scheme(config.data)
   splits.check_split(config.data.protocol, config.data.get("split", "video"),
                      config.data.get("split_seed", splits.PAPER_SEED))  # before a build
   splits.check_train_fraction(config.data.get("train_fraction", 1.0))
@@ -89,18 +91,19 @@ def check_method_fields(config) -> None:
 
 
 def build_model(config, in_chans: int):
-  """The config's Flax model for the 7 emotions: the frame model, or with
-  model.temporal its backbone's features under a temporal head."""
+  """The config's Flax model for its label scheme's classes (sources.classes): the frame
+  model, or with model.temporal its backbone's features under a temporal head."""
   m, head = config.model, config.model.get("temporal", temporal.NONE)
+  k = len(sources.classes(config.data))
   backbone = models.create_model(
-      m.name, num_classes=0 if head != temporal.NONE else len(EMOTIONS),
+      m.name, num_classes=0 if head != temporal.NONE else k,
       img_size=m.img_size, in_chans=in_chans,
       drop_rate=m.drop_rate if head == temporal.NONE else 0.0,
       drop_path_rate=m.drop_path_rate, dtype=jnp.dtype(m.dtype),
       remat=m.get("remat", ""))  # runs from before remat existed have none
   if head == temporal.NONE:
     return backbone
-  return temporal.VideoClassifier(backbone, head, len(EMOTIONS), hidden=m.temporal_hidden,
+  return temporal.VideoClassifier(backbone, head, k, hidden=m.temporal_hidden,
                                   drop_rate=m.drop_rate, freeze_backbone=m.freeze_backbone)
 
 
@@ -120,7 +123,8 @@ def init_params(config, model, in_chans: int, log=print):
     log(f"Initialising from {config.init.weights}")
     variables = weights.load_pretrained(
         config.model.name, config.init.weights, img_size=config.model.img_size,
-        in_chans=in_chans, num_classes=0 if video else len(EMOTIONS), seed=config.seed,
+        in_chans=in_chans, num_classes=0 if video else len(sources.classes(config.data)),
+        seed=config.seed,
         cache_dir=config.init.cache_dir or None)
     if not video:
       return variables["params"]
