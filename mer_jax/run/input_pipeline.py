@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import pathlib
 import queue
 import threading
 import time
@@ -107,14 +109,12 @@ def load_splits(dataset_dir: str, protocol: str = "paper", fold: int = -1,
   test subjects are disjoint (split and split_seed stay at their defaults:
   splits.check_split). Bad arguments raise splits.SplitError.
   """
-  import tensorflow_datasets as tfds
   if protocol not in ("paper", "loso"):
     raise splits.SplitError(f"Unknown data.protocol {protocol!r}; valid: paper, loso")
   splits.check_split(protocol, split, split_seed)
-  sources = tfds.builder_from_directory(dataset_dir).as_data_source()
-  parts = {k: _decode_source(sources[k]) for k in SPLITS}
+  parts = _decoded(dataset_dir, _stamp(dataset_dir))
   if protocol == "paper" and (split, split_seed) == ("video", splits.PAPER_SEED):
-    return parts  # the build wrote paper_split(videos, PAPER_SEED)
+    return dict(parts)  # the build wrote paper_split(videos, PAPER_SEED)
   every = _concat([parts[k] for k in SPLITS])
   videos = _videos_of(every)
   if protocol == "paper":
@@ -126,6 +126,21 @@ def load_splits(dataset_dir: str, protocol: str = "paper", fold: int = -1,
                        f"{', '.join(f.subject for f in folds)}), got {fold}")
     chosen = folds[fold].splits()
   return {k: every.take(np.isin(every.video_ids, np.array(chosen[k]))) for k in SPLITS}
+
+
+@functools.lru_cache(maxsize=2)
+def _decoded(dataset_dir: str, stamp) -> dict[str, SplitData]:
+  """Every split of a build decoded, once per process (a study's folds and
+  cells read the same build); `stamp` tells a rebuilt directory apart."""
+  import tensorflow_datasets as tfds
+  sources = tfds.builder_from_directory(dataset_dir).as_data_source()
+  return {k: _decode_source(sources[k]) for k in SPLITS}
+
+
+def _stamp(dataset_dir: str) -> tuple:
+  info = pathlib.Path(dataset_dir) / "dataset_info.json"
+  st = info.stat()
+  return st.st_mtime_ns, st.st_size
 
 
 def loso_subjects(dataset_dir: str) -> list[str]:
@@ -171,15 +186,24 @@ def process_slice(global_batch: int) -> slice:
   return slice(p * per, (p + 1) * per)
 
 
-def train_batches(data: SplitData, global_batch: int, *, seed: int, epoch: int,
-                  start_step: int = 0, class_balanced: bool = False) -> Iterator[dict]:
-  """This process's share of each global training batch of `epoch`, from `start_step`."""
+def epoch_indices(data: SplitData, global_batch: int, *, seed: int, epoch: int,
+                  class_balanced: bool = False) -> np.ndarray:
+  """[steps, global_batch] rows of each global training batch of `epoch`."""
   order = epoch_order(len(data), epoch, seed, data.labels, class_balanced)
   if len(order) < global_batch:  # tiny sets: repeat the permutation to fill one batch
     order = np.resize(order, global_batch)
+  n = steps_per_epoch(len(order), global_batch)
+  return order[:n * global_batch].reshape(n, global_batch)
+
+
+def train_batches(data: SplitData, global_batch: int, *, seed: int, epoch: int,
+                  start_step: int = 0, class_balanced: bool = False) -> Iterator[dict]:
+  """This process's share of each global training batch of `epoch`, from `start_step`."""
+  order = epoch_indices(data, global_batch, seed=seed, epoch=epoch,
+                        class_balanced=class_balanced)
   mine = process_slice(global_batch)
-  for step in range(start_step, steps_per_epoch(len(order), global_batch)):
-    idx = order[step * global_batch:(step + 1) * global_batch][mine]
+  for step in range(start_step, len(order)):
+    idx = order[step][mine]
     yield {"image": data.images[idx], "label": data.labels[idx],
            "mask": np.ones(len(idx), np.float32)}
 
