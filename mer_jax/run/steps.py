@@ -115,8 +115,9 @@ def make_schedule(config, steps_per_epoch: int, lr=None):
   lr = o.lr if lr is None else lr
   total, warmup = schedule_steps(config, steps_per_epoch)
   _valid("optim.schedule", o.schedule, SCHEDULES)
-  if o.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1))
+  if o.schedule == "cosine":   # optax's checks its peak in Python: the shape at 1, scaled
+    shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total, warmup + 1))
+    return lambda count: lr * shape(count)
   if warmup:
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
