@@ -15,6 +15,7 @@ shape right would pass the rest of the suite.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import pathlib
@@ -59,9 +60,9 @@ def overfit(family: str, shuffle_labels: bool = False) -> list[float]:
            "label": np.array([0, 1, 2, 3, 4, 5, 6, 0], np.int32),
            "mask": np.ones(8, np.float32)}
   tx = steps.make_optimizer(c, steps_per_epoch=1)
-  loss_fn = steps.make_loss_fn(c, np.bincount(batch["label"], minlength=7))
-  step = jax.jit(steps.make_train_step(model, tx, loss_fn, c.aug, c.model.img_size, c.seed,
-                                       is_flow=False))
+  values = steps.run_values(c, np.bincount(batch["label"], minlength=7))
+  step = jax.jit(functools.partial(steps.make_train_step(model, c, 1, is_flow=False),
+                                   values=values))
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
   state = steps.fresh_state(params, tx)
   losses = []

@@ -139,8 +139,9 @@ _STEP_PROG = textwrap.dedent("""
     c.optim.lr = 1e-3
     model = models.create_model("poolformer_s12", img_size=32, in_chans=1, drop_path_rate=0.1)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
+    c.model.img_size = 32
     tx = steps.make_optimizer(c, 10)
-    loss_fn = steps.make_loss_fn(c, np.array([5, 3, 2, 2, 1, 1, 6]))
+    values = steps.run_values(c, np.array([5, 3, 2, 2, 1, 1, 6]))
     rng = np.random.RandomState(0)
     batch = {"image": rng.randint(0, 255, (8, 48, 48, 1)).astype(np.uint8),
              "label": rng.randint(0, 7, 8).astype(np.int32), "mask": np.ones(8, np.float32)}
@@ -150,10 +151,10 @@ _STEP_PROG = textwrap.dedent("""
       rep = runtime.replicated(mesh)
       state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
                               "opt_state": tx.init(params)}, rep)
-      step = jax.jit(steps.make_train_step(model, tx, loss_fn, c.aug, 32, 0, is_flow=False),
+      step = jax.jit(steps.make_train_step(model, c, 10, is_flow=False),
                      out_shardings=(rep, rep))
       for _ in range(2):
-        state, m = step(state, runtime.to_global(batch, mesh))
+        state, m = step(state, runtime.to_global(batch, mesh), values)
       leaves = jax.tree_util.tree_leaves(state["params"])
       out[n] = (float(m["loss"]), np.concatenate([np.ravel(l) for l in leaves]))
       print("sharding", n, state["params"]["stem"]["kernel"].sharding.is_fully_replicated)

@@ -155,13 +155,14 @@ def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mes
 
 # Fields that cannot change a run's numbers: where the data and caches lie
 # (what the data are, metrics.json's dataset fingerprint says), how fast the
-# input is fed, how often the run logs and checkpoints, and two that change
+# input is fed, how often the run logs and checkpoints, and those that change
 # only float rounding (the batch size of evaluation, recomputing activations
-# to save memory). A run resumes, and a finished study cell is skipped,
-# whatever their values; the run's config.json then records the new ones.
+# to save memory, the per-step or scanned training loop: run.programs). A run
+# resumes, and a finished study cell is skipped, whatever their values; the
+# run's config.json then records the new ones.
 NEUTRAL_FIELDS = ("data.manual_dir", "data.data_dir", "init.cache_dir", "data.prefetch",
                   "log_every_steps", "checkpoint_every_steps", "checkpoint_keep",
-                  "eval_batch_size", "model.remat")
+                  "eval_batch_size", "model.remat", "train_loop", "scan_steps")
 # Fields that change what a run reports but not what it trained so far: a
 # resumed run takes the new value (num_epochs: a larger one continues the
 # run; the bootstrap: its intervals are computed anew), a finished study

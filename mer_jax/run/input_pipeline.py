@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
+import pathlib
 import queue
 import threading
 import time
@@ -121,13 +123,9 @@ def relabel(data: SplitData, native: Sequence[str], scheme: labels.Scheme) -> Sp
 
 def read_build(dataset_dir: str, scheme: labels.Scheme | None = None) -> dict[str, SplitData]:
   """A build's three splits decoded, their labels mapped to `scheme` (None: as built)."""
-  import tensorflow_datasets as tfds
-  b = tfds.builder_from_directory(dataset_dir)
-  sources = b.as_data_source()
-  parts = {k: _decode_source(sources[k]) for k in SPLITS}
+  parts, native = _decoded(dataset_dir, _stamp(dataset_dir))
   if scheme is None:
-    return parts
-  native = b.info.features["label"].names
+    return dict(parts)
   return {k: relabel(v, native, scheme) for k, v in parts.items()}
 
 
@@ -189,6 +187,23 @@ def subsample_train(data: dict[str, SplitData], fraction: float, seed: int,
   return dict(data, train=train.take(np.isin(train.video_ids, np.array(keep))))
 
 
+@functools.lru_cache(maxsize=4)   # a composite reads three builds
+def _decoded(dataset_dir: str, stamp) -> tuple[dict[str, SplitData], list[str]]:
+  """Every split of a build decoded, and its native label names, once per process (a
+  study's folds and cells read the same build; callers take copies, never write into
+  them); `stamp` tells a rebuilt directory apart."""
+  import tensorflow_datasets as tfds
+  b = tfds.builder_from_directory(dataset_dir)
+  sources = b.as_data_source()
+  return {k: _decode_source(sources[k]) for k in SPLITS}, b.info.features["label"].names
+
+
+def _stamp(dataset_dir: str) -> tuple:
+  info = pathlib.Path(dataset_dir) / "dataset_info.json"
+  st = info.stat()
+  return st.st_mtime_ns, st.st_size
+
+
 def loso_subjects(dataset_dir: str | Mapping[str, str],
                   scheme: labels.Scheme | None = None) -> list[str]:
   """The held-out subject of each LOSO fold, in fold order: the subject ids (dataset-
@@ -233,15 +248,24 @@ def process_slice(global_batch: int) -> slice:
   return slice(p * per, (p + 1) * per)
 
 
-def train_batches(data: SplitData, global_batch: int, *, seed: int, epoch: int,
-                  start_step: int = 0, class_balanced: bool = False) -> Iterator[dict]:
-  """This process's share of each global training batch of `epoch`, from `start_step`."""
+def epoch_indices(data: SplitData, global_batch: int, *, seed: int, epoch: int,
+                  class_balanced: bool = False) -> np.ndarray:
+  """[steps, global_batch] rows of each global training batch of `epoch`."""
   order = epoch_order(len(data), epoch, seed, data.labels, class_balanced)
   if len(order) < global_batch:  # tiny sets: repeat the permutation to fill one batch
     order = np.resize(order, global_batch)
+  n = steps_per_epoch(len(order), global_batch)
+  return order[:n * global_batch].reshape(n, global_batch)
+
+
+def train_batches(data: SplitData, global_batch: int, *, seed: int, epoch: int,
+                  start_step: int = 0, class_balanced: bool = False) -> Iterator[dict]:
+  """This process's share of each global training batch of `epoch`, from `start_step`."""
+  order = epoch_indices(data, global_batch, seed=seed, epoch=epoch,
+                        class_balanced=class_balanced)
   mine = process_slice(global_batch)
-  for step in range(start_step, steps_per_epoch(len(order), global_batch)):
-    idx = order[step * global_batch:(step + 1) * global_batch][mine]
+  for step in range(start_step, len(order)):
+    idx = order[step][mine]
     yield {"image": data.images[idx], "label": data.labels[idx],
            "mask": np.ones(len(idx), np.float32)}
 

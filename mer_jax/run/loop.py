@@ -25,13 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax.data.preprocess import Method
 from mer_jax.models import temporal
 from mer_jax.plumbing import runtime
 from mer_jax.plumbing.errors import UserError
 from mer_jax.plumbing.progress import StepProgress
-from mer_jax.run import (checkpointing, experiment, input_pipeline, report, sequences, sources,
-                         steps)
+from mer_jax.run import (checkpointing, experiment, input_pipeline, programs, report, sequences,
+                         sources, steps)
 from mer_jax.run.workdir import hold
 
 
@@ -137,22 +136,22 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   spe = input_pipeline.steps_per_epoch(max(len(train), global_batch), global_batch)
   tx = steps.make_optimizer(c, spe)
   schedule = steps.make_schedule(c, spe)
-  loss_fn = steps.make_loss_fn(c, np.bincount(train.labels,
-                                              minlength=len(sources.classes(c.data))))
+  prog = programs.get(c, setup.in_chans, spe, setup.mesh)
+  rep = runtime.replicated(setup.mesh)
+  values = jax.device_put(steps.run_values(
+      c, np.bincount(train.labels, minlength=len(sources.classes(c.data)))), rep)
   if is_main:
     _write_json(workdir / "config.json", c.to_dict())
 
   # The state: restored from the newest intact checkpoint, else fresh (ImageNet or random).
-  rep = runtime.replicated(setup.mesh)
   ckpt = checkpointing.Checkpoints(workdir, c.checkpoint_keep)
-  restored = ckpt.restore_latest(steps.abstract_state(setup.model, c, setup.in_chans, tx, rep),
-                                 say=_say, discard=True)
+  restored = ckpt.restore_latest(prog.abstract_state, say=_say, discard=True)
   if restored is not None:
     state, meta = restored.state, restored.meta
     _say(f"Resuming from step {int(state['step'])} (epoch {meta['epoch']}, "
          f"step {meta['step_in_epoch']} of it)")
   else:
-    params = steps.init_params(c, setup.model, setup.in_chans, _say)
+    params = steps.init_params(c, setup.in_chans, prog.init, _say)
     state = jax.device_put(steps.fresh_state(params, tx), rep)
     meta = {"epoch": 0, "step_in_epoch": 0, "history": [],
             "early_stopping": dataclasses.asdict(EarlyStopping(c.patience, c.min_delta)),
@@ -160,11 +159,11 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   stopper = EarlyStopping(**meta["early_stopping"])
   history = meta["history"]
 
-  train_step = jax.jit(steps.make_train_step(setup.model, tx, loss_fn, c.aug,
-                                             c.model.img_size, c.seed,
-                                             is_flow=Method.parse(c.data.method).is_flow),
-                       out_shardings=(rep, rep), donate_argnums=0)
-  predict_fn = experiment.jit_predict(setup)
+  video = sequences.is_temporal(c)   # batches of whole videos: the per-step path
+  predict_fn = experiment.jit_predict(setup) if video else prog.predict
+  scan = not video and programs.use_scan(c, train.images)
+  on_device = programs.device_split(train.images, train.labels, setup.mesh) if scan else None
+  best_params = None   # the best epoch's params of this process: tested without a restore
   logger = _Logger(workdir, is_main)
   unit = "videos of whole sequences" if sequences.is_temporal(c) else "frames"
   _say(f"{temporal.spec_of(c.model)} {c.data.method.upper()} {c.data.phase.upper()}: "
@@ -183,36 +182,59 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     while not stopper.should_stop and epoch < c.num_epochs:
       start_step = meta["step_in_epoch"]
       t0 = time.perf_counter()
-      feeder = sequences.train_batches if sequences.is_temporal(c) else \
-          input_pipeline.train_batches
-      batches = feeder(
-          train, global_batch, seed=c.seed, epoch=epoch, start_step=start_step,
-          class_balanced=c.data.class_balanced)
-      feed = input_pipeline.Prefetcher(batches, lambda b: runtime.to_global(b, setup.mesh),
-                                       c.data.prefetch)
       bar = StepProgress(spe, start_step, f"epoch {epoch + 1}/{c.num_epochs}", enabled=is_main)
       # The epoch's loss sum so far (restored mid-epoch, so the mean is the same).
       losses_sum = jnp.asarray(meta.get("epoch_loss_sum", 0.0), jnp.float32)
       finite = jnp.array(True)
-      last_log = time.perf_counter()
-      for i, batch in enumerate(feed, start=start_step):
-        state, m = train_step(state, batch)
-        losses_sum = losses_sum + m["loss"]
-        finite = finite & jnp.isfinite(m["loss"])
-        bar.dispatched(m["loss"])
-        if (i + 1) % c.log_every_steps == 0:
+      last_log = [time.perf_counter(), start_step]
+
+      def done(i: int, n: int, m):
+        """Steps up to `i` are dispatched, the last `n` of them just now: log, checkpoint."""
+        if i // c.log_every_steps > (i - n) // c.log_every_steps:
           _check_finite(finite, ckpt, workdir)
           step, now = int(state["step"]), time.perf_counter()
-          ips = c.log_every_steps * global_batch / (now - last_log)
-          last_log = now
+          ips = (i - last_log[1]) * global_batch / (now - last_log[0])
+          last_log[:] = now, i
           logger.write(step, train_loss=float(m["loss"]), grad_norm=float(m["grad_norm"]),
                        lr=float(schedule(step)), images_per_s=ips)
           bar.set_postfix(loss=f"{float(m['loss']):.4f}", img_s=f"{ips:.1f}")
-        if c.checkpoint_every_steps and (i + 1) % c.checkpoint_every_steps == 0 \
-            and i + 1 < spe:
+        if c.checkpoint_every_steps and i % c.checkpoint_every_steps == 0 and i < spe:
           _check_finite(finite, ckpt, workdir)
-          meta.update(step_in_epoch=i + 1, epoch_loss_sum=float(losses_sum))
+          meta.update(step_in_epoch=i, epoch_loss_sum=float(losses_sum))
           save()
+
+      if scan:   # scan_steps steps a call, each chunk ending at a checkpoint boundary
+        order = input_pipeline.epoch_indices(train, global_batch, seed=c.seed, epoch=epoch,
+                                             class_balanced=c.data.class_balanced)
+        acc = programs.start_acc(meta.get("epoch_loss_sum", 0.0))
+        length, i = programs.scan_steps(c), start_step
+        while i < spe:
+          end = min(i + length, spe)
+          if c.checkpoint_every_steps:
+            end = min(end, (i // c.checkpoint_every_steps + 1) * c.checkpoint_every_steps)
+          rows = np.zeros((length, global_batch), np.int32)
+          rows[:end - i] = order[i:end]
+          state, acc = prog.train_chunk(state, *on_device, rows, np.int32(end - i), values,
+                                        acc)
+          losses_sum, finite = acc["loss_sum"], acc["finite"]
+          for _ in range(end - i):
+            bar.dispatched(acc["loss"])
+          done(end, end - i, acc)
+          i = end
+        wait_seconds = 0.0
+      else:
+        feeder = sequences.train_batches if video else input_pipeline.train_batches
+        batches = feeder(train, global_batch, seed=c.seed, epoch=epoch, start_step=start_step,
+                         class_balanced=c.data.class_balanced)
+        feed = input_pipeline.Prefetcher(batches, lambda b: runtime.to_global(b, setup.mesh),
+                                         c.data.prefetch)
+        for i, batch in enumerate(feed, start=start_step):
+          state, m = prog.train_step(state, batch, values)
+          losses_sum = losses_sum + m["loss"]
+          finite = finite & jnp.isfinite(m["loss"])
+          bar.dispatched(m["loss"])
+          done(i + 1, 1, m)
+        wait_seconds = feed.wait_seconds
       bar.finish()
       _check_finite(finite, ckpt, workdir)
       n_steps = bar.completed
@@ -230,7 +252,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
                 "val_accuracy": val["video"]["accuracy"],
                 "val_frame_macro_f1": val["frame"]["macro_f1"],
                 "seconds": time.perf_counter() - t0,
-                "input_wait_fraction": feed.wait_seconds / max(train_seconds, 1e-9),
+                "input_wait_fraction": wait_seconds / max(train_seconds, 1e-9),
                 "images_per_s": (n_steps - start_step) * global_batch / max(train_seconds, 1e-9)}
       history.append(record)
       logger.write(int(state["step"]), **{k: v for k, v in record.items() if k != "epoch"},
@@ -246,17 +268,26 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
         _say(f"Early stop: no better validation macro-F1 for {c.patience} epochs "
              f"(best {stopper.best:.4f} at epoch {stopper.best_epoch + 1}).")
       save(best=improved)
+      if improved:   # a copy: the next step donates the state's buffers
+        best_params, best_val = jax.tree.map(jnp.copy, state["params"]), val
+        best_step = int(state["step"])
       if on_epoch is not None:
         on_epoch(record)
     ckpt.wait()
 
-    # Test the best checkpoint.
-    best = ckpt.restore_best(jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state), say=_say)
-    if best is None:   # no epoch improved on -inf (a NaN metric): the final state
-      best = checkpointing.Restored(state, meta, "latest", int(state["step"]))
-    results = {split: experiment.evaluate_split(setup, best.state["params"], split, predict_fn)
-               for split in ("validation", "test")}
+    # Test the best checkpoint: still in memory if this process trained it (the
+    # same arrays it saved), else read back.
+    if best_params is not None:
+      best = checkpointing.Restored({"params": best_params}, meta, "best", best_step)
+      results = {"validation": best_val}
+    else:
+      best = ckpt.restore_best(jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state), say=_say)
+      if best is None:   # no epoch improved on -inf (a NaN metric): the final state
+        best = checkpointing.Restored(state, meta, "latest", int(state["step"]))
+      results = {"validation": experiment.evaluate_split(setup, best.state["params"],
+                                                         "validation", predict_fn)}
+    results["test"] = experiment.evaluate_split(setup, best.state["params"], "test", predict_fn)
   finally:
     if feed is not None:
       feed.close()

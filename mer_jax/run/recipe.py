@@ -176,6 +176,10 @@ def get_config(model: str = "poolformer_m36", method: str = "m1",
   c.selection = "validation"
   c.min_delta = 0.0
 
+  c.train_loop = "auto"                 # "step" | "scan" | "auto": steps as one compiled
+                                        # lax.scan on one device (mer_jax.run.programs)
+  c.scan_steps = 16                     # steps of one scanned call (one compile for all folds)
+
   c.checkpoint_keep = 2                 # latest checkpoints kept (the best is kept apart)
   c.checkpoint_every_steps = 0          # also save mid-epoch; 0 = at epoch ends only
   c.log_every_steps = 10

@@ -6,7 +6,6 @@ functions of a config: nothing here reads flags, a dataset or a workdir.
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -115,8 +114,10 @@ def dummy_inputs(config, in_chans: int) -> tuple:
   return jnp.stack([image, image], axis=1), jnp.ones((1, 2), jnp.float32)
 
 
-def init_params(config, model, in_chans: int, log=print):
-  """ImageNet weights through the converter (cached), or random init."""
+def init_params(config, in_chans: int, random_init, log=print):
+  """ImageNet weights through the converter (cached), or `random_init(seed)`
+  (programs.Programs.init: the model's init, jitted once per process); a temporal
+  model's backbone converted and its head fresh."""
   video = sequences.is_temporal(config)
   if config.init.weights:
     from mer_jax.models import weights
@@ -128,31 +129,46 @@ def init_params(config, model, in_chans: int, log=print):
         cache_dir=config.init.cache_dir or None)
     if not video:
       return variables["params"]
-  params = jax.jit(model.init)(jax.random.PRNGKey(config.seed),
-                               *dummy_inputs(config, in_chans))["params"]
+  params = random_init(np.int32(config.seed))
   if config.init.weights:  # the backbone converted, the temporal head fresh
     params = dict(params, backbone=variables["params"])
   return params
 
 
-def make_schedule(config, steps_per_epoch: int):
+def make_schedule(config, steps_per_epoch: int, lr=None):
+  """The learning rate at each step. `lr` (default optim.lr) may be a traced
+  scalar: the schedule's shape (kind, warmup and total steps) is fixed by the
+  config, its peak is a value (`run_values`), so one compiled step serves runs
+  of other learning rates."""
   o = config.optim
-  total = max(1, config.num_epochs * steps_per_epoch)
-  warmup = int(o.warmup_epochs * steps_per_epoch)
+  lr = o.lr if lr is None else lr
+  total, warmup = schedule_steps(config, steps_per_epoch)
   _valid("optim.schedule", o.schedule, SCHEDULES)
-  if o.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(total, warmup + 1))
+  if o.schedule == "cosine":   # optax's checks its peak in Python: the shape at 1, scaled
+    shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total, warmup + 1))
+    return lambda count: lr * shape(count)
   if warmup:
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
-  return optax.constant_schedule(o.lr)
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+  return optax.constant_schedule(lr)
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW as the paper (PyTorch's AdamW: decoupled decay on every parameter)."""
+def schedule_steps(config, steps_per_epoch: int) -> tuple[int, int]:
+  """(total, warmup) steps of the schedule: what of it a compiled step bakes in
+  (the total only under the cosine schedule, which decays over it)."""
+  total = max(1, config.num_epochs * steps_per_epoch)
+  warmup = int(config.optim.warmup_epochs * steps_per_epoch)
+  return (total if config.optim.schedule == "cosine" else 0), warmup
+
+
+def make_optimizer(config, steps_per_epoch: int, lr=None,
+                   weight_decay=None) -> optax.GradientTransformation:
+  """AdamW as the paper (PyTorch's AdamW: decoupled decay on every parameter);
+  `lr` and `weight_decay` (default the config's) may be traced scalars."""
   o = config.optim
-  tx = optax.adamw(make_schedule(config, steps_per_epoch), b1=o.b1, b2=o.b2,
-                   weight_decay=o.weight_decay)
+  wd = o.weight_decay if weight_decay is None else weight_decay
+  tx = optax.adamw(make_schedule(config, steps_per_epoch, lr), b1=o.b1, b2=o.b2,
+                   weight_decay=wd)
   if o.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
   if config.model.get("freeze_backbone", False):  # no update, not even AdamW's decay
@@ -161,27 +177,44 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   return tx
 
 
-def make_loss_fn(config, class_counts: np.ndarray):
-  """(logits, labels, mask) -> scalar, with the inverse-frequency class
-  weights of the training split (focal: as per-class alpha)."""
-  weights = jnp.asarray(losses.class_weights(np.asarray(class_counts)))
+def make_loss_fn(config):
+  """(logits, labels, mask, class_weights) -> scalar: the config's loss with
+  the inverse-frequency class weights of the training split (`run_values`;
+  focal: as per-class alpha) as an argument."""
   loss, ls = losses.Loss.parse(config.loss.name), config.loss.label_smoothing
-  if loss is losses.Loss.FOCAL:
-    return functools.partial(losses.focal_loss, alpha=weights, gamma=config.loss.gamma,
-                             label_smoothing=ls)
-  return functools.partial(losses.weighted_cross_entropy,
-                           weights=weights if loss is losses.Loss.WEIGHTED_CE else None,
-                           label_smoothing=ls)
+
+  def loss_fn(logits, labels, mask, class_weights):
+    if loss is losses.Loss.FOCAL:
+      return losses.focal_loss(logits, labels, alpha=class_weights, gamma=config.loss.gamma,
+                               label_smoothing=ls, mask=mask)
+    return losses.weighted_cross_entropy(
+        logits, labels, weights=class_weights if loss is losses.Loss.WEIGHTED_CE else None,
+        label_smoothing=ls, mask=mask)
+  return loss_fn
 
 
-def make_train_step(model, tx, loss_fn, aug_cfg, img_size: int, seed: int, *,
-                    is_flow: bool):
-  """One step: augment on device -> forward -> loss -> AdamW. The step's RNG is
-  a function of (seed, step), so a resumed run draws the same numbers. is_flow:
-  the images are M3 flow (`Method.is_flow`), augmented as vectors."""
+def run_values(config, class_counts: np.ndarray) -> dict:
+  """What differs between runs that share one compiled step, as arrays: the
+  seed, the training split's class weights, the learning rate and weight
+  decay."""
+  return {"seed": np.asarray(config.seed, np.int32),
+          "class_weights": losses.class_weights(np.asarray(class_counts)),
+          "lr": np.asarray(config.optim.lr, np.float32),
+          "weight_decay": np.asarray(config.optim.weight_decay, np.float32)}
 
-  def step(state, batch):
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
+
+def make_train_step(model, config, steps_per_epoch: int, *, is_flow: bool):
+  """One step (state, batch, values) -> (state, metrics): augment on device ->
+  forward -> loss -> AdamW. `values` are `run_values` (arguments, not
+  constants of the trace). The step's RNG is a function of (seed, step), so a
+  resumed run draws the same numbers. is_flow: the images are M3 flow
+  (`Method.is_flow`), augmented as vectors."""
+  loss_fn = make_loss_fn(config)
+  aug_cfg, img_size = config.aug, config.model.img_size
+
+  def step(state, batch, values):
+    tx = make_optimizer(config, steps_per_epoch, values["lr"], values["weight_decay"])
+    rng = jax.random.fold_in(jax.random.PRNGKey(values["seed"]), state["step"])
     aug_rng, drop_rng = jax.random.split(rng)
     video = "frame_mask" in batch  # a batch of videos (sequences.train_batches)
     images = (sequences.augment_videos if video else input_pipeline.augment)(
@@ -191,7 +224,8 @@ def make_train_step(model, tx, loss_fn, aug_cfg, img_size: int, seed: int, *,
     def loss_of(params):
       logits = model.apply({"params": params}, *inputs, train=True,
                            rngs={"dropout": drop_rng})
-      return loss_fn(logits.astype(jnp.float32), batch["label"], mask=batch["mask"])
+      return loss_fn(logits.astype(jnp.float32), batch["label"], batch["mask"],
+                     values["class_weights"])
 
     loss, grads = jax.value_and_grad(loss_of)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
