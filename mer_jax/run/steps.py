@@ -133,7 +133,12 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 def make_loss_fn(config, class_counts: np.ndarray):
   """(logits, labels, mask) -> scalar, with the inverse-frequency class
   weights of the training split (focal: as per-class alpha)."""
-  weights = jnp.asarray(losses.class_weights(np.asarray(class_counts)))
+  return loss_fn_of_weights(config, jnp.asarray(losses.class_weights(np.asarray(class_counts))))
+
+
+def loss_fn_of_weights(config, weights):
+  """`make_loss_fn` with the class weights given (an array, possibly traced:
+  mer_jax.run.multirun passes each run's own through vmap)."""
   loss, ls = losses.Loss.parse(config.loss.name), config.loss.label_smoothing
   if loss is losses.Loss.FOCAL:
     return functools.partial(losses.focal_loss, alpha=weights, gamma=config.loss.gamma,
