@@ -80,6 +80,21 @@ def check_program(configs) -> None:
                        f"these differ in {'; '.join(changes)}")
 
 
+def programs(configs, k: int) -> list[list[int]]:
+  """Indices of `configs` in programs of at most k runs each: runs of one
+  program differ only in RUN_FIELDS (check_program); in first-seen order."""
+  groups: list[list[int]] = []
+  ignore = RUN_FIELDS + experiment.NEUTRAL_FIELDS
+  for i, c in enumerate(configs):
+    mate = next((g for g in groups if not experiment.config_changes(
+        configs[g[0]].to_dict(), c.to_dict(), ignore=ignore)), None)
+    if mate is None:
+      groups.append([i])
+    else:
+      mate.append(i)
+  return [g[j:j + k] for g in groups for j in range(0, len(g), k)]
+
+
 def stack(trees):
   """[tree] -> one tree of arrays with a leading run axis."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
@@ -136,7 +151,7 @@ def _setups(configs):
   return out
 
 
-def _shared_optimizer(configs, spes):
+def shared_optimizer(configs, spes):
   """steps.make_optimizer of the first run, if every run's learning-rate
   schedule gives the same value at every step any of them takes; else UsageError
   (a schedule over num_epochs * steps_per_epoch differs between folds of
@@ -180,7 +195,7 @@ def _train_many(configs, workdirs, held) -> list[dict]:
   batch = c0.batch_size
   spes = [input_pipeline.steps_per_epoch(max(len(s.data["train"]), batch), batch)
           for s in setups]
-  tx = _shared_optimizer(configs, spes)
+  tx = shared_optimizer(configs, spes)
   rep = runtime.replicated(mesh)
   abstract = steps.abstract_state(model, c0, in_chans, tx, rep)
   runs, states = [], []
