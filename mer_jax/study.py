@@ -7,6 +7,7 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --grid paper --split_seeds 0,1,2 --workdir runs/splits
   python -m mer_jax.study --grid paper --split subject --workdir runs/subject
   python -m mer_jax.study --grid paper --methods m1,m2,m2a,m3 --workdir runs/study4
+  python -m mer_jax.study --grid paper --protocol loso --runs_per_program 4 --workdir runs/loso
   python -m mer_jax.study --workdir runs/study --report_only
 
 A cell is (model, method, phase, split seed, seed[, LOSO fold]); its run
@@ -26,6 +27,11 @@ every cell of the study and the LOSO fold count, so a report of an unfinished
 study (or a LOSO cell missing folds) says so. A cell another process is training
 (its workdir lock is held) is left to it: the other cells still run, and the
 command then exits 2 naming it.
+
+`--runs_per_program K` trains up to K cells that differ only in seed or LOSO
+fold as one program (mer_jax.run.multirun: their state stacked, the step
+vmapped), each still in its own run directory with the files of a run trained
+alone; the default 1 trains them one by one.
 
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
 the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess.
