@@ -3,6 +3,7 @@ r"""The GPU check: Flax vs timm speed of the paper's models, then a short real t
   python benchmarks/gpu_check.py [--models vit_b32,swin_b,poolformer_m36,poolformer_m48]
       [--methods M1,M2] [--batches paper,64] [--dtypes float32,bfloat16]
       [--time_budget 450] [--out gpu_check.md] [--skip_train] [--train_data_dir DIR]
+      [--multirun_ks 1,2,4,8]
   python benchmarks/gpu_check.py --tiny            # CPU, seconds: what the test suite runs
 
 Part 1, model speed, for every model x method (M1 384 RGB, M2 224 gray) x
@@ -25,6 +26,12 @@ Part 2, a real run: `python -m mer_jax.train` on the paper's pool_m36 M2 MFS
 config, 2 epochs from random init on a small synthetic CASME II, reading its
 images/s and input-wait fraction from epoch 2's history record (epoch 1 holds
 the compilation) and the compile time from JAX's compile log.
+
+Part 3, K runs in one program: K = 1..8 seeds of ViT-B/32 M2 (224 gray,
+batch 8) with their state stacked and the train step vmapped
+(mer_jax.run.multirun) vs one run's plain step, runs per hour
+(benchmarks/bench_multirun.py, in a process of its own; needs ml_collections,
+as part 2). Its table is printed before part 1's.
 
 Every case has bounded wall time (a warm-up call, then enough timed calls for
 `--case_seconds`, at most `--iters`); a case that runs out of device memory
@@ -638,6 +645,40 @@ def table(cases: list[Case], flax: dict, timm: dict, train: dict | None) -> str:
   return timing.markdown_table(COLUMNS, rows, right_from=5)
 
 
+def run_multirun(args, deadline: float, log) -> dict:
+  """Part 3: benchmarks/bench_multirun.py's K = --multirun_ks runs in one program vs one
+  by one, in a process of its own -> {"status", "rows"} (bench_multirun.measure's rows)."""
+  row = {"model": args.multirun_model, "ks": args.multirun_ks}
+  if not args.multirun_ks:
+    return {**row, "status": "skipped", "error": "--multirun_ks is empty"}
+  if importlib.util.find_spec("ml_collections") is None:
+    return {**row, "status": "skipped", "error": "missing ml_collections: bring the wheels "
+            "(benchmarks/gpu_bundle.py)"}
+  from mer_jax.plumbing import runtime
+  env = runtime.with_malloc_tunables(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
+  with tempfile.TemporaryDirectory(prefix="gpu_check_multirun_") as tmp:
+    out = pathlib.Path(tmp) / "rows.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_multirun.py"), "--model",
+           args.multirun_model, "--method", "m2", "--batch", str(args.multirun_batch),
+           "--img_size", str(args.multirun_img_size), "--ks", args.multirun_ks,
+           "--iters", str(args.iters), "--case_seconds", str(args.case_seconds),
+           "--json", str(out)]
+    log("[multirun] " + " ".join(cmd[1:]))
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
+                            timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      return {**row, "status": "timeout"}
+    if proc.returncode != 0:
+      tail = [l for l in proc.stderr.strip().splitlines() if l.strip()] or ["?"]
+      log("[multirun] failed:\n" + "\n".join(tail[-15:]))
+      return {**row, "status": "OOM" if _is_oom(Exception(proc.stderr[-4000:])) else "error",
+              "error": tail[-1][:120]}
+    return {**row, "status": "ok", "rows": json.loads(out.read_text())}
+
+
 # --- main ------------------------------------------------------------------------
 
 
@@ -679,6 +720,12 @@ def parse_args(argv=None):
   ap.add_argument("--train_batch", type=int, default=0, help="0 = the config's (8)")
   ap.add_argument("--train_dtype", default="float32")
   ap.add_argument("--train_timeout", type=float, default=180.0)
+  ap.add_argument("--multirun_ks", default=None,
+                  help="part 3: comma list of K (default 1,2,4,8; --tiny: none, skipped)")
+  ap.add_argument("--multirun_model", default="vit_b32")
+  ap.add_argument("--multirun_batch", type=int, default=8)
+  ap.add_argument("--multirun_img_size", type=int, default=0, help="0 = M2's 224")
+  ap.add_argument("--multirun_timeout", type=float, default=240.0)
   ap.add_argument("--worker", choices=("flax", "timm"), help=argparse.SUPPRESS)
   ap.add_argument("--cases_file", help=argparse.SUPPRESS)
   ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -691,6 +738,8 @@ def parse_args(argv=None):
     args.iters = 1 if args.tiny else 20
   if args.case_seconds is None:
     args.case_seconds = 0.0 if args.tiny else 0.3
+  if args.multirun_ks is None:
+    args.multirun_ks = "" if args.tiny else "1,2,4,8"
   if args.train_videos is None:
     args.train_videos = 16 if args.tiny else 40
   if args.train_subjects is None:
@@ -722,6 +771,9 @@ def main(argv=None) -> int:
     train = run_train(args, min(deadline, time.time() + args.train_timeout), log)
     if train.get("status") != "ok":
       log(f"[train] {train.get('status')}: {train.get('error', '')}")
+  multi = run_multirun(args, min(deadline, time.time() + args.multirun_timeout), log)
+  if multi["status"] != "ok":
+    log(f"[multirun] {multi['status']}: {multi.get('error', '')}")
   # The rest of the budget: Flax (compiling is most of it) then timm.
   flax_deadline = time.time() + 0.6 * max(0.0, deadline - time.time())
   flax, info_f = run_worker("flax", cases, flax_deadline, args, log)
@@ -737,13 +789,18 @@ def main(argv=None) -> int:
             + (f"; train: epoch 2 of {train['model']} M2 MFS, random init, "
                f"{train.get('data', '?')}." if train else "."))
   md = table(cases, flax, timm, train)
+  if multi["status"] == "ok":   # before part 1's table, which stays the last thing printed
+    from benchmarks import bench_multirun
+    md = (f"K seeds of {multi['model']} M2 in one program vs one by one (training steps "
+          "only; runs of 100 steps):\n\n" + bench_multirun.table(multi["rows"]) + "\n\n" + md)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(header + "\n\n" + md + "\n")
   out.with_suffix(".json").write_text(json.dumps(
       {"info": info, "cases": [dataclasses.asdict(c) for c in cases],
        "flax": {str(k): v for k, v in flax.items()}, "timm": {str(k): v for k, v in timm.items()},
-       "train": train, "seconds": time.time() - t0}, indent=1, default=str))
+       "train": train, "multirun": multi, "seconds": time.time() - t0}, indent=1,
+      default=str))
   print("\n" + header + "\n\n" + md, flush=True)
   return 0
 

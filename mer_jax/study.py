@@ -16,6 +16,7 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --datasets casme2,samm,smic_hs --protocol loso --workdir runs/each
   python -m mer_jax.study --protocol cross --train_datasets casme2 --test_dataset samm \
       --workdir runs/casme2_to_samm
+  python -m mer_jax.study --grid paper --protocol loso --runs_per_program 4 --workdir runs/loso
   python -m mer_jax.study --workdir runs/study --report_only
 
 `--dataset` names the data of every cell (data.dataset: casme2, samm, smic_hs, casme3,
@@ -55,6 +56,11 @@ Models: registry names, or a temporal head on one as BACKBONE+HEAD[+frozen]
 and its GRU over each video's frames, HEAD gru or mean, +frozen on frozen
 backbone features; a temporal head has no AF cells). The report pairs each
 temporal head with its backbone's frame vote on the same test videos.
+
+`--runs_per_program K` trains up to K cells that differ only in seed or LOSO
+fold as one program (mer_jax.run.multirun: their state stacked, the step
+vmapped), each still in its own run directory with the files of a run trained
+alone; the default 1 trains them one by one.
 
 Methods: the paper's M1 and M2 by default; `--methods m1,m2,m2a,m3` adds
 the aligned faces (M2A) and the optical flow (M3) of mer_jax.data.preprocess,
@@ -205,18 +211,20 @@ def loso_fold_count(config) -> int:
 
 
 def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_index=0,
-              num_tasks=1, log=print, force=False) -> list[Cell]:
+              num_tasks=1, log=print, force=False, runs_per_program=1) -> list[Cell]:
   """Trains this task's unfinished cells in turn; returns those it ran.
   A cell is finished when its metrics.json holds a run of the cell's config
   (experiment.config_changes, paths and cadence aside); one of another config
   stops with ConfigChanged unless `force` (train's) retrains it. Cells another
-  live process is training are left to it; WorkdirBusy at the end names them."""
+  live process is training are left to it; WorkdirBusy at the end names them.
+  runs_per_program K > 1: cells that differ only in seed or LOSO fold train K at
+  a time in one program (mer_jax.run.multirun), each in its own run directory."""
   from mer_jax.run import experiment, steps
-  from mer_jax.run import loop
+  from mer_jax.run import loop, multirun
   mine = [c for i, c in enumerate(cells) if i % num_tasks == task_index]
   for cell in mine:  # a contradiction stops the study before its first cell, not hours in
     steps.check_method_fields(cell_config(cell, overrides, protocol))
-  ran, busy = [], []
+  todo = []
   for n, cell in enumerate(mine):
     w = cell.workdir(root)
     config = cell_config(cell, overrides, protocol)
@@ -226,15 +234,29 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
         ignore=experiment.NEUTRAL_FIELDS):
       log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: done, skipped")
       continue
-    log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: training; by hand: "
-        f"{cell_command(cell, overrides, protocol, root)}")
+    todo.append((n, cell, config))
+  ran, busy = [], []
+  for group in multirun.group_runs([config for _, _, config in todo], runs_per_program):
+    program = [todo[i] for i in group]
+    names = [str(cell.workdir(root).relative_to(root)) for _, cell, _ in program]
+    for n, cell, _ in program:
+      log(f"[{n + 1}/{len(mine)}] {cell.workdir(root).relative_to(root)}: training"
+          f"{f' ({len(program)} in one program)' if len(program) > 1 else ''}; by hand: "
+          f"{cell_command(cell, overrides, protocol, root)}")
     try:
-      loop.train_and_evaluate(config, str(w), force=force)
+      if len(program) == 1:
+        loop.train_and_evaluate(program[0][2], str(program[0][1].workdir(root)), force=force)
+      else:
+        multirun.train_and_evaluate_many([config for _, _, config in program],
+                                         [cell.workdir(root) for _, cell, _ in program],
+                                         force=force)
     except WorkdirBusy as e:
-      log(f"[{n + 1}/{len(mine)}] {w.relative_to(root)}: left to its holder ({e})")
-      busy.append(str(w.relative_to(root)))
+      for n, cell, _ in program:
+        log(f"[{n + 1}/{len(mine)}] {cell.workdir(root).relative_to(root)}: left to its "
+            f"holder ({e})")
+      busy += names
       continue
-    ran.append(cell)
+    ran += [cell for _, cell, _ in program]
   if busy:
     raise WorkdirBusy(f"{len(busy)} cell(s) are being trained by another process: "
                       f"{', '.join(busy)}. Rerun this command once they finish.")
@@ -296,6 +318,9 @@ def main(argv=None) -> int:
   p.add_argument("--force", action="store_true",
                  help="retrain afresh the cells whose workdir holds a run of another config "
                       "(which stops the command otherwise); see mer_jax.train --force")
+  p.add_argument("--runs_per_program", type=int, default=1, metavar="K",
+                 help="train up to K cells that differ only in seed or LOSO fold as one "
+                      "program (parameters stacked, the step vmapped; mer_jax.run.multirun)")
   p.add_argument("--bootstrap", type=int, default=1000)
   p.add_argument("--explain", action="store_true",
                  help="explain the validation-chosen model of each method and phase "
@@ -366,8 +391,10 @@ def _study(args, root: pathlib.Path, overrides: list[str]) -> int:
     cells = make_cells(models, methods, phases, seeds, folds, split_seeds, args.split)
     write_plan(root, plan(cells, args.protocol, args.split, n_folds))
     print(f"{len(cells)} cells; task {args.task_index} of {args.num_tasks}", flush=True)
+    if args.runs_per_program < 1:
+      raise UsageError(f"--runs_per_program must be at least 1, got {args.runs_per_program}")
     run_cells(cells, root, overrides, args.protocol, args.task_index, args.num_tasks,
-              force=args.force)
+              force=args.force, runs_per_program=args.runs_per_program)
     if args.num_tasks > 1:
       # Other tasks may still be training: no task writes a partial report.
       print("Cells done; run with --report_only once every task has finished.")
