@@ -13,6 +13,7 @@ import pytest
 
 from mer_jax import study
 from mer_jax.plumbing.errors import UsageError
+from mer_jax.run import multirun, recipe, steps
 from e2e import study_args
 
 
