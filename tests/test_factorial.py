@@ -205,7 +205,7 @@ def test_factorial_study_end_to_end(casme2_small, tmp_path):
   report.md, with the figure, and study.json)."""
   from e2e import study_args
   assert study.main(["--workdir", str(tmp_path), "--factorial", "--models", "poolformer_s12",
-                     "--phases", "af"] + study_args(casme2_small)) == 0
+                     "--phases", "af"] + study_args(casme2_small) + ["--set", "num_epochs=1"]) == 0
   got = json.loads((tmp_path / "study.json").read_text())["factorial"]["cubes"]
   assert list(got) == ["poolformer_s12_af"] and len(got["poolformer_s12_af"]["effects"]) == 7
   assert "## Crop × colour × size: the factorial" in (tmp_path / "report.md").read_text()

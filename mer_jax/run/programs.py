@@ -18,8 +18,10 @@ Two ways through an epoch (`config.train_loop`):
   inside. One process, one device. The split is padded to a power of two of
   rows and a chunk's unused steps are skipped (`lax.cond`), so LOSO folds of
   different sizes share one compiled program.
-- "auto" (default): "scan" on one device when the padded split takes at
-  most SCAN_MAX_BYTES, else "step".
+- "auto" (default): "scan" on one accelerator (GPU, TPU) when the padded split
+  takes at most SCAN_MAX_BYTES, else "step". Not on CPU: XLA's CPU backend runs
+  a scanned step at half the per-step loop's speed (the quickstart: 27 vs 58
+  images/s, BENCHMARKS.md), so there the per-step loop is the default.
 Both give the same batches in the same order; their parameters agree to float
 rounding (XLA fuses a loop body differently), hence train_loop and
 scan_steps are among the fields that do not change a run
@@ -165,7 +167,8 @@ def use_scan(config, images: np.ndarray) -> bool:
     raise UsageError(f"train_loop=scan runs on one device, not {jax.device_count()}: "
                      "use train_loop=step (or auto)")
   size = padded_rows(len(images)) * int(np.prod(images.shape[1:])) * images.dtype.itemsize
-  return loop == "scan" or (loop == "auto" and one_device and size <= SCAN_MAX_BYTES)
+  return loop == "scan" or (loop == "auto" and one_device and jax.default_backend() != "cpu"
+                            and size <= SCAN_MAX_BYTES)
 
 
 def device_split(images: np.ndarray, labels: np.ndarray, mesh) -> tuple:
