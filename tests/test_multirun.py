@@ -81,6 +81,9 @@ def test_programs_group_cells_that_differ_in_seed_or_fold():
   assert multirun.group_runs(configs, 1) == [[i] for i in range(12)]
   with pytest.raises(UsageError, match="data.method"):
     multirun.check_program([configs[0], configs[6]])
+  leaky = [study.cell_config(c, ["selection=test_fold_best_epoch"], "loso") for c in cells[:2]]
+  with pytest.raises(UsageError, match="runs_per_program 1"):   # no per-epoch test record
+    multirun.check_program(leaky)
 
 
 def test_schedule_that_depends_on_the_fold_size_is_refused():

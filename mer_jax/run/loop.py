@@ -247,13 +247,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
         test = experiment.evaluate_split(setup, state["params"], "test", predict_fn)
         if is_main:
           report.write_epoch_predictions(workdir, epoch + 1, test)
-      record = {"epoch": epoch + 1, "train_loss": float(losses_sum) / max(n_steps, 1),
-                "val_macro_f1": vf1, "val_uar": val["video"]["uar"],
-                "val_accuracy": val["video"]["accuracy"],
-                "val_frame_macro_f1": val["frame"]["macro_f1"],
-                "seconds": time.perf_counter() - t0,
-                "input_wait_fraction": wait_seconds / max(train_seconds, 1e-9),
-                "images_per_s": (n_steps - start_step) * global_batch / max(train_seconds, 1e-9)}
+      record = epoch_record(epoch, val, losses_sum, n_steps, start_step, global_batch, t0,
+                            train_seconds, wait_seconds)
       history.append(record)
       logger.write(int(state["step"]), **{k: v for k, v in record.items() if k != "epoch"},
                    epoch=epoch + 1)
@@ -297,6 +292,20 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     ckpt.close()
   return report.finish_run(workdir, c, results, meta, best.record(), say=_say,
                            dataset=setup.dataset, train_videos=setup.data["train"].num_videos)
+
+
+def epoch_record(epoch: int, val: dict, loss_sum, n_steps: int, start_step: int, batch: int,
+                 t0: float, train_seconds: float, wait_seconds: float) -> dict:
+  """One epoch's record of metrics.json's `history` (a run alone, or one of a program's
+  runs: mer_jax.run.multirun): its mean train loss over `n_steps`, validation scores,
+  seconds since `t0`, input wait and images/s over the steps trained from `start_step`."""
+  return {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(n_steps, 1),
+          "val_macro_f1": val["video"]["macro_f1"], "val_uar": val["video"]["uar"],
+          "val_accuracy": val["video"]["accuracy"],
+          "val_frame_macro_f1": val["frame"]["macro_f1"],
+          "seconds": time.perf_counter() - t0,
+          "input_wait_fraction": wait_seconds / max(train_seconds, 1e-9),
+          "images_per_s": (n_steps - start_step) * batch / max(train_seconds, 1e-9)}
 
 
 def _check_finite(finite, ckpt, workdir):

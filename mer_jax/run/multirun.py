@@ -53,7 +53,7 @@ from mer_jax.data.preprocess import Method
 from mer_jax.plumbing import runtime
 from mer_jax.plumbing.errors import UsageError
 from mer_jax.run import checkpointing, experiment, input_pipeline, report, sequences, sources, steps
-from mer_jax.run.loop import EarlyStopping, NonFiniteLossError
+from mer_jax.run.loop import EarlyStopping, NonFiniteLossError, epoch_record
 from mer_jax.run.workdir import hold
 
 # The fields in which the runs of one program may differ.
@@ -72,6 +72,9 @@ def check_program(configs) -> None:
     raise UsageError("a program needs at least one run")
   if sequences.is_temporal(configs[0]):
     raise UsageError("a temporal head trains one run at a time: use --runs_per_program 1")
+  if configs[0].get("selection", "validation") == "test_fold_best_epoch":
+    raise UsageError("selection=test_fold_best_epoch records each epoch's test predictions, "
+                     "which runs in one program do not: use --runs_per_program 1")
   first = configs[0].to_dict()
   for c in configs[1:]:
     changes = experiment.config_changes(first, c.to_dict(),
@@ -316,13 +319,8 @@ def _end_epoch(r: _Run, state, predict_fn, loss_sum, n_done, start, t0, train_se
   val = experiment.evaluate_split(r.setup, state["params"], "validation", predict_fn)
   vf1 = val["video"]["macro_f1"]
   improved = r.stopper.update(vf1, epoch)
-  record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(n_done, 1),
-            "val_macro_f1": vf1, "val_uar": val["video"]["uar"],
-            "val_accuracy": val["video"]["accuracy"],
-            "val_frame_macro_f1": val["frame"]["macro_f1"],
-            "seconds": time.perf_counter() - t0,
-            "input_wait_fraction": wait / max(train_seconds, 1e-9),
-            "images_per_s": (n_done - start) * c.batch_size / max(train_seconds, 1e-9)}
+  record = epoch_record(epoch, val, loss_sum, n_done, start, c.batch_size, t0, train_seconds,
+                        wait)
   meta["history"].append(record)
   _say(f"{r.workdir.name} epoch {epoch + 1}: loss {record['train_loss']:.4f}, val macro-F1 "
        f"{vf1:.4f}{' *best*' if improved else ''}")
