@@ -9,6 +9,8 @@ r"""The paper's grid in one command: every cell trained, then the paper's tables
   python -m mer_jax.study --grid paper --methods m1,m2,m2a,m3 --workdir runs/study4
   python -m mer_jax.study --factorial --models poolformer_m36 --phases mfs --workdir runs/cube
   python -m mer_jax.study --grid paper --train_fractions 0.25,0.5,1 --workdir runs/size
+  python -m mer_jax.study --datasets casme2,megc2019,casme3 --protocol loso \
+      --train_fractions 0.25,0.5,1 --workdir runs/size_each
   python -m mer_jax.study --grid paper --protocol loso --set selection=test_fold_best_epoch \
       --workdir runs/loso_leak
   python -m mer_jax.study --dataset megc2019 --protocol loso --workdir runs/megc \
@@ -49,7 +51,9 @@ test predictions; the report then adds the field's leaky choice (per LOSO fold t
 epoch best on that fold's test videos) beside the honest one, with the inflation
 (mer_jax.analysis.leak). `--train_fractions 0.25,0.5,1` runs the study once per
 data.train_fraction in WORKDIR/train_fraction<F> and writes size_report.md and
-fig_size.png: M1 − X against the number of training videos (mer_jax.analysis.size).
+fig_size.png: M1 − X against the number of training videos (mer_jax.analysis.size);
+with `--datasets casme2,megc2019,casme3` each dataset's fractions lie in
+WORKDIR/<dataset>/train_fraction<F> and WORKDIR/size_report.md has one table per dataset.
 
 Models: registry names, or a temporal head on one as BACKBONE+HEAD[+frozen]
 (`--models poolformer_s12,poolformer_s12+gru`: the backbone's frames voting
@@ -327,27 +331,27 @@ def main(argv=None) -> int:
                       "(mer_jax.explain) and report where the models look")
   args = cli.parse(p, argv)
   root = pathlib.Path(args.workdir).absolute()
-  if args.datasets:
-    if args.dataset or args.train_fractions:
-      raise UsageError("--datasets runs one study per dataset; drop --dataset and "
-                       "--train_fractions (run those per dataset)")
-    for name in parse_list(args.datasets, sources.DATASET_NAMES):
-      _study(args, root / name, data_overrides(args, name) + args.set)
-    return 0
-  overrides = data_overrides(args, args.dataset) + args.set  # the user's --set still wins
+  if args.datasets and args.dataset:
+    raise UsageError("--datasets runs one study per dataset (WORKDIR/<dataset>); drop "
+                     "--dataset")
+  roots = ({name: root / name for name in parse_list(args.datasets, sources.DATASET_NAMES)}
+           if args.datasets else {args.dataset: root})
   fractions = [float(f) for f in parse_list(args.train_fractions)]
   for f in fractions:
     splits.check_train_fraction(f)
-  if args.report_only and not fractions:
-    fractions = size.fractions_of(root)      # a --train_fractions study, read back
-  if not fractions:
-    return _study(args, root, overrides)
-  for f in fractions:
-    _study(args, size.fraction_dir(root, f), overrides + [f"data.train_fraction={f:g}"])
-  if args.num_tasks > 1 and not args.report_only:
-    return 0
-  size.report(root)
-  print(f"size report: {root / 'size_report.md'}")
+  sized = False
+  for name, where in roots.items():
+    overrides = data_overrides(args, name) + args.set  # the user's --set still wins
+    # --report_only reads a --train_fractions study back from its folders.
+    fs = fractions or (size.fractions_of(where) if args.report_only else [])
+    if not fs:
+      _study(args, where, overrides)
+    for f in fs:
+      _study(args, size.fraction_dir(where, f), overrides + [f"data.train_fraction={f:g}"])
+    sized = sized or bool(fs)
+  if sized and (args.report_only or args.num_tasks == 1):
+    size.report(root)
+    print(f"size report: {root / 'size_report.md'}")
   return 0
 
 

@@ -24,6 +24,7 @@ from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.models import temporal
 from mer_jax.plumbing.errors import UserError
+from mer_jax.run import sources
 from mer_jax.run.report import DEFAULT_DATASET
 
 METHODS = Method.names()                                   # m1, m2, m2a, m3
@@ -92,7 +93,8 @@ def _score(block: dict | None) -> float:
 def gather(root: pathlib.Path) -> list[dict]:
   """One record per finished run under root (CELL/seed<S>[/fold<K>] or CELL/<split>/seed<S>):
   its cell coordinates from its saved config (the model as its spec, e.g.
-  poolformer_s12+gru for a temporal head: mer_jax.models.temporal.spec_of), validation macro-F1, test predictions."""
+  poolformer_s12+gru for a temporal head: mer_jax.models.temporal.spec_of), its data in one
+  name (data_name: run.sources.data_name; `dataset` is its build's fingerprint), validation macro-F1, test predictions."""
   out = []
   for mfile in sorted(f for pattern in RUN_FILES for f in root.glob(pattern)):
     w = mfile.parent
@@ -106,6 +108,7 @@ def gather(root: pathlib.Path) -> list[dict]:
                 else -1, "protocol": protocol, "split": d.get("split", "video"),
                 "split_seed": int(d.get("split_seed", 0)),
                 "val_f1": _score(m.get("validation")), "dataset": m.get("dataset"),
+                "data_name": sources.data_name(d),
                 "video_ids": ids, "y": y, "pred": p, "subjects": subjects,
                 "datasets": datasets, "train_videos": m.get("train_videos"),
                 "best_epoch": m.get("best_epoch"), "workdir": str(w), "classes": classes})

@@ -80,6 +80,14 @@ def scheme(data: Mapping) -> labels.Scheme:
   return s
 
 
+def data_name(data: Mapping) -> str:
+  """A run's data in one name: its dataset (casme2, megc2019, ...), or TRAIN→TEST under
+  protocol=cross (the names as given, e.g. megc2019→samm)."""
+  if data.get("protocol", "paper") == "cross":
+    return f"{data.get('train_datasets', '')}→{data.get('test_dataset', '')}"
+  return data.get("dataset", "casme2")
+
+
 def classes(data: Mapping) -> tuple[str, ...]:
   """The class names of a run's head, in output order."""
   return scheme(data).classes
