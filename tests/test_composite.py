@@ -1,17 +1,25 @@
 """The MEGC 2019 composite and cross-dataset runs on the synthetic stand-ins: builds per
-dataset, labels through megc.three_class, LOSO over dataset-prefixed subjects, cross splits.
+dataset, labels through megc.three_class, LOSO over dataset-prefixed subjects, cross splits,
+and the composite LOSO study with both epoch selections end to end.
 
 One module-scoped fixture builds the three stand-ins once (m2_mfs, small trees); the
-references are the readers' Video records and megc.three_class, not the pipeline.
+references are the readers' Video records and megc.three_class, not the pipeline, and, for
+the study, scikit-learn on the runs' own prediction CSVs.
 """
 from __future__ import annotations
 
+import json
+
 import ml_collections
-
+import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score, f1_score, recall_score
 
+from mer_jax import study
+from mer_jax.analysis import leak
 from mer_jax.data import load_videos, megc
-from mer_jax.run import experiment, input_pipeline, sources
+from mer_jax.run import experiment, input_pipeline, report, sources
 
 pytestmark = pytest.mark.slow  # three small builds, ~20-30 s on two busy cores
 
@@ -81,3 +89,73 @@ def test_manual_dirs_and_refusals(tmp_path):
     sources.manual_dirs("casme2=/a", ("casme2", "smic_hs"))
   with pytest.raises(sources.UsageError, match="no classes for samm"):
     sources.scheme({"dataset": "samm", "labels": "casme2"})
+
+
+@pytest.fixture(scope="module")
+def leaky_composite(composite, tmp_path_factory):
+  """The composite LOSO study of README's leak section, test-sized, on the fixture's builds:
+  two folds (a SAMM and a CASME II subject), 2 epochs, 32 px, a quarter of the training
+  videos, every epoch's test predictions recorded (selection=test_fold_best_epoch)."""
+  config, dirs, _ = composite
+  n = len(input_pipeline.loso_subjects(dirs, sources.scheme(config.data)))
+  root = tmp_path_factory.mktemp("megc_leak")
+  sets = [f"data.{k}={config.data[k]}" for k in ("manual_dir", "data_dir", "synthetic",
+                                                  "synthetic_videos", "synthetic_subjects")]
+  sets += ["init.weights=", "model.img_size=32", "num_epochs=2", "patience=5",
+           "data.train_fraction=0.25", "eval_batch_size=32", "bootstrap_resamples=20",
+           "selection=test_fold_best_epoch"]
+  assert study.main(["--workdir", str(root), "--dataset", "megc2019", "--protocol", "loso",
+                     "--folds", f"0,{n - 1}", "--models", "poolformer_s12", "--methods", "m2",
+                     "--phases", "mfs", "--bootstrap", "50"]
+                    + [a for s in sets for a in ("--set", s)]) == 0
+  return root
+
+
+def _scores(df: pd.DataFrame) -> dict:
+  """UF1 and UAR (sklearn macro over the classes present in the labels)."""
+  labels = sorted(set(df["label"]))
+  return {name: fn(df["label"], df["pred"], labels=labels, average="macro", zero_division=0)
+          for name, fn in (("uf1", f1_score), ("uar", recall_score))}
+
+
+def test_composite_leak_study_equals_sklearn_on_the_runs_csvs(leaky_composite):
+  """study.json's honest (validation-chosen) and leaky (test-fold-chosen) UF1/UAR, pooled
+  and per source dataset, equal sklearn on the runs' predictions_test.csv and per-epoch test
+  CSVs, the leaky epoch being redone here (highest test accuracy, ties to the later one)."""
+  root = leaky_composite
+  out = json.loads((root / "study.json").read_text())
+  cell = out["cells"]["poolformer_s12_m2_mfs"]
+  (row,) = out[leak.KEY]
+  honest, leaky, chosen = [], [], {}
+  folds = sorted(root.glob("poolformer_s12_m2_mfs/seed0/fold*"))
+  assert len(folds) == 2
+  for w in folds:
+    m = json.loads((w / "metrics.json").read_text())
+    h = pd.read_csv(w / "predictions_test.csv")
+    epochs = {int(f.stem[-4:]): pd.read_csv(f)
+              for f in (w / report.EPOCH_PREDICTIONS).glob("*.csv")}
+    assert sorted(epochs) == [1, 2]
+    acc = {e: accuracy_score(p["label"], p["pred"]) for e, p in epochs.items()}
+    e = max(e for e in acc if acc[e] == max(acc.values()))
+    # The honest predictions are those of the validation-chosen epoch.
+    assert list(epochs[m["best_epoch"]]["pred"]) == list(h["pred"])
+    chosen[int(m["config"]["data"]["fold"])] = e
+    honest.append(h)
+    leaky.append(epochs[e].set_index("video_id").loc[h["video_id"]].reset_index())
+  assert {x["fold"]: x["leaky"] for x in row["epochs"]} == chosen
+  honest, leaky = pd.concat(honest), pd.concat(leaky)
+  assert set(honest["dataset"]) == {"samm", "casme2"}
+  for name in ("uf1", "uar"):
+    h, lk = _scores(honest)[name], _scores(leaky)[name]
+    assert row[name]["honest"] == pytest.approx(h) and row[name]["leaky"] == pytest.approx(lk)
+    assert row[name]["inflation"] == pytest.approx(lk - h)
+    assert cell["macro_f1" if name == "uf1" else "uar"] == pytest.approx(h)
+    for d in ("samm", "casme2"):
+      hd, ld = (_scores(x[x["dataset"] == d])[name] for x in (honest, leaky))
+      got = row["per_dataset"][d][name]
+      assert got["honest"] == pytest.approx(hd) and got["leaky"] == pytest.approx(ld)
+      assert got["inflation"] == pytest.approx(ld - hd)
+      assert cell["per_dataset"][d][name] == pytest.approx(hd)
+  text = (root / "report.md").read_text()
+  assert "Per source dataset (the MEGC convention; the same runs and chosen epochs" in text
+  assert f"| samm | 1 | {int((honest['dataset'] == 'samm').sum())} | " in text
