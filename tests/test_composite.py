@@ -9,6 +9,7 @@ the study, scikit-learn on the runs' own prediction CSVs.
 from __future__ import annotations
 
 import json
+import re
 
 import ml_collections
 import numpy as np
@@ -17,11 +18,13 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from mer_jax import study
-from mer_jax.analysis import leak
+from mer_jax.analysis import leak, size
 from mer_jax.data import load_videos, megc
 from mer_jax.run import experiment, input_pipeline, report, sources
 
-pytestmark = pytest.mark.slow  # three small builds, ~20-30 s on two busy cores
+# The tests on the stand-ins' builds are slow (three small builds, ~20-30 s on two busy
+# cores; the study trains two folds); the refusals and the size table need no build.
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,7 @@ def kept(videos):
           if megc.three_class(v) is not None}
 
 
+@slow
 def test_composite_examples_carry_source_and_three_classes(composite):
   config, dirs, videos = composite
   assert set(dirs) == set(megc.DATASETS)
@@ -56,6 +60,7 @@ def test_composite_examples_carry_source_and_three_classes(composite):
   assert {k: v.pop() for k, v in got.items()} == want  # the dropped videos left out
 
 
+@slow
 def test_composite_loso_one_fold_per_subject(composite):
   config, dirs, videos = composite
   subjects = sorted({v.subject_id for vs in videos.values() for v in vs
@@ -67,6 +72,7 @@ def test_composite_loso_one_fold_per_subject(composite):
   assert not set(fold["train"].subjects) & set(fold["validation"].subjects)
 
 
+@slow
 def test_cross_trains_on_one_dataset_and_tests_on_another(composite):
   config, dirs, videos = composite
   data = ml_collections.ConfigDict(dict(config.data, protocol="cross",
@@ -118,6 +124,7 @@ def _scores(df: pd.DataFrame) -> dict:
           for name, fn in (("uf1", f1_score), ("uar", recall_score))}
 
 
+@slow
 def test_composite_leak_study_equals_sklearn_on_the_runs_csvs(leaky_composite):
   """study.json's honest (validation-chosen) and leaky (test-fold-chosen) UF1/UAR, pooled
   and per source dataset, equal sklearn on the runs' predictions_test.csv and per-epoch test
@@ -159,3 +166,50 @@ def test_composite_leak_study_equals_sklearn_on_the_runs_csvs(leaky_composite):
   text = (root / "report.md").read_text()
   assert "Per source dataset (the MEGC convention; the same runs and chosen epochs" in text
   assert f"| samm | 1 | {int((honest['dataset'] == 'samm').sum())} | " in text
+
+
+def test_size_report_one_table_per_dataset(tmp_path):
+  """study --datasets casme2,megc2019 --train_fractions 0.5,1, read back (--report_only) from
+  hand-written runs (no training): size.json's M1 − M2 per dataset and fraction equals
+  sklearn's macro-F1 difference on each run's saved predictions, its x the runs' own
+  train_videos, and size_report.md has one table per dataset holding that dataset's rows."""
+  rng = np.random.default_rng(3)
+  want = {}
+  for name, n_train in (("casme2", 60), ("megc2019", 120)):
+    ids = np.array([f"s{i % 4}/v{i:02d}" for i in range(18)])
+    for fraction in (0.5, 1.0):
+      data = ml_collections.ConfigDict(dict(dataset=name, labels="", protocol="paper"))
+      classes = sources.classes(data)
+      y = rng.integers(0, len(classes), len(ids))
+      f1 = {}
+      for method, acc in (("m1", 0.8), ("m2", 0.4)):
+        p = np.where(rng.random(len(ids)) < acc, y, rng.integers(0, len(classes), len(ids)))
+        cell = study.Cell("poolformer_s12", method, "kfs", 0)
+        w = cell.workdir(size.fraction_dir(tmp_path / name, fraction))
+        w.mkdir(parents=True)
+        config = study.cell_config(cell, [f"data.dataset={name}",
+                                          f"data.train_fraction={fraction:g}"], "paper")
+        (w / "metrics.json").write_text(json.dumps({
+            "config": config.to_dict(), "classes": list(classes),
+            "validation": {"macro_f1": 0.5}, "test": {"macro_f1": 0.0},
+            "train_videos": int(n_train * fraction)}))
+        pd.DataFrame({"video_id": ids, "subject": [i.split("/")[0] for i in ids],
+                      "dataset": name, "label": [classes[t] for t in y],
+                      "pred": [classes[q] for q in p]}).to_csv(w / "predictions_test.csv",
+                                                                index=False)
+        f1[method] = f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0)
+      want[(name, fraction)] = (f1["m1"] - f1["m2"], n_train * fraction)
+  assert study.main(["--workdir", str(tmp_path), "--datasets", "casme2,megc2019",
+                     "--report_only", "--bootstrap", "20"]) == 0
+  rows = json.loads((tmp_path / "size.json").read_text())["differences"]
+  got = {(r["data"], r["fraction"]): (r["diff"], r["train_videos"]) for r in rows}
+  assert got.keys() == want.keys()
+  for k, (diff, n) in want.items():
+    assert got[k] == (pytest.approx(diff), int(n))
+  text = (tmp_path / "size_report.md").read_text()
+  tables = dict(re.findall(r"^## (\S+)\n\n((?:\|.*\n)+)", text, re.M))
+  assert sorted(tables) == ["casme2", "megc2019"]
+  for (name, fraction), (diff, n) in want.items():
+    assert f"| {fraction:g} | {n:.1f} | poolformer_s12 | KFS | M1 − M2 | " in tables[name]
+    assert f"{diff:.4f}" in tables[name]
+  assert (tmp_path / "fig_size.png").stat().st_size > 1000
