@@ -70,7 +70,37 @@ def test_stand_in_pixels(stand_ins):
   assert img.shape == (109, 204, 3)                            # 2040x1088 / 10
   assert np.array_equal(img[..., 0], img[..., 1])              # gray
   smic = load_videos("smic_hs", stand_ins["smic_hs"])[0]
-  assert read_frame(next(iter(smic.frames.values()))).shape == (120, 160, 3)
+  assert read_frame(next(iter(smic.frames.values()))).shape == (240, 320, 3)   # 640x480 / 2
+  casme3 = load_videos("casme3", stand_ins["casme3"])[0]
+  assert read_frame(next(iter(casme3.frames.values()))).shape == (180, 320, 3)  # 1280x720 / 4
+
+
+@pytest.mark.parametrize("dataset", ["casme2", "samm", "smic_hs", "casme3"])
+def test_stand_in_faces_are_found_where_drawn(stand_ins, synthetic_casme2, dataset):
+  """The build's face path (dlib through faces.FaceDetector, read as the build
+  reads) finds each video's face at its onset, where the renderer drew it: the
+  subject's face centre in the 640x480 render, mapped through the stand-in's cut
+  to its release's aspect and shrink (M2 of a stand-in is a face crop, not the
+  whole-frame fallback)."""
+  import re
+  from mer_jax.data import faces
+  from mer_jax.data.pixels import read_frame
+  root, plan = stand_ins.get(dataset), synthetic.plan(6, 3, 0, quirks=False)
+  if dataset == "casme2":   # conftest's tree: plan(16, 4, seed=3)
+    root, plan = synthetic_casme2, synthetic.plan(16, 4, seed=3)
+  drawn = {v.subject.number: v.subject for v in plan}
+  detector = faces.FaceDetector()
+  for v in load_videos(dataset, root):
+    rgb = read_frame(v.frames[v.onset])
+    found = faces.detect_frames([v.onset], v.frames, lambda n: rgb, detector)
+    box = faces.video_faces(found.faces).own[v.onset]
+    assert box is not None, f"{v.video_id}: no face found in a {rgb.shape[1]}x{rgb.shape[0]} frame"
+    s = drawn[int(re.search(r"\d+", v.subject).group()) - (5 if dataset == "samm" else 0)]
+    h, w = rgb.shape[:2]
+    k = w / synthetic.FRAME_W                       # the shrink; rows cut evenly top and bottom
+    top = (synthetic.FRAME_H - min(synthetic.FRAME_H, round(synthetic.FRAME_W * h / w))) // 2
+    off = np.hypot((box[0] + box[2]) / 2 - s.cx * k, (box[1] + box[3]) / 2 - (s.cy - top) * k)
+    assert off < 0.15 * (box[2] - box[0]), (v.video_id, box, s)
 
 
 # --- hand-built trees with the real copies' quirks ------------------------------------

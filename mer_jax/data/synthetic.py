@@ -426,8 +426,12 @@ _MOTION_OF = {
                "happy": "happiness", "sad": "sadness", "surprise": "surprise",
                "others": "others"},
 }
-# Stand-in frame sizes (w, h): each release's aspect, scaled down for speed.
-STAND_IN_SIZE = {"samm": (204, 109), "smic_hs": (160, 120), "casme3": (160, 90)}
+# Stand-in frame sizes (w, h): each release's aspect, scaled down for speed
+# (SAMM 2040x1088 / 10, SMIC-HS 640x480 / 2, CAS(ME)^3 1280x720 / 4), but not
+# below what dlib's detector needs: its smallest box is about 80 px, and the
+# rendered face (about 0.3 of the frame's width, as in SMIC-HS and CAS(ME)^3)
+# fills that from about 250 px of frame width (at 160 px it found 5 of 60 faces).
+STAND_IN_SIZE = {"samm": (204, 109), "smic_hs": (320, 240), "casme3": (320, 180)}
 LAYOUTS = ("casme2", "samm", "smic_hs", "casme3")
 
 
@@ -542,10 +546,11 @@ def write_stand_in(dataset: str, out: str | pathlib.Path, videos: int = 12, subj
 
   CASME II: `write_synthetic_casme2`. SAMM: gray frames at a tenth of 2040x1088
   named {subject:03d}_{frame}.jpg with 4- and 5-digit numbers, the sheet with
-  13 title rows above its header, one apex -1. SMIC-HS: colour bmp clips in
-  s{N}/micro/{label}/, image<N> and (even subjects) reg_image<N> naming, a
-  non_micro/ folder, no sheet (apex drawn at the middle frame). CAS(ME)^3:
-  colour frames in {subject}/{filename}/color/{N}.jpg, each subject's second
+  13 title rows above its header, one apex -1. SMIC-HS: colour bmp clips at
+  half of 640x480 in s{N}/micro/{label}/, image<N> and (even subjects)
+  reg_image<N> naming, a non_micro/ folder, no sheet (apex drawn at the middle
+  frame). CAS(ME)^3: colour frames at a quarter of 1280x720 in
+  {subject}/{filename}/color/{N}.jpg, each subject's second
   and later clips cut from its first recording (repeated filenames), and
   the part A label sheet. Labels in the datasets' proportions
   (SAMM_COUNTS, SMIC_HS_COUNTS; CAS(ME)^3 even), motions as in CASME II;
