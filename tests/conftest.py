@@ -15,6 +15,13 @@ else:
   _CACHE = None
 
 
+# The tiny test architectures (tests/tiny.py) in every test process: the parity
+# tests' references and the model the end-to-end tests train.
+import tiny  # noqa: E402
+
+tiny.register()
+
+
 def pytest_unconfigure(config):
   if _CACHE:
     shutil.rmtree(_CACHE, ignore_errors=True)
@@ -47,6 +54,7 @@ import subprocess
 import pytest
 
 from e2e import run_cmd, study_args, train_cmd
+from tiny import E2E_MODEL
 
 
 def made_once(tmp_path_factory, name: str, make) -> pathlib.Path:
@@ -90,16 +98,16 @@ def reference_run(casme2_small, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def m3_af_cell(casme2_small, tmp_path_factory):
-  """The run dir of a study cell poolformer_s12 M3 (optical flow) AF, trained as
+  """The run dir of a study cell E2E_MODEL M3 (optical flow) AF, trained as
   the study tests train theirs: the M3 predict test reads it, the method-pair
   study test copies it in."""
   from mer_jax import study
 
   def make(w):
-    assert study.main(["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m3",
+    assert study.main(["--workdir", str(w), "--models", E2E_MODEL, "--methods", "m3",
                        "--phases", "af", "--seeds", "0"] + study_args(casme2_small)) == 0
   w = made_once(tmp_path_factory, "m3_study", make)
-  return w / "poolformer_s12_m3_af" / "seed0"
+  return w / f"{E2E_MODEL}_m3_af" / "seed0"
 
 
 # --- The data tests' synthetic CASME II, one per test run -----------------------

@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+from tiny import E2E_MODEL
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def subprocess_env(devices: int = 1) -> dict:
@@ -15,12 +17,12 @@ def subprocess_env(devices: int = 1) -> dict:
 
 
 def train_overrides(data, **extra) -> list[str]:
-  """`--config.X=Y` flags of the reference run (poolformer_s12, M2 KFS, 32 px,
+  """`--config.X=Y` flags of the reference run (the tiny E2E_MODEL, M2 KFS, 32 px,
   3 epochs, checkpoints every 2 steps) over configs/quickstart.py."""
   manual, tfds_dir = data
   opts = {"data.manual_dir": manual, "data.data_dir": tfds_dir, "data.phase": "kfs",
-          "data.synthetic": False, "model.img_size": 32, "batch_size": 8,
-          "eval_batch_size": 16, "num_epochs": 3, "patience": 10, "log_every_steps": 2,
+          "data.synthetic": False, "model.name": E2E_MODEL, "model.img_size": 32,
+          "batch_size": 8, "eval_batch_size": 16, "num_epochs": 3, "patience": 10, "log_every_steps": 2,
           "checkpoint_every_steps": 2, "bootstrap_resamples": 100, "optim.warmup_epochs": 0,
           "aug.enabled": True, "seed": 1}
   opts.update(extra)
@@ -28,7 +30,10 @@ def train_overrides(data, **extra) -> list[str]:
 
 
 def train_cmd(workdir, data, **extra) -> list[str]:
-  return [sys.executable, "-m", "mer_jax.train", "--config", str(ROOT / "configs/quickstart.py"),
+  """`python -m mer_jax.train` of the reference run, through tests/with_tiny.py (which
+  registers E2E_MODEL in the process)."""
+  return [sys.executable, str(ROOT / "tests" / "with_tiny.py"), "mer_jax.train",
+          "--config", str(ROOT / "configs/quickstart.py"),
           "--workdir", str(workdir)] + train_overrides(data, **extra)
 
 
@@ -38,7 +43,7 @@ def run_cmd(cmd, devices: int = 1, timeout: int = 600):
 
 
 def study_args(data) -> list[str]:
-  """`mer_jax.study` flags of the study tests' cells: poolformer_s12 at 32 px,
+  """`mer_jax.study` flags of the study tests' cells (`--models` E2E_MODEL) at 32 px,
   2 epochs, on the session's small synthetic CASME II."""
   manual, tfds_dir = data
   return ["--set", f"data.manual_dir={manual}", "--set", f"data.data_dir={tfds_dir}",

@@ -3,17 +3,15 @@
 The references are timm 1.0.31's own modules, randomly initialised and then
 perturbed (`randomise`) so that parameters timm initialises to constants
 (norms, biases, layer scales, bias tables) matter to the logits too.
-`tiny_archs` registers one small architecture per family in the family's
-ARCHS (for the test only), so that the mechanics run through the very
-`create` and `convert_timm` code the paper's models use, against timm's
-classes with the same hyper-parameters.
+The tiny architectures (tests/tiny.py, registered in every test process) run
+through the very `create` and `convert_timm` code the paper's models use,
+against timm's classes with the same hyper-parameters.
 """
 from __future__ import annotations
 
 import importlib
 
 import numpy as np
-import pytest
 import timm
 import torch
 from timm.models import metaformer as timm_metaformer
@@ -21,9 +19,7 @@ from timm.models import swin_transformer as timm_swin
 from timm.models import vision_transformer as timm_vit
 
 from mer_jax import models
-from mer_jax.models.poolformer import PoolFormerArch
-from mer_jax.models.swin import SwinArch
-from mer_jax.models.vit import ViTArch
+from tiny import TINY, TINY_POOLFORMER, TINY_SIZE, TINY_SWIN, TINY_VIT
 
 TOL = 1e-4  # relative L2 error of logits, float32 eval mode
 FAMILIES = ("vit", "swin", "poolformer")
@@ -97,25 +93,7 @@ def timm_model(name: str, img_size: int = 224, num_classes: int = 7, in_chans: i
   return randomise(m, seed + 1, 0.3 if models.family(name) == "poolformer" else 0.02)
 
 
-# --- one tiny architecture per family -------------------------------------------
-
-TINY_SIZE = 32
-TINY_VIT = ViTArch(patch_size=8, embed_dim=32, depth=2, num_heads=2)
-# Two stages: at 32 px the first (8x8 map, window 7) has shifted windows on a
-# map padded to 14, the second (4x4) a window clamped to the map, after a
-# PatchMerging. Swin-B's deeper stages run the same code.
-TINY_SWIN = SwinArch(embed_dim=16, depths=(2, 1), num_heads=(1, 2))
-TINY_POOLFORMER = PoolFormerArch((1, 1, 1, 1), (16, 24, 32, 40), 1e-5)
-TINY = {"vit": ("vit_test", TINY_VIT), "swin": ("swin_test", TINY_SWIN),
-        "poolformer": ("poolformer_test", TINY_POOLFORMER)}
-
-
-@pytest.fixture
-def tiny_archs(monkeypatch):
-  """Registers the tiny architectures (`TINY`) in their family modules for one test."""
-  for family, (name, arch) in TINY.items():
-    monkeypatch.setitem(family_module(family).ARCHS, name, arch)
-
+# --- one tiny architecture per family (tests/tiny.py) -------------------------
 
 def family_module(family: str):
   return importlib.import_module(f"mer_jax.models.{family}")

@@ -21,6 +21,7 @@ from mer_jax import study
 from mer_jax.analysis import leak, size
 from mer_jax.data import load_videos, megc
 from mer_jax.run import experiment, input_pipeline, report, sources
+from tiny import E2E_MODEL
 
 # The tests on the stand-ins' builds are slow (three small builds, ~20-30 s on two busy
 # cores; the study trains two folds); the refusals and the size table need no build.
@@ -111,7 +112,7 @@ def leaky_composite(composite, tmp_path_factory):
            "data.train_fraction=0.25", "eval_batch_size=32", "bootstrap_resamples=20",
            "selection=test_fold_best_epoch"]
   assert study.main(["--workdir", str(root), "--dataset", "megc2019", "--protocol", "loso",
-                     "--folds", f"0,{n - 1}", "--models", "poolformer_s12", "--methods", "m2",
+                     "--folds", f"0,{n - 1}", "--models", E2E_MODEL, "--methods", "m2",
                      "--phases", "mfs", "--bootstrap", "50"]
                     + [a for s in sets for a in ("--set", s)]) == 0
   return root
@@ -131,10 +132,10 @@ def test_composite_leak_study_equals_sklearn_on_the_runs_csvs(leaky_composite):
   CSVs, the leaky epoch being redone here (highest test accuracy, ties to the later one)."""
   root = leaky_composite
   out = json.loads((root / "study.json").read_text())
-  cell = out["cells"]["poolformer_s12_m2_mfs"]
+  cell = out["cells"][f"{E2E_MODEL}_m2_mfs"]
   (row,) = out[leak.KEY]
   honest, leaky, chosen = [], [], {}
-  folds = sorted(root.glob("poolformer_s12_m2_mfs/seed0/fold*"))
+  folds = sorted(root.glob(f"{E2E_MODEL}_m2_mfs/seed0/fold*"))
   assert len(folds) == 2
   for w in folds:
     m = json.loads((w / "metrics.json").read_text())

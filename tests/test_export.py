@@ -18,9 +18,8 @@ from mer_jax import export, metrics
 from mer_jax.data import casme2
 from mer_jax.data.labels import EMOTIONS
 from mer_jax.plumbing.errors import UserError
-from parity import FAMILIES, TINY, TINY_SIZE, TOL, family_module, images, rel_err, tiny_archs
-
-assert tiny_archs  # a fixture, used by name
+from parity import FAMILIES, TOL, family_module, images, rel_err
+from tiny import TINY, TINY_SIZE
 
 
 def tiny_model(family: str, in_chans: int = 1):
@@ -34,7 +33,7 @@ def tiny_model(family: str, in_chans: int = 1):
 # PoolFormer in the fast set; ViT and Swin (compiles of about 5 s each here) in the full suite.
 @pytest.mark.parametrize("family", [pytest.param(f, marks=() if f == "poolformer" else
                                                  pytest.mark.slow) for f in FAMILIES])
-def test_exported_logits_equal_the_flax_models(tiny_archs, family):
+def test_exported_logits_equal_the_flax_models(family):
   """StableHLO within 1e-4 of the Flax logits at batch 3 and 1 (one symbolic batch);
   the ONNX file under onnxruntime within 1e-3."""
   model, params, x = tiny_model(family)
@@ -55,8 +54,7 @@ def test_exported_logits_equal_the_flax_models(tiny_archs, family):
     assert rel_err(got, ref[:n]) < TOL   # random-init logits are small: relative too
 
 
-def test_a_fixed_batch_artifact_pads_its_last_chunk_and_is_checked_on_load(tiny_archs,
-                                                                           tmp_path):
+def test_a_fixed_batch_artifact_pads_its_last_chunk_and_is_checked_on_load(tmp_path):
   """A --batch 2 artifact read back through its contract: 3 images as 2 + 1 padded give
   the softmax of the Flax logits; a changed byte fails the sha256 check."""
   model, params, x = tiny_model("poolformer")
@@ -79,7 +77,7 @@ def test_a_fixed_batch_artifact_pads_its_last_chunk_and_is_checked_on_load(tiny_
 
 @pytest.fixture(scope="module")
 def exported_run(reference_run, tmp_path_factory):
-  """The reference run (poolformer_s12 M2 KFS, 32 px) exported without ONNX."""
+  """The reference run (E2E_MODEL, M2 KFS, 32 px) exported without ONNX."""
   out = tmp_path_factory.mktemp("export")
   contract = export.export_run(reference_run[0], out, onnx=False, say=lambda *a: None)
   return reference_run[0], out, contract

@@ -18,6 +18,7 @@ from mer_jax.data import dataset_configs, preprocess as pp
 from mer_jax.data.phases import Phase
 from frames_helpers import StubDetector, face_patch, make_frame, make_video
 from test_study import _fake_run, _noisy, _test_set
+from tiny import E2E_MODEL
 
 
 def test_corner_names_and_config_names_round_trip():
@@ -204,9 +205,9 @@ def test_factorial_study_end_to_end(casme2_small, tmp_path):
   """One command trains the cube on the synthetic set and reports its effects (in
   report.md, with the figure, and study.json)."""
   from e2e import study_args
-  assert study.main(["--workdir", str(tmp_path), "--factorial", "--models", "poolformer_s12",
+  assert study.main(["--workdir", str(tmp_path), "--factorial", "--models", E2E_MODEL,
                      "--phases", "af"] + study_args(casme2_small) + ["--set", "num_epochs=1"]) == 0
   got = json.loads((tmp_path / "study.json").read_text())["factorial"]["cubes"]
-  assert list(got) == ["poolformer_s12_af"] and len(got["poolformer_s12_af"]["effects"]) == 7
+  assert list(got) == [f"{E2E_MODEL}_af"] and len(got[f"{E2E_MODEL}_af"]["effects"]) == 7
   assert "## Crop × colour × size: the factorial" in (tmp_path / "report.md").read_text()
   assert (tmp_path / "fig_factorial.png").exists()

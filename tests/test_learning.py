@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 
 from e2e import ROOT, subprocess_env
-from parity import FAMILIES, TINY, family_module, tiny_archs
+from parity import FAMILIES, family_module
+from tiny import TINY
 from mer_jax.run import recipe, steps
 from mer_jax.data.labels import EMOTIONS
 
-assert tiny_archs  # a fixture, used by name
 
 # The family's paper recipe (loss, AdamW) for each tiny architecture.
 PAPER_MODEL = {"vit": "vit_b32", "swin": "swin_b", "poolformer": "poolformer_m36"}
@@ -75,7 +75,7 @@ def overfit(family: str, shuffle_labels: bool = False) -> list[float]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_one_batch_is_overfit_in_a_few_steps(tiny_archs, family):
+def test_one_batch_is_overfit_in_a_few_steps(family):
   losses = overfit(family)
   assert np.all(np.isfinite(losses))
   assert losses[-1] < OVERFIT_FACTOR * losses[0], losses

@@ -7,7 +7,7 @@ checkpoint converted for that layout; a converted tree is exactly the
 model's; the converter names every missing, leftover or misshapen tensor;
 gradients reach every parameter; bf16 compute stays close; remat keeps
 parameters and gradients. Mechanics run on one tiny architecture per family
-(`parity.tiny_archs`), through the same code. Weight files, hub and cache
+(tests/tiny.py), through the same code. Weight files, hub and cache
 (`mer_jax.models.weights`) and the `python -m mer_jax.convert` command are
 tested at the end. The full model matrix is `slow`.
 """
@@ -31,9 +31,9 @@ import safetensors.numpy
 import timm
 import torch
 
-from parity import (FAMILIES, TINY, TINY_SIZE, TOL, family_module, images, model_in_chans,
-                    rel_err, timm_features, timm_logits, timm_model, timm_name, tiny_archs,
-                    tiny_timm, torch_sd)
+from parity import (FAMILIES, TOL, family_module, images, model_in_chans, rel_err,
+                    timm_features, timm_logits, timm_model, timm_name, tiny_timm, torch_sd)
+from tiny import TINY, TINY_SIZE
 from mer_jax.plumbing import cli
 from mer_jax import models
 from mer_jax.models import weights
@@ -41,7 +41,6 @@ from mer_jax.models.state_dict import ConversionError
 from mer_jax.models.swin import SwinArch
 from mer_jax.models.vit import ViTArch
 
-assert tiny_archs  # a fixture, used by name
 
 # timm's RegularGridInterpolator (Swin bias-table resizing) warns about torch idioms.
 pytestmark = pytest.mark.filterwarnings(
@@ -156,7 +155,7 @@ def tiny_model(family, img_size=TINY_SIZE, **kw):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_one_channel_checkpoint_loads_as_is(tiny_archs, family):
+def test_one_channel_checkpoint_loads_as_is(family):
   tm = tiny_timm(family, in_chans=1, seed=4)
   assert model_in_chans(tm) == 1
   v = tiny_variables(family, tm, in_chans=1)
@@ -165,7 +164,7 @@ def test_one_channel_checkpoint_loads_as_is(tiny_archs, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_head_of_another_size_is_reinitialised_as_timm_does(tiny_archs, family):
+def test_head_of_another_size_is_reinitialised_as_timm_does(family):
   sd = torch_sd(tiny_timm(family, num_classes=1000, seed=7))
   module, name = tiny(family)
   convert_ = lambda **kw: module.convert_timm(name, sd, img_size=TINY_SIZE, **kw)
@@ -201,7 +200,7 @@ BAD_KEYS = {  # (edit, key) per family, on the tiny architectures
 
 @pytest.mark.parametrize("family, edit, key", [(f, e, k) for f in FAMILIES
                                                for e, k in BAD_KEYS[f]])
-def test_missing_leftover_and_misshapen_keys_name_the_key(tiny_archs, family, edit, key):
+def test_missing_leftover_and_misshapen_keys_name_the_key(family, edit, key):
   sd = torch_sd(tiny_timm(family))
   if edit == "drop":
     del sd[key]
@@ -215,7 +214,7 @@ def test_missing_leftover_and_misshapen_keys_name_the_key(tiny_archs, family, ed
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_checkpoint_of_another_architecture_names_the_first_tensor(tiny_archs, family):
+def test_checkpoint_of_another_architecture_names_the_first_tensor(family):
   sd = torch_sd(tiny_timm(family))
   stem = "stem.conv.weight" if family == "poolformer" else "patch_embed.proj.weight"
   with pytest.raises(ConversionError, match=stem):
@@ -231,7 +230,7 @@ def jit_apply(model, train=False):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_dropout_and_drop_path_only_in_train_mode(tiny_archs, family):
+def test_dropout_and_drop_path_only_in_train_mode(family):
   """Eval mode ignores drop_rate and drop_path_rate (timm's features, headless);
   train mode is random, the same for the same key. What each does is tested
   on the layers themselves (test_layers)."""
@@ -251,7 +250,7 @@ def test_dropout_and_drop_path_only_in_train_mode(tiny_archs, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_bf16_compute_is_close_and_params_stay_float32(tiny_archs, family):
+def test_bf16_compute_is_close_and_params_stay_float32(family):
   tm = tiny_timm(family)
   v = tiny_variables(family, tm)
   x = images(2, TINY_SIZE, 3, seed=9)
@@ -318,7 +317,7 @@ def loss_and_grads(family, remat):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gradients_reach_every_parameter(tiny_archs, family):
+def test_gradients_reach_every_parameter(family):
   params = train_step(family, "").params
   _, grads = loss_and_grads(family, "")
   flat = jax.tree_util.tree_leaves_with_path(grads)
@@ -330,7 +329,7 @@ def test_gradients_reach_every_parameter(tiny_archs, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("remat", ["block", "dots"])
-def test_remat_keeps_the_tree_and_keeps_less_for_the_backward_pass(tiny_archs, family, remat):
+def test_remat_keeps_the_tree_and_keeps_less_for_the_backward_pass(family, remat):
   """Every family passes `remat` to its blocks (the jaxpr's residuals, no compile)."""
   ref, step = train_step(family, ""), train_step(family, remat)
   # Same tree, names and shapes: checkpoints and converted weights work either way.
@@ -344,7 +343,7 @@ def test_remat_keeps_the_tree_and_keeps_less_for_the_backward_pass(tiny_archs, f
     pytest.param("vit", "block", marks=pytest.mark.slow), ("vit", "dots"),
     pytest.param("swin", "block", marks=pytest.mark.slow),
     pytest.param("poolformer", "dots", marks=pytest.mark.slow)])
-def test_remat_keeps_loss_and_gradients(tiny_archs, family, remat):
+def test_remat_keeps_loss_and_gradients(family, remat):
   ref_loss, ref_grads = loss_and_grads(family, "")
   loss, grads = loss_and_grads(family, remat)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -354,7 +353,7 @@ def test_remat_keeps_loss_and_gradients(tiny_archs, family, remat):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gradients_equal_timms(tiny_archs, family):
+def test_gradients_equal_timms(family):
   """The whole backward pass against torch autograd, on cross-entropy: the
   image's gradient, and every parameter's (torch's gradients mapped by the
   family's own converter, which only renames and transposes)."""
@@ -410,8 +409,29 @@ def test_training_step_computes_each_blocks_gradient_once(monkeypatch, family):
   assert spans and max(spans) <= 2, sorted(spans)[-5:]
 
 
+def test_a_registered_architecture_is_a_model_name_everywhere():
+  """tests/tiny.py's architectures went through models.register: the recipe, the
+  registry and the family's create build exactly that architecture; a taken name is
+  refused and an unknown one lists the valid names."""
+  from mer_jax.plumbing.errors import UsageError
+  from mer_jax.run import recipe
+  name, arch = TINY["poolformer"]
+  c = recipe.get_config(name, "m2", "af")
+  assert c.model.name == name and c.init.weights == ""   # no timm weights for it
+  x = images(1, TINY_SIZE, 1)
+  v = models.create_model(name, img_size=TINY_SIZE, in_chans=1).init(jax.random.PRNGKey(0), x)
+  p = v["params"]
+  assert [p["stem"]["kernel"].shape[-1]] + [p[f"stages_{i}_downsample"]["kernel"].shape[-1]
+                                           for i in (1, 2, 3)] == list(arch.dims)
+  assert sum(k.startswith("stages_") and "blocks" in k for k in p) == sum(arch.depths)
+  with pytest.raises(UsageError, match="already registered"):
+    models.register("poolformer_s12", "poolformer", arch)
+  with pytest.raises(UsageError, match="poolformer_s12"):
+    recipe.get_config("poolformer_nope", "m2", "af")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_wrong_input_shape_names_the_expected_one(tiny_archs, family):
+def test_wrong_input_shape_names_the_expected_one(family):
   model = tiny_model(family)
   x = jnp.zeros((1, 48, 48, 1))
   want = "3 channel" if family == "poolformer" else "32, 32, 3"

@@ -15,6 +15,7 @@ from mer_jax import study
 from mer_jax.plumbing.errors import UsageError
 from mer_jax.run import multirun, recipe, steps
 from e2e import study_args
+from tiny import E2E_MODEL
 
 
 class _Tiny(nn.Module):
@@ -112,7 +113,7 @@ def test_runs_in_one_program_equal_the_runs_alone(casme2_small, tmp_path, protoc
   """K=2 LOSO folds of uneven size (batch 4: 3 and 2 steps an epoch; their seeds' own
   data order and dropout), through `study --runs_per_program 2` vs the study's one-by-one
   runs. (K runs of other seeds: test_vmapped_step_is_each_runs_own_step_and_masks.)"""
-  args = ["--models", "poolformer_s12", "--methods", "m2", "--phases", "af", "--protocol",
+  args = ["--models", E2E_MODEL, "--methods", "m2", "--phases", "af", "--protocol",
           protocol, *runs] + study_args(casme2_small) + ["--set", "batch_size=4"]
   assert study.main(["--workdir", str(tmp_path / "alone"), *args]) == 0
   assert study.main(["--workdir", str(tmp_path / "multi"), "--runs_per_program", "2",

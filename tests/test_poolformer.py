@@ -13,10 +13,10 @@ import pytest
 import torch
 from timm.models.metaformer import checkpoint_filter_fn
 
-from parity import TINY, TOL, images, rel_err, timm_logits, tiny_archs, tiny_timm, torch_sd
+from parity import TOL, images, rel_err, timm_logits, tiny_timm, torch_sd
+from tiny import TINY
 from mer_jax.models import poolformer
 
-assert tiny_archs  # a fixture, used by name
 NAME = TINY["poolformer"][0]
 
 
@@ -27,7 +27,7 @@ def test_pool_mixer_excludes_padding():
   np.testing.assert_allclose(np.asarray(poolformer.pool_mixer(jnp.asarray(x))), ref, atol=1e-6)
 
 
-def test_any_input_size_matches_timm(tiny_archs):
+def test_any_input_size_matches_timm():
   """Fully convolutional: one set of parameters serves every size, odd ones
   included (97 px: maps 25, 13, 7, 4)."""
   tm = tiny_timm("poolformer")
@@ -37,7 +37,7 @@ def test_any_input_size_matches_timm(tiny_archs):
   assert rel_err(out, timm_logits(tm, x)) < TOL
 
 
-def test_original_sail_checkpoint_names(tiny_archs):
+def test_original_sail_checkpoint_names():
   """The sail-sg release names map to timm's exactly as timm's filter does."""
   tm = tiny_timm("poolformer")
   sd = torch_sd(tm)

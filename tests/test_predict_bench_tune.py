@@ -38,7 +38,7 @@ def exit_code(main, argv) -> int:
 
 @pytest.fixture
 def run(reference_run):
-  """The session's reference run (poolformer_s12, M2 KFS, 32 px)."""
+  """The session's reference run (E2E_MODEL, M2 KFS, 32 px)."""
   return reference_run[0]
 
 

@@ -10,13 +10,14 @@ import pytest
 
 from mer_jax.plumbing import runtime
 from mer_jax.run import input_pipeline, programs, recipe, steps
+from tiny import E2E_MODEL
 
 N, BATCH, SIDE = 40, 8, 40   # 5 steps an epoch
 
 
 @pytest.fixture(scope="module")
 def setup():
-  c = recipe.get_config("poolformer_s12", "m2", "af")
+  c = recipe.get_config(E2E_MODEL, "m2", "af")
   c.init.weights, c.model.img_size, c.batch_size, c.scan_steps = "", 32, BATCH, 4
   rng = np.random.RandomState(0)
   data = input_pipeline.SplitData(

@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score, recall_score
 from mer_jax import metrics, study
 from mer_jax.data.labels import EMOTIONS
 from e2e import study_args
+from tiny import E2E_MODEL
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def tiny(casme2_small):
 def paper_study(casme2_small, tmp_path_factory):
   tiny = casme2_small
   w = tmp_path_factory.mktemp("study")
-  args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m1,m2",
+  args = ["--workdir", str(w), "--models", E2E_MODEL, "--methods", "m1,m2",
           "--phases", "af,kfs", "--seeds", "0"] + study_args(tiny)
   assert study.main(args) == 0
   return w, args
@@ -59,15 +60,15 @@ def test_report_numbers_match_the_runs(paper_study):
   text = (w / "report.md").read_text()
   for method in ("m1", "m2"):
     for phase in ("af", "kfs"):
-      run = json.loads((w / f"poolformer_s12_{method}_{phase}" / "seed0" / "metrics.json")
+      run = json.loads((w / f"{E2E_MODEL}_{method}_{phase}" / "seed0" / "metrics.json")
                        .read_text())
-      cell = s["cells"][f"poolformer_s12_{method}_{phase}"]
+      cell = s["cells"][f"{E2E_MODEL}_{method}_{phase}"]
       assert cell["macro_f1"] == pytest.approx(run["test"]["macro_f1"])
       assert f"{run['test']['macro_f1']:.4f}" in text
   # The paired M1-vs-M2 test equals metrics.paired_bootstrap on the saved predictions.
   for row in s["paired_m1_m2"]:
-    y1, p1 = _pred(w / f"poolformer_s12_m1_{row['phase']}" / "seed0")
-    y2, p2 = _pred(w / f"poolformer_s12_m2_{row['phase']}" / "seed0")
+    y1, p1 = _pred(w / f"{E2E_MODEL}_m1_{row['phase']}" / "seed0")
+    y2, p2 = _pred(w / f"{E2E_MODEL}_m2_{row['phase']}" / "seed0")
     assert np.array_equal(y1, y2)  # same test videos, same order
     ref = metrics.paired_bootstrap(y1, p1, p2, 7, n_resamples=10000, seed=0)
     assert row["diff"] == pytest.approx(ref["diff"]) and row["p_value"] == ref["p_value"]
@@ -84,14 +85,14 @@ def test_every_method_pair_on_the_same_test_videos(paper_study, m3_af_cell, tiny
   rows for M2A and M3."""
   src, _ = paper_study
   w = tmp_path / "four"
-  done = {m: src / f"poolformer_s12_{m}_af" / "seed0" for m in ("m1", "m2")}
+  done = {m: src / f"{E2E_MODEL}_{m}_af" / "seed0" for m in ("m1", "m2")}
   done["m3"] = m3_af_cell
   for method, src_cell in done.items():
-    cell = w / f"poolformer_s12_{method}_af" / "seed0"
+    cell = w / f"{E2E_MODEL}_{method}_af" / "seed0"
     cell.mkdir(parents=True)
     for f in ("metrics.json", "predictions_test.csv"):
       (cell / f).write_bytes((src_cell / f).read_bytes())
-  args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m1,m2,m2a,m3",
+  args = ["--workdir", str(w), "--models", E2E_MODEL, "--methods", "m1,m2,m2a,m3",
           "--phases", "af", "--seeds", "0"] + study_args(tiny)
   assert study.main(args) == 0
   s = json.loads((w / "study.json").read_text())
@@ -99,15 +100,15 @@ def test_every_method_pair_on_the_same_test_videos(paper_study, m3_af_cell, tiny
   assert sorted(pairs) == sorted([("m1", "m2"), ("m1", "m2a"), ("m1", "m3"), ("m2", "m2a"),
                                   ("m2", "m3"), ("m2a", "m3")])
   for (a, b), row in pairs.items():
-    ya, pa = _pred(w / f"poolformer_s12_{a}_af" / "seed0")
-    yb, pb = _pred(w / f"poolformer_s12_{b}_af" / "seed0")
+    ya, pa = _pred(w / f"{E2E_MODEL}_{a}_af" / "seed0")
+    yb, pb = _pred(w / f"{E2E_MODEL}_{b}_af" / "seed0")
     assert np.array_equal(ya, yb)  # same test videos, same order
     ref = metrics.paired_bootstrap(ya, pa, pb, 7, n_resamples=10000, seed=0)
     assert row["diff"] == pytest.approx(ref["diff"]) and row["p_value"] == ref["p_value"]
     assert row["ci"] == pytest.approx(ref["ci"])
   assert s["paired_m1_m2"][0]["diff"] == pairs[("m1", "m2")]["diff"]
   text = (w / "report.md").read_text()
-  assert "| poolformer_s12 | AF | 0 | M2A | M3 |" in text
+  assert f"| {E2E_MODEL} | AF | 0 | M2A | M3 |" in text
   assert "| M2A | 224x224 | grayscale |" in text
   assert "| M3 | 224x224 | flow (u, v, magnitude) |" in text
   assert ("| phase | M1 best model | val macro-F1 | test macro-F1 | M2 best model" in text
@@ -128,18 +129,18 @@ def test_rerun_skips_finished_cells(paper_study, capsys):
 @pytest.mark.slow
 def test_loso_pools_predictions_over_folds(tiny, tmp_path):
   w = tmp_path / "loso"
-  args = ["--workdir", str(w), "--models", "poolformer_s12", "--methods", "m2",
+  args = ["--workdir", str(w), "--models", E2E_MODEL, "--methods", "m2",
           "--phases", "af", "--protocol", "loso",
           "--set", "selection=test_fold_best_epoch"] + study_args(tiny)
   assert study.main(args) == 0
-  folds = sorted((w / "poolformer_s12_m2_af" / "seed0").glob("fold*"))
+  folds = sorted((w / f"{E2E_MODEL}_m2_af" / "seed0").glob("fold*"))
   assert len(folds) == 4  # one per subject
   ys, ps = zip(*[_pred(f) for f in folds])
   y, p = np.concatenate(ys), np.concatenate(ps)
   labels = np.unique(y)
   uf1 = f1_score(y, p, labels=labels, average="macro", zero_division=0)
   uar = recall_score(y, p, labels=labels, average="macro", zero_division=0)
-  cell = json.loads((w / "study.json").read_text())["cells"]["poolformer_s12_m2_af"]
+  cell = json.loads((w / "study.json").read_text())["cells"][f"{E2E_MODEL}_m2_af"]
   assert cell["macro_f1"] == pytest.approx(uf1) and cell["uar"] == pytest.approx(uar)
   text = (w / "report.md").read_text()
   assert "Leave-one-subject-out" in text and f"{uf1:.4f}" in text

@@ -19,10 +19,10 @@ import torch
 from timm.layers import resize_rel_pos_bias_table
 from timm.models import swin_transformer as timm_swin
 
-from parity import TINY, TOL, images, rel_err, timm_logits, tiny_archs, tiny_timm, torch_sd
+from parity import TOL, images, rel_err, timm_logits, tiny_timm, torch_sd
+from tiny import TINY
 from mer_jax.models import create_model, resample, swin
 
-assert tiny_archs  # a fixture, used by name
 # timm's RegularGridInterpolator (bias-table resizing) warns about torch idioms.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*(searchsorted|non-tuple sequence).*:UserWarning")
@@ -62,7 +62,7 @@ def test_layouts_and_buffers_are_timms():
     assert layouts[-1].shift == 0  # the last stage fits one window: no shift
 
 
-def test_odd_maps_and_maps_that_do_not_fit_the_window_match_timm(tiny_archs):
+def test_odd_maps_and_maps_that_do_not_fit_the_window_match_timm():
   """36 px: a 9x9 map in shifted windows padded to 14, then an odd map through
   PatchMerging (9 -> 5) into a window clamped to it. (32 px in test_models:
   8 -> 4; below, 24 -> 12 in window 12, the map equal to the window.)"""
@@ -83,7 +83,7 @@ def test_bias_table_resize_is_timms(src, dst):
   np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_window_7_checkpoint_in_window_12_model_matches_timms_loader(tiny_archs):
+def test_window_7_checkpoint_in_window_12_model_matches_timms_loader():
   """Swin-B's 224 checkpoint in its 384 model: the bias tables are resized as
   timm's swin `checkpoint_filter_fn` does (BEiT's geometric grid). The 96 px
   model has the 384 model's windows: 24x24 maps in shifted 12x12 windows, then
@@ -101,7 +101,7 @@ def test_window_7_checkpoint_in_window_12_model_matches_timms_loader(tiny_archs)
   assert rel_err(logits(v, 96, 12, x), timm_logits(tm12, x)) < TOL
 
 
-def test_original_microsoft_names_and_buffers_are_read_as_timm_does(tiny_archs):
+def test_original_microsoft_names_and_buffers_are_read_as_timm_does():
   """Microsoft checkpoints downsample at the end of a stage and name the head
   `head`; timm's non-persistent buffers, present in some checkpoints, are
   recomputed by the port and skipped."""

@@ -17,6 +17,7 @@ from mer_jax.models import temporal
 from mer_jax.plumbing.errors import UsageError
 from mer_jax.run import input_pipeline, recipe, sequences, steps
 from e2e import study_args
+from tiny import E2E_MODEL
 
 
 class ToyBackbone(nn.Module):
@@ -190,15 +191,15 @@ def test_temporal_pairs_are_each_head_against_its_backbones_vote():
 
 @pytest.mark.slow
 def test_study_trains_a_gru_beside_voting(casme2_small, tmp_path):
-  """poolformer_s12 voting and +gru on M2 KFS (the reference run's build), one epoch at
+  """E2E_MODEL voting and +gru on M2 KFS (the reference run's build), one epoch at
   32 px, batch 2 videos: a KFS video's 3 frames span more than a batch of 2. (MFS windows
   go through the same sequences path: test_videos_come_whole_in_frame_order_padded_at_the_end.)"""
   w = tmp_path / "study"
   args = study_args(casme2_small) + ["--set", "num_epochs=1", "--set", "batch_size=2",
                                      "--set", "eval_batch_size=2"]
-  assert study.main(["--workdir", str(w), "--models", "poolformer_s12,poolformer_s12+gru",
+  assert study.main(["--workdir", str(w), "--models", f"{E2E_MODEL},{E2E_MODEL}+gru",
                      "--methods", "m2", "--phases", "kfs", "--seeds", "0"] + args) == 0
-  vote, gru = w / "poolformer_s12_m2_kfs/seed0", w / "poolformer_s12+gru_m2_kfs/seed0"
+  vote, gru = w / f"{E2E_MODEL}_m2_kfs/seed0", w / f"{E2E_MODEL}+gru_m2_kfs/seed0"
 
   def ids(run):
     with open(run / "predictions_test.csv") as f:
@@ -210,8 +211,8 @@ def test_study_trains_a_gru_beside_voting(casme2_small, tmp_path):
   assert m["test"]["num_frames"] > 2 * m["test"]["num_videos"]  # longer than a batch of 2
   report = (w / "report.md").read_text()
   section = report.split("## Temporal head vs frame voting")[1].split("##")[0]
-  rows = [line for line in section.splitlines() if line.startswith("| poolformer_s12+gru")]
-  assert len(rows) == 1 and "| poolformer_s12 | M2 | KFS |" in rows[0]
+  rows = [line for line in section.splitlines() if line.startswith(f"| {E2E_MODEL}+gru")]
+  assert len(rows) == 1 and f"| {E2E_MODEL} | M2 | KFS |" in rows[0]
   (pair,) = json.loads((w / "study.json").read_text())["paired_temporal"]
   y_v = json.loads((vote / "metrics.json").read_text())["test"]["macro_f1"]
   y_g = json.loads((gru / "metrics.json").read_text())["test"]["macro_f1"]

@@ -129,15 +129,18 @@ def test_two_process_run_trains_to_the_same_result(reference, data, tmp_path):
 
 _STEP_PROG = textwrap.dedent("""
     import json, sys
+    sys.path.insert(0, TESTS_DIR)
+    import tiny
+    tiny.register()
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, AxisType
     from mer_jax.run import input_pipeline, recipe, steps
     from mer_jax import models
     from mer_jax.plumbing import runtime
-    c = recipe.get_config("poolformer_s12", "m2", "mfs")
+    c = recipe.get_config(tiny.E2E_MODEL, "m2", "mfs")
     c.model.drop_path_rate = 0.1
     c.optim.lr = 1e-3
-    model = models.create_model("poolformer_s12", img_size=32, in_chans=1, drop_path_rate=0.1)
+    model = models.create_model(tiny.E2E_MODEL, img_size=32, in_chans=1, drop_path_rate=0.1)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
     c.model.img_size = 32
     tx = steps.make_optimizer(c, 10)
@@ -169,7 +172,7 @@ _STEP_PROG = textwrap.dedent("""
 @pytest.mark.slow
 def test_step_on_four_devices_equals_one_device(tmp_path):
   prog = tmp_path / "step.py"
-  prog.write_text(_STEP_PROG)
+  prog.write_text(_STEP_PROG.replace("TESTS_DIR", repr(str(pathlib.Path(__file__).parent))))
   out = run([sys.executable, str(prog)], devices=4, timeout=600)
   assert out.returncode == 0, out.stderr[-4000:]
   lines = dict(l.split(" ", 1) for l in out.stdout.splitlines() if " " in l)
@@ -222,7 +225,8 @@ def test_evaluate_cli_rewrites_the_report(reference, tmp_path):
   shutil.copytree(reference[0], w)   # the session's run stays as it is
   before = metrics(w)
   (w / "report.md").unlink()
-  out = run([sys.executable, "-m", "mer_jax.evaluate", "--workdir", str(w)])
+  out = run([sys.executable, str(ROOT / "tests" / "with_tiny.py"), "mer_jax.evaluate",
+             "--workdir", str(w)])
   assert out.returncode == 0, out.stderr[-3000:]
   assert (w / "report.md").exists()
   after = metrics(w)

@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 from timm.models import vision_transformer as timm_vit
 
-from parity import (TINY, TINY_SIZE, TINY_VIT, TOL, images, rel_err, timm_logits, timm_model,
-                    tiny_archs, tiny_timm, torch_sd)
+from parity import TOL, images, rel_err, timm_logits, timm_model, tiny_timm, torch_sd
+from tiny import TINY, TINY_SIZE, TINY_VIT
 from mer_jax.models import create_model, from_timm, resample, vit
 from mer_jax.models.state_dict import ConversionError
 
-assert tiny_archs  # a fixture, used by name
 TINY_NAME = TINY["vit"][0]
 
 
@@ -69,7 +68,7 @@ def timm_loaded_at_384(path, in_chans):
       pretrained_cfg_overlay=dict(file=str(path), custom_load=False)).eval()
 
 
-def test_checkpoint_at_another_size_matches_timms_filter(tiny_archs):
+def test_checkpoint_at_another_size_matches_timms_filter():
   """A 32 px checkpoint in a 48 px model: timm's checkpoint_filter_fn resamples
   pos_embed (bicubic, antialias=True); the port gives its logits."""
   tm32 = tiny_timm("vit", seed=3)
@@ -105,7 +104,7 @@ def test_224_checkpoint_at_384_matches_timms_own_loader(b32_file, in_chans):
 # --- LayerScale (timm's init_values; identity in ViT-B/32) --------------------------
 
 
-def test_layer_scale_matches_timm(tiny_archs, monkeypatch):
+def test_layer_scale_matches_timm(monkeypatch):
   monkeypatch.setitem(vit.ARCHS, "vit_test_ls", vit.ViTArch(
       patch_size=TINY_VIT.patch_size, embed_dim=TINY_VIT.embed_dim, depth=TINY_VIT.depth,
       num_heads=TINY_VIT.num_heads, init_values=0.3))
@@ -121,7 +120,7 @@ def test_layer_scale_matches_timm(tiny_archs, monkeypatch):
   assert rel_err(out, timm_logits(tm, x)) < TOL
 
 
-def test_pre_logits_layer_is_dropped_as_timm_does(tiny_archs):
+def test_pre_logits_layer_is_dropped_as_timm_does():
   sd = torch_sd(tiny_timm("vit"))
   with_pre_logits = {**sd, "pre_logits.fc.weight": np.ones((32, 32), np.float32),
                      "pre_logits.fc.bias": np.ones(32, np.float32)}
@@ -189,7 +188,7 @@ def test_npz_to_timm_equals_timms_load_weights(tmp_path, prefix):
     np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
 
 
-def test_npz_at_another_size_and_gray_matches_timm_end_to_end(tiny_archs, tmp_path):
+def test_npz_at_another_size_and_gray_matches_timm_end_to_end(tmp_path):
   """npz at 32 px -> model at 48 px, 1 channel: timm's _load_weights resamples
   pos_embed bilinearly and sums the RGB kernel; the port gives its logits."""
   sd = torch_sd(tiny_timm("vit", seed=15))

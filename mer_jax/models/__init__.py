@@ -26,7 +26,7 @@ _FAMILY = {
     "poolformer_m36": "poolformer",
     "poolformer_m48": "poolformer",
 }
-MODEL_NAMES = tuple(_FAMILY)
+MODEL_NAMES = tuple(_FAMILY)   # the built-in architectures (the paper's and PoolFormer-S)
 
 
 def family(name: str) -> str:
@@ -35,7 +35,20 @@ def family(name: str) -> str:
     return _FAMILY[name]
   except KeyError:
     raise UsageError(
-        f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
+        f"Unknown model {name!r}; valid names: {', '.join(_FAMILY)}") from None
+
+
+def register(name: str, family_name: str, arch) -> None:
+  """Adds an architecture of a family under `name` (as timm's `register_model`):
+  `arch` is the family's own record (`vit.ViTArch`, `swin.SwinArch`,
+  `poolformer.PoolFormerArch`). The name then works wherever a built-in one does
+  in this process (recipe, train, study, export); it has no timm weights. A name
+  already taken is refused."""
+  if name in _FAMILY:
+    raise UsageError(f"Model {name!r} is already registered; choose another name.")
+  module = importlib.import_module(f"{__name__}.{family_name}")
+  module.ARCHS[name] = arch
+  _FAMILY[name] = family_name
 
 
 def family_module(name: str) -> ModuleType:

@@ -11,6 +11,7 @@ import ml_collections
 from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.plumbing.errors import UsageError
+from mer_jax import models
 from mer_jax.models import MODEL_NAMES, temporal
 
 # Paper-name shorthand used in config file names -> create_model() name.
@@ -49,9 +50,11 @@ ARG_KEYS = ("model", "method", "phase")
 def model_name(model: str) -> str:
   """The registry name of a paper short name (MODELS) or a registry name."""
   name = MODELS.get(model, model)
-  if name not in MODEL_NAMES:
+  try:
+    models.family(name)
+  except UsageError:
     valid = list(MODELS) + [n for n in MODEL_NAMES if n not in MODELS]
-    raise UsageError(f"Unknown model {model!r}; valid: {', '.join(valid)}")
+    raise UsageError(f"Unknown model {model!r}; valid: {', '.join(valid)}") from None
   return name
 
 
