@@ -8,10 +8,11 @@ A case is model:size:channels (M1: 384 RGB; M2: 224 gray), random weights (the
 cost does not depend on them) and random uint8 images at the dataset's size
 (224 or 384; the model sees them at `size`). Each method goes through
 mer_jax.explain.survey.compute_maps, the program's own path (the on-device
-resize and normalisation are part of the explained function), twice on the
-same --frames frames: the first call compiles (as the program does once per
-method), the second finds the program in a persistent compilation cache this
-script sets up, so per frame = T_2 / frames and compile = T_1 - T_2. Integrated gradients and SmoothGrad scale linearly in --steps and
+resize and normalisation are part of the explained function; the weights are
+the compiled programs' arguments, not constants), twice on the same --frames
+frames: the first call compiles (as the program does once per method), the
+second finds the program in a persistent compilation cache this script sets
+up, so per frame = T_2 / frames and compile = T_1 - T_2. Integrated gradients and SmoothGrad scale linearly in --steps and
 --samples (one scan step each), so on a slow CPU they may run with fewer and
 be scaled to the program's defaults (32 steps, 16 samples): the table says
 which. The deletion curve is 9 fractions x 2 (maps, random) forward passes of

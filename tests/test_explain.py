@@ -81,6 +81,39 @@ def test_smoothgrad_seeded_and_batch_independent(images):
   np.testing.assert_allclose(g, np.abs(np.asarray(ref)).sum(-1), rtol=1e-5)
 
 
+def test_bound_weights_are_arguments_of_the_program(images, monkeypatch):
+  """A Partial's bound weights reach the compiled program as its arguments (not compiled
+  in as constants), with the maps of the same function closed over its weights."""
+  r = np.random.default_rng(4)
+  params = {"kernel": (r.normal(size=(3, 3, 3, 8)) / 3).astype(np.float32),
+            "w2": r.normal(size=(8, 4)).astype(np.float32)}
+
+  def apply(p, x):
+    y = jax.lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.tanh(jax.nn.relu(y).mean(axis=(1, 2))) @ p["w2"]
+
+  calls, jit = [], jax.jit
+
+  def recording_jit(f, **kw):
+    compiled = jit(f, **kw)
+
+    def call(*args):
+      calls.append(jax.tree_util.tree_leaves(args))
+      return compiled(*args)
+    return call
+  closed = explain.attribute(lambda x: apply(params, x), images, 1, steps=8)
+  monkeypatch.setattr(jax, "jit", recording_jit)
+  maps = explain.attribute(jax.tree_util.Partial(apply, params), images, 1, steps=8,
+                           batch_size=3)
+  monkeypatch.undo()
+  np.testing.assert_allclose(maps, closed, rtol=1e-5, atol=1e-6)
+  assert len(calls) == 2   # two batches of 3
+  for leaves in calls:
+    assert any(leaf is params["kernel"] for leaf in leaves)
+    assert any(leaf is params["w2"] for leaf in leaves)
+
+
 def _numpy_rollout(attns, residual=0.5):
   out = None
   for a in attns:

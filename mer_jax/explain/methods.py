@@ -40,11 +40,10 @@ def _target_grad(fn: Callable):
   return jax.grad(total)
 
 
-def _integrated_gradients(fn, steps: int):
-  grad = _target_grad(fn)
-
-  def run(x, baseline, target, index):
+def _integrated_gradients(steps: int):
+  def run(fn, x, baseline, target, index):
     del index
+    grad = _target_grad(fn)
     # Midpoint rule: its error falls as 1/steps^2 (the left rule's as 1/steps).
     alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
 
@@ -55,12 +54,11 @@ def _integrated_gradients(fn, steps: int):
   return run
 
 
-def _smoothgrad(fn, samples: int, noise: float, seed: int):
-  grad = _target_grad(fn)
-  key = jax.random.PRNGKey(seed)
-
-  def run(x, baseline, target, index):
+def _smoothgrad(samples: int, noise: float, seed: int):
+  def run(fn, x, baseline, target, index):
     del baseline
+    grad = _target_grad(fn)
+    key = jax.random.PRNGKey(seed)
     span = x.max(axis=(1, 2, 3), keepdims=True) - x.min(axis=(1, 2, 3), keepdims=True)
     sd = noise * span
     # Each image's noise comes from (seed, its index): the same whatever the batch size.
@@ -74,12 +72,10 @@ def _smoothgrad(fn, samples: int, noise: float, seed: int):
   return run
 
 
-def _gradient(fn):
-  grad = _target_grad(fn)
-
-  def run(x, baseline, target, index):
+def _gradient():
+  def run(fn, x, baseline, target, index):
     del baseline, index
-    return jnp.abs(grad(x, target)).sum(-1)
+    return jnp.abs(_target_grad(fn)(x, target)).sum(-1)
   return run
 
 
@@ -90,6 +86,9 @@ def attribute(fn: Callable, images, target, method: str = "integrated_gradients"
 
   fn: float images (N, H, W, C) -> logits (N, K), traceable by JAX; images:
   (N, H, W, C) in fn's input units; target: a class index, or one per image.
+  A `jax.tree_util.Partial(apply, params)` enters the compiled program with
+  its bound arguments as the program's arguments (a model's weights are not
+  compiled in as constants, and the program serves any weights of that shape).
 
   - "integrated_gradients": (x - baseline) times the mean gradient along the
     straight path baseline -> x (`steps` points, midpoint rule), summed over
@@ -114,10 +113,12 @@ def attribute(fn: Callable, images, target, method: str = "integrated_gradients"
   targets = _targets(target, n)
   base = np.broadcast_to(np.zeros((), np.float32) if baseline is None
                          else np.asarray(baseline, np.float32), images.shape)
-  run = {"integrated_gradients": lambda: _integrated_gradients(fn, steps),
-         "smoothgrad": lambda: _smoothgrad(fn, samples, noise, seed),
-         "gradient": lambda: _gradient(fn)}[method]()
-  return _batched(jax.jit(run), images, batch_size, base, targets,
+  run = jax.jit({"integrated_gradients": lambda: _integrated_gradients(steps),
+                 "smoothgrad": lambda: _smoothgrad(samples, noise, seed),
+                 "gradient": _gradient}[method]())
+  # A plain function becomes a Partial with no bound arguments: a pytree without leaves.
+  fn = fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+  return _batched(lambda *a: run(fn, *a), images, batch_size, base, targets,
                   np.arange(n, dtype=np.int32))
 
 
@@ -157,7 +158,7 @@ def attention_rollout(model, params, images, *, prepare: Callable = lambda x: x,
   size = images.shape[1:3]
 
   @jax.jit
-  def run(x):
+  def run(params, x):  # the weights an argument, not constants compiled in
     _, state = model.apply({"params": params}, prepare(x), train=False,
                            mutable=["intermediates"])
     inter = state["intermediates"]
@@ -167,7 +168,7 @@ def attention_rollout(model, params, images, *, prepare: Callable = lambda x: x,
     cls = r[:, 0, 1:]
     g = int(round(np.sqrt(cls.shape[-1])))
     return upsample(cls.reshape(-1, g, g), size)
-  return _batched(run, images, batch_size)
+  return _batched(lambda x: run(params, x), images, batch_size)
 
 
 def _batched(run, images: np.ndarray, batch_size: int, *extra) -> np.ndarray:
@@ -233,9 +234,10 @@ def grad_cam(model, params, images, target, *, prepare: Callable = lambda x: x,
   layer = layer or model.last_stage
 
   @jax.jit
-  def run(x, t):
+  def run(params, x, t):  # the weights an argument, not constants compiled in
     a, g = feature_map_and_grad(model, params, prepare(x), t, layer)
     w = g.astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
     cam = jax.nn.relu((w * a.astype(jnp.float32)).sum(-1))
     return upsample(cam, size)
-  return _batched(run, images, batch_size, _targets(target, len(images)))
+  return _batched(lambda x, t: run(params, x, t), images, batch_size,
+                  _targets(target, len(images)))

@@ -121,8 +121,12 @@ def compute_maps(name: str, setup_model, params, images, targets, img_size: int,
     return methods.attention_rollout(setup_model, params, images, prepare=prepare)
   if name == "grad_cam":
     return methods.grad_cam(setup_model, params, images, targets, prepare=prepare)
-  fn = lambda x: setup_model.apply({"params": params}, prepare(x), train=False)
-  return methods.attribute(fn, images, targets, name, **settings)
+
+  def logits(params, x):
+    return setup_model.apply({"params": params}, prepare(x), train=False)
+  # A Partial: the weights enter the compiled program as arguments, not constants.
+  return methods.attribute(jax.tree_util.Partial(logits, params), images, targets, name,
+                           **settings)
 
 
 def explain_run(workdir, *, split: str = "test", method_names=None,
