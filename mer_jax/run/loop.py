@@ -134,7 +134,6 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   train = setup.data["train"]
   global_batch = c.batch_size
   spe = input_pipeline.steps_per_epoch(max(len(train), global_batch), global_batch)
-  tx = steps.make_optimizer(c, spe)
   schedule = steps.make_schedule(c, spe)
   prog = programs.get(c, setup.in_chans, spe, setup.mesh)
   rep = runtime.replicated(setup.mesh)
@@ -151,8 +150,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     _say(f"Resuming from step {int(state['step'])} (epoch {meta['epoch']}, "
          f"step {meta['step_in_epoch']} of it)")
   else:
-    params = steps.init_params(c, setup.in_chans, prog.init, _say)
-    state = jax.device_put(steps.fresh_state(params, tx), rep)
+    state = prog.fresh_state(steps.init_params(c, setup.in_chans, prog.init, _say))
     meta = {"epoch": 0, "step_in_epoch": 0, "history": [],
             "early_stopping": dataclasses.asdict(EarlyStopping(c.patience, c.min_delta)),
             "seed": c.seed}
@@ -268,7 +266,6 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
         best_step = int(state["step"])
       if on_epoch is not None:
         on_epoch(record)
-    ckpt.wait()
 
     # Test the best checkpoint: still in memory if this process trained it (the
     # same arrays it saved), else read back.
@@ -276,6 +273,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       best = checkpointing.Restored({"params": best_params}, meta, "best", best_step)
       results = {"validation": best_val}
     else:
+      ckpt.wait()
       best = ckpt.restore_best(jax.tree.map(
           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state), say=_say)
       if best is None:   # no epoch improved on -inf (a NaN metric): the final state
@@ -283,6 +281,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       results = {"validation": experiment.evaluate_split(setup, best.state["params"],
                                                          "validation", predict_fn)}
     results["test"] = experiment.evaluate_split(setup, best.state["params"], "test", predict_fn)
+    ckpt.wait()   # the last saves end while the test runs; metrics.json comes after them
   finally:
     if feed is not None:
       feed.close()
