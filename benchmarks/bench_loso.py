@@ -18,13 +18,14 @@ this one (the mtimes of consecutive folds' metrics.json, which every version wri
 everything the study spends on a cell, set-up and report included. The first fold (it
 compiles, and the study's start) is shown but left out of the mean. Prints a markdown table:
 per compared fold both walls, the ratio, and whether its predictions_test.csv (and
-predictions_validation.csv) are byte-identical; the load average before and after each side
+predictions_validation.csv) are byte-identical, else identical on the columns both have; the load average before and after each side
 and each side's process CPU seconds. Removes the worktree at the end (and the temporary
 folder unless --keep).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import pathlib
 import resource
@@ -78,8 +79,20 @@ def fold_walls(workdir: pathlib.Path, folds: list[int], start: float) -> dict[in
   return out
 
 
-def same_bytes(a: pathlib.Path, b: pathlib.Path) -> bool:
-  return a.exists() and b.exists() and a.read_bytes() == b.read_bytes()
+def compare(a: pathlib.Path, b: pathlib.Path) -> str:
+  """"identical" (byte for byte), else whether the rows agree on the columns both CSVs
+  have (a later version may add one: issue 21 added `dataset`)."""
+  if not (a.exists() and b.exists()):
+    return "MISSING"
+  if a.read_bytes() == b.read_bytes():
+    return "identical"
+  ra, rb = (list(csv.DictReader(open(f))) for f in (a, b))
+  shared = [k for k in ra[0] if k in rb[0]] if ra and rb else []
+  same = sum(all(x[k] == y[k] for k in shared) for x, y in zip(ra, rb))
+  added = ", ".join(k for k in (rb[0] if rb else {}) if k not in shared)
+  if len(ra) == len(rb) == same:
+    return f"identical on {','.join(shared)}" + (f" (+{added})" if added else "")
+  return f"DIFFER ({max(len(ra), len(rb)) - same} of {max(len(ra), len(rb))} rows)"
 
 
 def main(argv=None) -> int:
@@ -119,8 +132,7 @@ def main(argv=None) -> int:
     for k in folds:
       fa, fb = a["folds"][k], b["folds"][k]
       d = [tmp / s / CELL / f"fold{k:02d}" for s in ("reference", "current")]
-      same = ["identical" if same_bytes(d[0] / f, d[1] / f) else "DIFFER"
-              for f in ("predictions_test.csv", "predictions_validation.csv")]
+      same = [compare(d[0] / f, d[1] / f) for f in ("predictions_test.csv", "predictions_validation.csv")]
       first = " (first, not compared)" if k == folds[0] else ""
       print(f"| {k}{first} | {fa:.1f} | {fb:.1f} | {fa / fb:.2f}x | {same[0]} | {same[1]} |")
     rest = folds[1:]
