@@ -160,7 +160,8 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     _say(f"Resuming from step {int(state['step'])} (epoch {meta['epoch']}, "
          f"step {meta['step_in_epoch']} of it)")
   else:
-    state = prog.fresh_state(steps.init_params(c, setup.in_chans, prog.init, _say))
+    params = steps.init_params(c, setup.in_chans, prog.init, _say)
+    state = prog.fresh_state(jax.device_put(params, rep))   # replicated as it goes in
     meta = {"epoch": 0, "step_in_epoch": 0, "history": [],
             "early_stopping": dataclasses.asdict(EarlyStopping(c.patience, c.min_delta)),
             "seed": c.seed}
