@@ -149,12 +149,15 @@ class Checkpoints:
 
   # --- saving ---
 
-  def save(self, step: int, state: Any, meta: dict, *, best: bool = False):
-    """Saves asynchronously; a failed earlier save surfaces here or in wait()."""
+  def save(self, step: int, state: Any, meta: dict, *, latest: bool = True,
+           best: bool = False):
+    """Saves asynchronously among the latest and/or as the best; a failed earlier save
+    surfaces here or in wait()."""
     meta = {**meta, CHECKSUM: state_checksum(state)}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(meta))
-    self._guard(self.latest, lambda: self.latest.save(step, args=args, force=True))
+    if latest:
+      self._guard(self.latest, lambda: self.latest.save(step, args=args, force=True))
     if best:
       self._guard(self.best, lambda: self.best.save(step, args=args, force=True))
 

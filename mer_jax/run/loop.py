@@ -34,6 +34,15 @@ from mer_jax.run import (checkpointing, experiment, input_pipeline, programs, re
 from mer_jax.run.workdir import hold
 
 
+# An epoch's end saves a checkpoint when the last save is at least this old, and the run's
+# last epoch always does: a short run (a LOSO fold of a small model: seconds an epoch) does
+# not write its whole state every few seconds (orbax, the checksum: ~15 % of such a fold's
+# CPU), and a run killed between saves resumes from the last one and retrains to the same
+# result. An improved epoch not saved at once is kept in memory and saved as the best, at its
+# own step, with the next save, so the best on disk always matches the saved early stopping.
+SAVE_EVERY_SECONDS = 60.0
+
+
 class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
@@ -114,8 +123,9 @@ def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = Fal
   schedule decays over num_epochs). A workdir holding a run of another config
   (experiment.claim_workdir) stops with ConfigChanged, or with `force` is
   emptied first. A corrupt checkpoint is passed over for the newest intact one.
-  `on_epoch(record)`, if given, is called with each epoch's history record
-  after its checkpoint is saved (the tuner prunes from it by raising).
+  Checkpoints: at an epoch's end when the last save is SAVE_EVERY_SECONDS old or the run
+  ends there, and every checkpoint_every_steps steps. `on_epoch(record)`, if given, is
+  called with each epoch's history record (the tuner prunes from it by raising).
   Raises WorkdirBusy if another live run holds the workdir.
   Returns the metrics.json dict.
   """
@@ -134,7 +144,6 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
   train = setup.data["train"]
   global_batch = c.batch_size
   spe = input_pipeline.steps_per_epoch(max(len(train), global_batch), global_batch)
-  tx = steps.make_optimizer(c, spe)
   schedule = steps.make_schedule(c, spe)
   prog = programs.get(c, setup.in_chans, spe, setup.mesh)
   rep = runtime.replicated(setup.mesh)
@@ -152,7 +161,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
          f"step {meta['step_in_epoch']} of it)")
   else:
     params = steps.init_params(c, setup.in_chans, prog.init, _say)
-    state = jax.device_put(steps.fresh_state(params, tx), rep)
+    state = prog.fresh_state(jax.device_put(params, rep))   # replicated as it goes in
     meta = {"epoch": 0, "step_in_epoch": 0, "history": [],
             "early_stopping": dataclasses.asdict(EarlyStopping(c.patience, c.min_delta)),
             "seed": c.seed}
@@ -172,8 +181,15 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
        f"{len(setup.data['test'])} test; {jax.device_count()} devices in "
        f"{jax.process_count()} process(es); global batch {global_batch}, {spe} steps/epoch")
 
+  pending = []   # (step, state, meta) of an improved epoch not saved yet: at most one
+  last_save = [time.perf_counter()]
+
   def save(best=False):
+    if pending and not best:   # a newer best supersedes it
+      ckpt.save(*pending[0], latest=False, best=True)
+    pending.clear()
     ckpt.save(int(state["step"]), state, meta, best=best)
+    last_save[0] = time.perf_counter()
 
   feed = bar = None  # the epoch's input thread and progress bar, closed however it ends
   try:
@@ -262,13 +278,20 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       if stopper.should_stop:
         _say(f"Early stop: no better validation macro-F1 for {c.patience} epochs "
              f"(best {stopper.best:.4f} at epoch {stopper.best_epoch + 1}).")
-      save(best=improved)
-      if improved:   # a copy: the next step donates the state's buffers
-        best_params, best_val = jax.tree.map(jnp.copy, state["params"]), val
+      if (stopper.should_stop or epoch >= c.num_epochs
+          or time.perf_counter() - last_save[0] >= SAVE_EVERY_SECONDS):
+        save(best=improved)
+        if improved:   # a copy: the next step donates the state's buffers
+          best_params = jax.tree.map(jnp.copy, state["params"])
+      elif improved:   # saved as the best with the next save
+        pending[:] = [(int(state["step"]), jax.tree.map(jnp.copy, state),
+                       {**meta, "history": list(history)})]
+        best_params = pending[0][1]["params"]
+      if improved:
+        best_val = val
         best_step = int(state["step"])
       if on_epoch is not None:
         on_epoch(record)
-    ckpt.wait()
 
     # Test the best checkpoint: still in memory if this process trained it (the
     # same arrays it saved), else read back.
@@ -276,6 +299,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       best = checkpointing.Restored({"params": best_params}, meta, "best", best_step)
       results = {"validation": best_val}
     else:
+      ckpt.wait()
       best = ckpt.restore_best(jax.tree.map(
           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state), say=_say)
       if best is None:   # no epoch improved on -inf (a NaN metric): the final state
@@ -283,6 +307,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       results = {"validation": experiment.evaluate_split(setup, best.state["params"],
                                                          "validation", predict_fn)}
     results["test"] = experiment.evaluate_split(setup, best.state["params"], "test", predict_fn)
+    ckpt.wait()   # the last saves end while the test runs; metrics.json comes after them
   finally:
     if feed is not None:
       feed.close()

@@ -1,0 +1,50 @@
+"""What a LOSO study's folds after the first no longer pay (issue 23), checked against the
+uncached computation: the fresh train state from one compiled program per process equals
+optax's eager init, and a fold's split drawn once per process equals splits.loso_folds'."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from mer_jax.data import splits
+from mer_jax.data.labels import EMOTIONS
+from mer_jax.data.videos import Video
+from mer_jax.plumbing import runtime
+from mer_jax.run import input_pipeline, programs, recipe, steps
+
+
+@pytest.mark.slow   # compiles PoolFormer-s12's init: ~15 s quiet, 40 s on a loaded machine
+def test_the_compiled_fresh_state_is_optax_init_and_traced_once():
+  c = recipe.get_config("poolformer_s12", "m2", "af")
+  c.init.weights, c.model.img_size = "", 32
+  prog = programs.get(c, 1, 5, runtime.make_mesh())
+  for seed in (0, 1):   # two runs of one key: one trace
+    params = prog.init(np.int32(seed))
+    fresh = prog.fresh_state(params)
+    eager = steps.fresh_state(params, steps.make_optimizer(c, 5))
+    assert jax.tree.structure(fresh) == jax.tree.structure(eager)
+    for x, y in zip(jax.tree.leaves(fresh), jax.tree.leaves(eager)):
+      assert x.dtype == y.dtype
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert programs.TRACES["fresh_state"] == 1
+
+
+def test_loso_splits_drawn_once_are_the_folds_of_splits(monkeypatch):
+  rng = np.random.RandomState(3)
+  rows = [(f"sub{s:02d}", f"EP{v}", int(rng.randint(7))) for s in range(1, 7) for v in range(5)]
+  n = len(rows)
+  part = input_pipeline.SplitData(
+      images=np.zeros((n, 2, 2, 1), np.uint8), labels=np.array([r[2] for r in rows], np.int32),
+      video_ids=np.array([f"{s}/{e}" for s, e, _ in rows]),
+      subjects=np.array([s for s, _, _ in rows]), frame_index=np.zeros(n, np.int32),
+      datasets=np.full(n, "casme2"))
+  empty = part.take(np.zeros(n, bool))
+  monkeypatch.setattr(input_pipeline, "read_build", lambda d, scheme=None: {
+      "train": part, "validation": empty, "test": empty})
+  videos = [Video(dataset="casme2", subject=s, episode=e, onset=0, apex=0, offset=0,
+                  emotion=EMOTIONS[y], frames={}) for s, e, y in rows]
+  for k, fold in enumerate(splits.loso_folds(videos)):
+    got = input_pipeline.load_splits("build", protocol="loso", fold=k)
+    for name, ids in fold.splits().items():
+      assert sorted(got[name].video_ids) == sorted(ids), (k, name)
