@@ -12,11 +12,11 @@ from mer_jax.data.labels import EMOTIONS
 from mer_jax.data.videos import Video
 from mer_jax.plumbing import runtime
 from mer_jax.run import input_pipeline, programs, recipe, steps
+from tiny import E2E_MODEL
 
 
-@pytest.mark.slow   # compiles PoolFormer-s12's init: ~15 s quiet, 40 s on a loaded machine
 def test_the_compiled_fresh_state_is_optax_init_and_traced_once():
-  c = recipe.get_config("poolformer_s12", "m2", "af")
+  c = recipe.get_config(E2E_MODEL, "m2", "af")
   c.init.weights, c.model.img_size = "", 32
   prog = programs.get(c, 1, 5, runtime.make_mesh())
   for seed in (0, 1):   # two runs of one key: one trace

@@ -34,6 +34,14 @@ from mer_jax.plumbing.errors import NO_SPACE_TEXT, UserError, disk_full
 
 CHECKSUM = "checksum"   # the meta field holding state_checksum(state)
 
+# An epoch's end saves a checkpoint when the last save is at least this old, and the run's
+# last epoch always does: a short run (a LOSO fold of a small model: seconds an epoch) does
+# not write its whole state every few seconds (orbax, the checksum: ~15 % of such a fold's
+# CPU), and a run killed between saves resumes from the last one and retrains to the same
+# result. An improved epoch not saved at once is kept in memory and saved as the best, at its
+# own step, with the next save, so the best on disk always matches the saved early stopping.
+SAVE_EVERY_SECONDS = 60.0
+
 
 class CheckpointError(UserError):
   """A checkpoint that cannot be written (disk full) or read (every one corrupt):

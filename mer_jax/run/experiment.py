@@ -147,7 +147,8 @@ def restore_state(workdir: str | pathlib.Path, config, model, in_chans: int, mes
     ckpt.close()
   if restored is None:
     raise NotFound(f"No checkpoint in {workdir / 'checkpoints'}: the run saved "
-                   "nothing yet (it saves at the end of each epoch).")
+                   "nothing yet (it saves at an epoch's end at most every "
+                   f"{checkpointing.SAVE_EVERY_SECONDS:g} s, and at the run's end).")
   return restored
 
 

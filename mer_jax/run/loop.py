@@ -34,15 +34,6 @@ from mer_jax.run import (checkpointing, experiment, input_pipeline, programs, re
 from mer_jax.run.workdir import hold
 
 
-# An epoch's end saves a checkpoint when the last save is at least this old, and the run's
-# last epoch always does: a short run (a LOSO fold of a small model: seconds an epoch) does
-# not write its whole state every few seconds (orbax, the checksum: ~15 % of such a fold's
-# CPU), and a run killed between saves resumes from the last one and retrains to the same
-# result. An improved epoch not saved at once is kept in memory and saved as the best, at its
-# own step, with the next save, so the best on disk always matches the saved early stopping.
-SAVE_EVERY_SECONDS = 60.0
-
-
 class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
@@ -123,8 +114,8 @@ def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = Fal
   schedule decays over num_epochs). A workdir holding a run of another config
   (experiment.claim_workdir) stops with ConfigChanged, or with `force` is
   emptied first. A corrupt checkpoint is passed over for the newest intact one.
-  Checkpoints: at an epoch's end when the last save is SAVE_EVERY_SECONDS old or the run
-  ends there, and every checkpoint_every_steps steps. `on_epoch(record)`, if given, is
+  Checkpoints: at an epoch's end when the last save is SAVE_EVERY_SECONDS (checkpointing)
+  old or the run ends there, and every checkpoint_every_steps steps. `on_epoch(record)`, if given, is
   called with each epoch's history record (the tuner prunes from it by raising).
   Raises WorkdirBusy if another live run holds the workdir.
   Returns the metrics.json dict.
@@ -279,7 +270,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
         _say(f"Early stop: no better validation macro-F1 for {c.patience} epochs "
              f"(best {stopper.best:.4f} at epoch {stopper.best_epoch + 1}).")
       if (stopper.should_stop or epoch >= c.num_epochs
-          or time.perf_counter() - last_save[0] >= SAVE_EVERY_SECONDS):
+          or time.perf_counter() - last_save[0] >= checkpointing.SAVE_EVERY_SECONDS):
         save(best=improved)
         if improved:   # a copy: the next step donates the state's buffers
           best_params = jax.tree.map(jnp.copy, state["params"])
