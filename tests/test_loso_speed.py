@@ -19,15 +19,17 @@ def test_the_compiled_fresh_state_is_optax_init_and_traced_once():
   c = recipe.get_config(E2E_MODEL, "m2", "af")
   c.init.weights, c.model.img_size = "", 32
   prog = programs.get(c, 1, 5, runtime.make_mesh())
-  for seed in (0, 1):   # two runs of one key: one trace
+  traced = None
+  for seed in (0, 1):   # two runs of one key: one trace (this worker may have made it before)
     params = prog.init(np.int32(seed))
     fresh = prog.fresh_state(params)
+    traced = programs.TRACES["fresh_state"] if traced is None else traced
     eager = steps.fresh_state(params, steps.make_optimizer(c, 5))
     assert jax.tree.structure(fresh) == jax.tree.structure(eager)
     for x, y in zip(jax.tree.leaves(fresh), jax.tree.leaves(eager)):
       assert x.dtype == y.dtype
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert programs.TRACES["fresh_state"] == 1
+  assert programs.TRACES["fresh_state"] == traced >= 1   # the second run traced nothing
 
 
 def test_loso_splits_drawn_once_are_the_folds_of_splits(monkeypatch):
