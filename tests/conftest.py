@@ -3,6 +3,12 @@ import os
 import shutil
 import tempfile
 
+# XLA without LLVM's expensive passes in the test processes (e2e.FAST_COMPILE: why).
+from e2e import FAST_COMPILE  # noqa: E402
+
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
+
 # One XLA compilation cache for the whole test run, inherited by the xdist
 # workers and by the processes tests start (train, study, tune and launcher
 # runs compile the same small models again and again). Compiled code is the

@@ -7,12 +7,20 @@ import sys
 from tiny import E2E_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Tests check values, not speed: XLA compiles without LLVM's optimisation passes, which
+# halves the compile time of a small model (most of an end-to-end test's time; BENCHMARKS
+# "Tests"). conftest sets it for the test processes; benchmarks/gpu_check.py --tiny does
+# the same. README's quickstart test runs without it, as users do.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
-def subprocess_env(devices: int = 1) -> dict:
+
+def subprocess_env(devices: int = 1, fast_compile: bool = True) -> dict:
   """The environment of a command a test starts: CPU, N devices, this checkout."""
   e = dict(os.environ, JAX_PLATFORMS="cpu",
            PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  if fast_compile:
+    e["XLA_FLAGS"] += " " + FAST_COMPILE
   return e
 
 

@@ -34,6 +34,9 @@ gpu_check = _module()
 def run_check(tmp_path, *args, timeout=600):
   out_md = tmp_path / "check.md"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # The script sets its own compile flags (--tiny: fast compile in the model workers); its
+  # training run trains as users do, not under the tests' e2e.FAST_COMPILE.
+  env.pop("XLA_FLAGS", None)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
   proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out_md), *args],
                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
