@@ -1,6 +1,7 @@
 """What a LOSO study's folds after the first no longer pay (issue 23), checked against the
 uncached computation: the fresh train state from one compiled program per process equals
-optax's eager init, and a fold's split drawn once per process equals splits.loso_folds'."""
+optax's eager init, a fold's split drawn once per process equals splits.loso_folds', and a
+build is decoded once and kept within input_pipeline.DECODED_BYTES."""
 from __future__ import annotations
 
 import jax
@@ -50,3 +51,21 @@ def test_loso_splits_drawn_once_are_the_folds_of_splits(monkeypatch):
     got = input_pipeline.load_splits("build", protocol="loso", fold=k)
     for name, ids in fold.splits().items():
       assert sorted(got[name].video_ids) == sorted(ids), (k, name)
+
+
+def test_decoded_builds_are_kept_up_to_their_byte_budget(casme2_small, monkeypatch):
+  """A build read again is the decoded one kept (no second decode); past DECODED_BYTES the
+  oldest goes first and the newest always stays; an evicted build reads back equal."""
+  from mer_jax.data import build
+  manual, tfds_dir = casme2_small
+  a, b = (build.ensure_built(c, str(manual), str(tfds_dir), log=lambda *_: None)
+          for c in ("m2_af", "m2_kfs"))
+  first = input_pipeline.read_build(a)["train"]
+  assert input_pipeline.read_build(a)["train"] is first                  # kept, not decoded again
+  size_a = sum(p.images.nbytes for p in input_pipeline.read_build(a).values())
+  monkeypatch.setattr(input_pipeline, "DECODED_BYTES", size_a)           # room for a alone
+  input_pipeline.read_build(b)
+  assert a not in input_pipeline.decoded_builds() and input_pipeline.decoded_builds()[-1] == b
+  again = input_pipeline.read_build(a)["train"]                          # decoded anew
+  assert again is not first and np.array_equal(again.images, first.images)
+  assert input_pipeline.decoded_builds()[-1] == a and b not in input_pipeline.decoded_builds()

@@ -195,15 +195,35 @@ def _loso_folds(videos: tuple[tuple[str, str, str, str], ...]) -> list[splits.Fo
                                   emotion=m, frames={}) for d, s, e, m in videos])
 
 
-@functools.lru_cache(maxsize=4)   # a composite reads three builds
+# Decoded builds a process keeps, newest last: a study's folds and cells read the same
+# build again and again. Bounded by bytes, not by count: one real M1 MFS build of CASME II
+# is ~1.5 GB of frames, a composite's three M2 builds ~0.4 GB together. The newest build is
+# always kept; older ones go, oldest first, while the kept ones exceed DECODED_BYTES.
+DECODED_BYTES = 4 << 30
+_DECODED: dict[tuple, tuple[dict[str, SplitData], list[str]]] = {}
+
+
+def decoded_builds() -> list[str]:
+  """The build directories this process holds decoded, oldest first."""
+  return [d for d, _ in _DECODED]
+
+
 def _decoded(dataset_dir: str, stamp) -> tuple[dict[str, SplitData], list[str]]:
-  """Every split of a build decoded, and its native label names, once per process (a
-  study's folds and cells read the same build; callers take copies, never write into
-  them); `stamp` tells a rebuilt directory apart."""
+  """Every split of a build decoded, and its native label names, kept (see DECODED_BYTES;
+  callers take copies, never write into them); `stamp` tells a rebuilt directory apart."""
+  key = (dataset_dir, stamp)
+  if key in _DECODED:
+    _DECODED[key] = _DECODED.pop(key)   # now the newest
+    return _DECODED[key]
   import tensorflow_datasets as tfds
   b = tfds.builder_from_directory(dataset_dir)
   sources = b.as_data_source()
-  return {k: _decode_source(sources[k]) for k in SPLITS}, b.info.features["label"].names
+  _DECODED[key] = ({k: _decode_source(sources[k]) for k in SPLITS},
+                   b.info.features["label"].names)
+  size = lambda v: sum(part.images.nbytes for part in v[0].values())  # noqa: E731
+  while len(_DECODED) > 1 and sum(map(size, _DECODED.values())) > DECODED_BYTES:
+    del _DECODED[next(iter(_DECODED))]
+  return _DECODED[key]
 
 
 def _stamp(dataset_dir: str) -> tuple:
