@@ -214,3 +214,17 @@ def test_size_report_one_table_per_dataset(tmp_path):
     assert f"| {fraction:g} | {n:.1f} | poolformer_s12 | KFS | M1 − M2 | " in tables[name]
     assert f"{diff:.4f}" in tables[name]
   assert (tmp_path / "fig_size.png").stat().st_size > 1000
+
+
+def test_report_names_the_protocol_and_the_data_it_ran_on():
+  """The report's protocol line: a cross study is not called the holdout split, and a
+  study on another dataset than CASME II names it."""
+  from mer_jax.analysis import tables
+  run = lambda name, split="video": {"data_name": name, "split": split}  # noqa: E731
+  cross = tables.protocol_text([run("casme2→samm")], loso=False)
+  assert cross.startswith("cross-dataset casme2→samm") and "201/26/28" not in cross
+  assert tables.protocol_text([run("casme2")], loso=False).endswith(
+      "by video (the paper split when split seed 0)")
+  assert tables.protocol_text([run("samm", "subject")], loso=False).endswith(
+      "by subject on samm")
+  assert tables.protocol_text([run("megc2019")], loso=True).endswith("UF1/UAR) on megc2019")

@@ -138,6 +138,21 @@ def temporal_table(pairs: list[dict], loso: bool) -> list[str]:
   return lines + [""]
 
 
+def protocol_text(runs: list[dict], loso: bool) -> str:
+  """The report's one-line protocol: LOSO, cross-dataset (trained and validated on one
+  dataset, tested on another) or the holdout split, with the data it ran on."""
+  names = sorted({r["data_name"] for r in runs})
+  on = "" if names == ["casme2"] else f" on {', '.join(names)}"
+  if loso:
+    return f"leave-one-subject-out (predictions pooled over folds: UF1/UAR){on}"
+  if all("→" in n for n in names):
+    return (f"cross-dataset {', '.join(names)}: trained and validated on the left, tested "
+            "on the right")
+  by = ("by subject" if runs[0]["split"] == "subject"
+        else "by video (the paper split when split seed 0)")
+  return f"holdout split at the paper's 201/26/28 proportions, {by}{on}"
+
+
 def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   """Writes report.md, study.json and the figures of the finished runs under root; returns
   report.md's text. An unfinished plan or a LOSO cell missing folds is said at the top."""
@@ -171,9 +186,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
     lines += [f"**Incomplete LOSO cells:** {len(partial_loso)} cell(s) hold fewer folds than "
               f"the {plan.get('loso_folds') if plan else 'unknown number of'} subjects; their "
               "pooled figures are marked (incomplete) and are not LOSO results.", ""]
-  split_kind = runs[0]["split"]
-  protocol = ("leave-one-subject-out (predictions pooled over folds: UF1/UAR)" if loso else
-              f"holdout split 201/26/28, {'by subject' if split_kind == 'subject' else 'by video (the paper split when split seed 0)'}")
+  protocol = protocol_text(runs, loso)
   lines += [f"{len(runs)} runs: models {', '.join(models)}; seeds {seeds}"
             + (f"; split seeds {split_seeds}" if split_seeds != [0] else "")
             + f"; protocol {protocol}.", _legend(cells), "", CHOICE, ""]
@@ -294,7 +307,7 @@ def report(root: pathlib.Path, n_resamples: int = 1000) -> str:
   if split_seeds != [0]:
     lines += ["## Split variance", "",
               f"Each cell on {len(split_seeds)} split seeds (split seed 0 is "
-              + ("the first subject-independent split" if split_kind == "subject" else
+              + ("the first subject-independent split" if runs[0]["split"] == "subject" else
                  "the paper's split") + "). Mean ± sd over split seeds of each split's seed "
               "mean; pooled: the macro-F1 of every split's test predictions taken together "
               "(a video may be in several test sets), with its stratified bootstrap CI: "
