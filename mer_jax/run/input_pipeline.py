@@ -214,12 +214,12 @@ def _decoded(dataset_dir: str, stamp) -> tuple[dict[str, SplitData], list[str]]:
   key = (dataset_dir, stamp)
   if key in _DECODED:
     _DECODED[key] = _DECODED.pop(key)   # now the newest
-    return _DECODED[key]
-  import tensorflow_datasets as tfds
-  b = tfds.builder_from_directory(dataset_dir)
-  sources = b.as_data_source()
-  _DECODED[key] = ({k: _decode_source(sources[k]) for k in SPLITS},
-                   b.info.features["label"].names)
+  else:
+    import tensorflow_datasets as tfds
+    b = tfds.builder_from_directory(dataset_dir)
+    sources = b.as_data_source()
+    _DECODED[key] = ({k: _decode_source(sources[k]) for k in SPLITS},
+                     b.info.features["label"].names)
   size = lambda v: sum(part.images.nbytes for part in v[0].values())  # noqa: E731
   while len(_DECODED) > 1 and sum(map(size, _DECODED.values())) > DECODED_BYTES:
     del _DECODED[next(iter(_DECODED))]
