@@ -18,8 +18,8 @@ this one (the mtimes of consecutive folds' metrics.json, which every version wri
 everything the study spends on a cell, set-up and report included. The first fold (it
 compiles, and the study's start) is shown but left out of the mean. Prints a markdown table:
 per compared fold both walls, the ratio, and whether its predictions_test.csv (and
-predictions_validation.csv) are byte-identical, else identical on the columns both have; the load average before and after each side
-and each side's process CPU seconds. Removes the worktree at the end (and the temporary
+predictions_validation.csv) are byte-identical, else identical on the columns both have; the
+load average before and after each side and each side's process CPU seconds. Removes the worktree at the end (and the temporary
 folder unless --keep).
 """
 from __future__ import annotations

@@ -30,8 +30,8 @@ def train_overrides(data, **extra) -> list[str]:
   manual, tfds_dir = data
   opts = {"data.manual_dir": manual, "data.data_dir": tfds_dir, "data.phase": "kfs",
           "data.synthetic": False, "model.name": E2E_MODEL, "model.img_size": 32,
-          "batch_size": 8, "eval_batch_size": 16, "num_epochs": 3, "patience": 10, "log_every_steps": 2,
-          "checkpoint_every_steps": 2, "bootstrap_resamples": 100, "optim.warmup_epochs": 0,
+          "batch_size": 8, "eval_batch_size": 16, "num_epochs": 3, "patience": 10,
+          "log_every_steps": 2, "checkpoint_every_steps": 2, "bootstrap_resamples": 100, "optim.warmup_epochs": 0,
           "aug.enabled": True, "seed": 1}
   opts.update(extra)
   return [f"--config.{k}={v}" for k, v in opts.items()]

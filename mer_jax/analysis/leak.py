@@ -8,8 +8,8 @@ field's choice per run (per LOSO fold, or the one holdout test set): the epoch o
 test accuracy, ties to the later epoch (HTNet's `<=`). The honest figure is the same run's
 own result, the epoch chosen on validation videos of training subjects (predictions_test.csv,
 metrics.json). Both are pooled over folds (UF1/UAR; on the composite also per source dataset),
-and the inflation, leaky − honest, gets a paired bootstrap over subjects. Everything here is named leaky so that nobody mistakes it for
-a result.
+and the inflation, leaky − honest, gets a paired bootstrap over subjects. Everything here is
+named leaky so that nobody mistakes it for a result.
 """
 from __future__ import annotations
 

@@ -94,7 +94,8 @@ def gather(root: pathlib.Path) -> list[dict]:
   """One record per finished run under root (CELL/seed<S>[/fold<K>] or CELL/<split>/seed<S>):
   its cell coordinates from its saved config (the model as its spec, e.g.
   poolformer_s12+gru for a temporal head: mer_jax.models.temporal.spec_of), its data in one
-  name (data_name: run.sources.data_name; `dataset` is its build's fingerprint), validation macro-F1, test predictions."""
+  name (data_name: run.sources.data_name; `dataset` is its build's fingerprint), validation
+  macro-F1, test predictions."""
   out = []
   for mfile in sorted(f for pattern in RUN_FILES for f in root.glob(pattern)):
     w = mfile.parent

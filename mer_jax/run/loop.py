@@ -115,8 +115,8 @@ def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = Fal
   (experiment.claim_workdir) stops with ConfigChanged, or with `force` is
   emptied first. A corrupt checkpoint is passed over for the newest intact one.
   Checkpoints: at an epoch's end when the last save is SAVE_EVERY_SECONDS (checkpointing)
-  old or the run ends there, and every checkpoint_every_steps steps. `on_epoch(record)`, if given, is
-  called with each epoch's history record (the tuner prunes from it by raising).
+  old or the run ends there, and every checkpoint_every_steps steps. `on_epoch(record)`, if
+  given, is called with each epoch's history record (the tuner prunes from it by raising).
   Raises WorkdirBusy if another live run holds the workdir.
   Returns the metrics.json dict.
   """

@@ -12,7 +12,7 @@ from mer_jax.data.phases import Phase
 from mer_jax.data.preprocess import Method
 from mer_jax.plumbing.errors import UsageError
 from mer_jax import models
-from mer_jax.models import MODEL_NAMES, temporal
+from mer_jax.models import temporal
 
 # Paper-name shorthand used in config file names -> create_model() name.
 MODELS = {
@@ -53,7 +53,7 @@ def model_name(model: str) -> str:
   try:
     models.family(name)
   except UsageError:
-    valid = list(MODELS) + [n for n in MODEL_NAMES if n not in MODELS]
+    valid = list(MODELS) + [n for n in models.MODEL_NAMES if n not in MODELS]
     raise UsageError(f"Unknown model {model!r}; valid: {', '.join(valid)}") from None
   return name
 
