@@ -1,6 +1,8 @@
 """Shared layers against torch and timm: the exact GELU every family's MLP
 uses, stochastic depth (rates and per-sample dropping), the head dropout,
-the remat policies (what remat keeps of each family: test_models)."""
+the remat policies (what remat keeps of each family: test_models), and the layers
+whose CPU backward is hand-shaped (Dense, PatchConv, PoolFormer's pool mixer): values and
+gradients against torch's autograd."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -12,7 +14,8 @@ import torch
 from timm.layers import calculate_drop_path_rates
 
 from mer_jax.models import create_model
-from mer_jax.models.layers import DropPath, classifier, drop_path_rates, gelu
+from mer_jax.models.layers import Dense, DropPath, PatchConv, classifier, drop_path_rates, gelu
+from mer_jax.models.poolformer import pool_mixer
 
 
 def _grid():
@@ -90,3 +93,79 @@ def test_remat_rejects_unknown_policy():
   with pytest.raises(ValueError, match="remat must be one of"):
     model = create_model("poolformer_s12", remat="full")
     jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+
+
+# --- layers with a CPU-shaped backward, against torch's autograd ------------------------
+
+
+def _value_and_grads(f, args, cotangent):
+  y, vjp = jax.vjp(f, *args)
+  return np.asarray(y), [np.asarray(g) for g in vjp(jnp.asarray(cotangent))]
+
+
+def _torch_value_and_grads(f, args, cotangent):
+  ts = [torch.tensor(np.asarray(a), requires_grad=True) for a in args]
+  y = f(*ts)
+  y.backward(torch.tensor(cotangent))
+  return y.detach().numpy(), [t.grad.numpy() for t in ts]
+
+
+@pytest.mark.parametrize("c_in,c_out", [(64, 256), (256, 64)])   # either operand narrower
+def test_dense_values_and_gradients_match_torch_linear(c_in, c_out):
+  rng = np.random.RandomState(0)
+  x = rng.randn(2, 5, 7, c_in).astype(np.float32)
+  layer = Dense(c_out)
+  params = layer.init(jax.random.PRNGKey(0), x)["params"]
+  assert jax.tree.map(np.shape, params) == \
+      jax.tree.map(np.shape, nn.Dense(c_out).init(jax.random.PRNGKey(0), x)["params"])
+  kernel = np.asarray(params["kernel"])
+  bias = rng.randn(c_out).astype(np.float32)
+  cot = rng.randn(2, 5, 7, c_out).astype(np.float32)
+  y, (dx, dk, db) = _value_and_grads(
+      lambda x, k, b: layer.apply({"params": {"kernel": k, "bias": b}}, x), (x, kernel, bias), cot)
+  ty, (tdx, tw, tb) = _torch_value_and_grads(
+      lambda x, w, b: torch.nn.functional.linear(x, w, b), (x, kernel.T.copy(), bias), cot)
+  np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dx, tdx, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dk, tw.T, rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(db, tb, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 9), (3, 2, 1, 8), (7, 4, 2, 16)])
+def test_patch_conv_values_and_gradients_match_torch_conv2d(k, s, p, size):
+  rng = np.random.RandomState(1)
+  x = rng.randn(2, size, size, 5).astype(np.float32)
+  layer = PatchConv(6, k, s, p)
+  params = layer.init(jax.random.PRNGKey(0), x)["params"]
+  kernel, bias = np.asarray(params["kernel"]), rng.randn(6).astype(np.float32)
+  out = (size + 2 * p - k) // s + 1
+  cot = rng.randn(2, out, out, 6).astype(np.float32)
+  y, (dx, dk, db) = _value_and_grads(
+      lambda x, w, b: layer.apply({"params": {"kernel": w, "bias": b}}, x), (x, kernel, bias), cot)
+
+  def conv(x, w, b):   # NHWC / HWIO in and out, as the Flax layer
+    y = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), b, stride=s,
+                                   padding=p)
+    return y.permute(0, 2, 3, 1)
+  ty, (tdx, tdk, tdb) = _torch_value_and_grads(conv, (x, kernel, bias), cot)
+  assert y.shape == ty.shape
+  np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dx, tdx, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dk, tdk, rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(db, tdb, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7])
+def test_pool_mixer_values_and_gradients_match_torch_avg_pool(size):
+  rng = np.random.RandomState(2)
+  x = rng.randn(2, size, size + 1, 4).astype(np.float32)
+  cot = rng.randn(*x.shape).astype(np.float32)
+  y, (dx,) = _value_and_grads(pool_mixer, (x,), cot)
+
+  def mixer(x):   # timm's Pooling: avg_pool2d(3, 1, 1, count_include_pad=False) - x
+    t = x.permute(0, 3, 1, 2)
+    return (torch.nn.functional.avg_pool2d(t, 3, 1, 1, count_include_pad=False) - t
+            ).permute(0, 2, 3, 1)
+  ty, (tdx,) = _torch_value_and_grads(mixer, (x,), cot)
+  np.testing.assert_allclose(y, ty, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx, tdx, rtol=1e-5, atol=1e-5)

@@ -3,12 +3,13 @@
 timm keeps these in `timm.layers`; the family files build their blocks from
 them: exact GELU, stochastic depth (`DropPath`, `drop_path_rates`), `Mlp`,
 `LayerScale`, the conv `PatchEmbed`, torch-style `layer_norm`, the
-classifier head, the remat wrapper for blocks, and the fusion boundary
-between blocks (`materialize`).
+classifier head, the remat wrapper for blocks, the fusion boundary
+between blocks (`materialize`), and two layers with nn.Dense's and nn.Conv's parameters
+and values whose training steps XLA's CPU backend runs faster (`Dense`, `PatchConv`).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -51,6 +52,93 @@ def materialize(x):
     return jax.lax.cond(jnp.isfinite(v.reshape(-1)[0]), lambda u: u, lambda u: u * 1, v)
 
   return jax.lax.platform_dependent(x, cpu=stored, default=lambda v: v)
+
+
+@jax.custom_vjp
+def dense_matmul(x, kernel):
+  """x [..., C] @ kernel [C, D], as nn.Dense computes it.
+
+  Its weight gradient on CPU is x^T g with the narrower of x and g transposed first, so
+  that the product is the plain [M, K] @ [K, N] that XLA:CPU hands to its fast matmul
+  library; left to itself XLA transposes the wider one and runs the product in a slower
+  kernel (PoolFormer-s12's MLPs: BENCHMARKS "Study scale"). Other platforms contract as
+  autodiff would.
+  """
+  return jnp.dot(x, kernel)
+
+
+def _dense_matmul_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _dense_matmul_bwd(res, g):
+  x, kernel = res
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+
+  def cpu(x2, g2):
+    if x2.shape[1] <= g2.shape[1]:
+      return jnp.dot(x2.T, g2)
+    return jnp.dot(g2.T, x2).T
+
+  def default(x2, g2):
+    return jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))
+
+  d_kernel = jax.lax.platform_dependent(x2, g2, cpu=cpu, default=default)
+  return jnp.dot(g, kernel.T), d_kernel
+
+
+dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
+class Dense(nn.Module):
+  """nn.Dense (kernel [C, D], bias [D], the same initialisation and values) through
+  `dense_matmul`: the MLPs' layers, where a training step spends most of its time."""
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = trunc_normal
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return dense_matmul(x, kernel) + bias
+
+
+class PatchConv(nn.Module):
+  """A k x k, stride-s conv with explicit padding: nn.Conv's parameters (kernel
+  [k, k, C, D], bias [D]) and values. On CPU it is one matmul over the k*k strided
+  slices of the padded input; XLA:CPU runs the convolution's input gradient (a
+  base-dilated convolution) and kernel flip slowly at these sizes (PoolFormer's
+  downsampling: BENCHMARKS "Study scale"). Other platforms run the convolution."""
+  features: int
+  kernel_size: int
+  stride: int
+  pad: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = trunc_normal
+
+  @nn.compact
+  def __call__(self, x):
+    k, s, p = self.kernel_size, self.stride, self.pad
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+    def as_matmul(x, kernel):
+      b, h, w, c = x.shape
+      xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+      ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+      cols = [jax.lax.slice(xp, (0, i, j, 0), (b, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+                            (1, s, s, 1)) for i in range(k) for j in range(k)]
+      return jnp.dot(jnp.concatenate(cols, axis=-1), kernel.reshape(k * k * c, -1))
+
+    def as_conv(x, kernel):
+      return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    return jax.lax.platform_dependent(x, kernel, cpu=as_matmul, default=as_conv) + bias
 
 
 REMAT_POLICIES = ("", "block", "dots")
@@ -122,11 +210,10 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     out = self.out_features or x.shape[-1]
-    x = nn.Dense(self.hidden_features, dtype=self.dtype, kernel_init=trunc_normal,
-                 name="fc1")(x)
+    x = Dense(self.hidden_features, dtype=self.dtype, name="fc1")(x)
     x = gelu(x)
     x = nn.Dropout(self.drop, deterministic=not train)(x)
-    x = nn.Dense(out, dtype=self.dtype, kernel_init=trunc_normal, name="fc2")(x)
+    x = Dense(out, dtype=self.dtype, name="fc2")(x)
     return nn.Dropout(self.drop, deterministic=not train)(x)
 
 

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mer_jax.models import state_dict as sdict
-from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, classifier, drop_path_rates,
-                                   remat_block, trunc_normal)
+from mer_jax.models.layers import (DropPath, Dtype, LayerScale, Mlp, PatchConv, classifier,
+                                   drop_path_rates, remat_block, trunc_normal)
 from mer_jax.models.state_dict import ConversionError, StateDict
 
 
@@ -68,12 +68,16 @@ def _pool_counts(h: int, w: int, k: int) -> np.ndarray:
 
 
 def pool_mixer(x, pool_size: int = 3):
-  """avgpool(x, k, stride 1, pad k//2, count_include_pad=False) - x, NHWC."""
+  """avgpool(x, k, stride 1, pad k//2, count_include_pad=False) - x, NHWC.
+
+  The window sum is k*k shifted slices of the zero-padded map added up: one fused
+  elementwise pass each way, where XLA:CPU's reduce_window and its gradient were
+  slower (BENCHMARKS "Study scale")."""
   k, p = pool_size, pool_size // 2
-  summed = jax.lax.reduce_window(
-      x, np.array(0, x.dtype), jax.lax.add, (1, k, k, 1), (1, 1, 1, 1),
-      ((0, 0), (p, p), (p, p), (0, 0)))
-  counts = _pool_counts(x.shape[1], x.shape[2], k)
+  h, w = x.shape[1], x.shape[2]
+  padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  summed = sum(padded[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k))
+  counts = _pool_counts(h, w, k)
   return summed * jnp.asarray(1.0 / counts, x.dtype) - x
 
 
@@ -129,8 +133,7 @@ class PoolFormer(nn.Module):
     block = 0
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i > 0:
-        x = nn.Conv(dim, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                    kernel_init=trunc_normal, name=f"stages_{i}_downsample")(x)
+        x = PatchConv(dim, 3, 2, 1, dtype=self.dtype, name=f"stages_{i}_downsample")(x)
       for j in range(depth):
         x = block_cls(self.mlp_ratio, self.pool_size, self.layer_scale_init,
                       drop_path=rates[block], dtype=self.dtype,
