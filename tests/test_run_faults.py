@@ -179,6 +179,25 @@ def test_a_corrupt_checkpoint_gives_way_to_the_newest_intact_one(tmp_path):
   ckpt.close()
 
 
+def test_a_compressed_checkpoint_of_an_earlier_version_reads_back(tmp_path):
+  """Runs saved before checkpoints went uncompressed (zstd, via StandardSave) resume and
+  evaluate: the reader takes the codec from each array's metadata."""
+  import orbax.checkpoint as ocp
+  path = tmp_path / "checkpoints" / "latest"
+  old = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True),
+                              item_names=("state", "meta"))
+  meta = {"epoch": 4, checkpointing.CHECKSUM: checkpointing.state_checksum(_state(4))}
+  old.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(_state(4)),
+                                      meta=ocp.args.JsonSave(meta)))
+  old.wait_until_finished()
+  old.close()
+  ckpt = checkpointing.Checkpoints(tmp_path)
+  r = ckpt.restore_latest(_state(0))
+  assert (r.kind, r.step, r.meta) == ("latest", 4, {"epoch": 4})
+  _same(r.state, _state(4))
+  ckpt.close()
+
+
 def test_a_corrupt_best_uses_its_copy_among_the_latest(tmp_path):
   root = tmp_path / "checkpoints"
   ckpt = checkpointing.Checkpoints(tmp_path, keep=2)
@@ -286,8 +305,8 @@ def test_study_skips_only_cells_finished_with_the_same_config(tmp_path, monkeypa
   done = study.cell_config(cell, ["num_epochs=4"], "paper").to_dict()
   (w / "metrics.json").write_text(json.dumps({"config": done}))
   calls = []
-  monkeypatch.setattr(loop, "train_and_evaluate",
-                      lambda c, d, force=False: calls.append((c.to_dict(), d, force)))
+  monkeypatch.setattr(loop, "train_and_evaluate", lambda c, d, force=False, finisher=None:
+                      calls.append((c.to_dict(), d, force)))
 
   def ran(overrides, force=False):
     calls.clear()
