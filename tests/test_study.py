@@ -493,3 +493,29 @@ def test_a_cells_logged_command_rebuilds_its_config_through_configs_paper_py(
   assert config.to_dict() == study.cell_config(cell, overrides, protocol).to_dict()
   assert config.seed == cell.seed and config.data.fold == cell.fold
   assert config.data.manual_dir == "/data/my casme2" and config.num_epochs == 3
+
+
+def test_finisher_finishes_one_run_at_a_time_and_raises_its_error():
+  """The study's background finisher (loop.Finisher): a run handed over waits for the one
+  before it to finish, and a finish that failed raises at the next hand-over or at close."""
+  import threading
+  from mer_jax.run import loop
+  first_may_end, log = threading.Event(), []
+
+  def first():
+    first_may_end.wait(5)
+    log.append("first")
+
+  def failing():
+    raise OSError("disk full")
+
+  f = loop.Finisher()
+  f.submit(first)
+  threading.Timer(0.2, first_may_end.set).start()
+  f.submit(failing)            # returns only once `first` has finished
+  assert log == ["first"]
+  with pytest.raises(OSError, match="disk full"):
+    f.submit(lambda: log.append("third"))
+  f.submit(lambda: log.append("fourth"))
+  f.close()
+  assert log == ["first", "fourth"]

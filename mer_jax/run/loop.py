@@ -13,6 +13,7 @@ replicated, and each process feeds its share of every global batch.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -106,7 +107,36 @@ def _say(*args):
     print(*args, flush=True)
 
 
-def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = False) -> dict:
+class Finisher:
+  """Finishes runs in a background thread while the caller trains the next one: a run's
+  last checkpoint writes, its metrics.json and report (the study's cells; a LOSO fold of a
+  small model spends ~1 s of its ~5 waiting on them: BENCHMARKS "Study scale"). One run at
+  a time: handing over a run first waits for the one before, and raises its error if it
+  failed. `close()` waits for the last. A run still finishing holds its workdir lock and
+  has no metrics.json, so a killed study resumes it like any unfinished run."""
+
+  def __init__(self):
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="finish")
+    self._last = None
+
+  def submit(self, finish) -> None:
+    self.join()
+    self._last = self._pool.submit(finish)
+
+  def join(self) -> None:
+    last, self._last = self._last, None
+    if last is not None:
+      last.result()
+
+  def close(self) -> None:
+    try:
+      self.join()
+    finally:
+      self._pool.shutdown()
+
+
+def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = False,
+                       finisher: Finisher | None = None) -> dict | None:
   """Trains with early stopping, tests the best checkpoint, writes the report.
 
   Resumes from WORKDIR/checkpoints if present (a finished run is only
@@ -118,18 +148,31 @@ def train_and_evaluate(config, workdir: str, on_epoch=None, *, force: bool = Fal
   old or the run ends there, and every checkpoint_every_steps steps. `on_epoch(record)`, if
   given, is called with each epoch's history record (the tuner prunes from it by raising).
   Raises WorkdirBusy if another live run holds the workdir.
-  Returns the metrics.json dict.
+  Returns the metrics.json dict; with a `finisher` (one process only) the run's last
+  checkpoint writes and report are handed to it once the test is done, and it returns None.
   """
   steps.check_method_fields(config)
   workdir = pathlib.Path(workdir).absolute()
   is_main = runtime.is_main_process()
-  held = hold(workdir, log=_say) if is_main else contextlib.nullcontext()
-  with held:
+  with contextlib.ExitStack() as held:
+    if is_main:
+      held.enter_context(hold(workdir, log=_say))
     experiment.claim_workdir(workdir, config, force=force, say=_say)
-    return _train_and_evaluate(config, workdir, on_epoch, is_main)
+    finish = _train_and_evaluate(config, workdir, on_epoch, is_main)
+    if finisher is None or jax.process_count() > 1:
+      return finish()
+    lock = held.pop_all()   # released by the finisher, once metrics.json is written
+
+  def finish_and_release():
+    with lock:
+      finish()
+  finisher.submit(finish_and_release)
+  return None
 
 
-def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> dict:
+def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool):
+  """Trains and tests; returns the run's finish (wait for the last checkpoint writes,
+  close, write metrics.json and the report), which returns the metrics.json dict."""
   # Data, model, mesh; the optimizer and loss from the training split.
   setup = experiment.make_setup(c, _say)
   train = setup.data["train"]
@@ -181,6 +224,14 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
     pending.clear()
     ckpt.save(int(state["step"]), state, meta, best=best)
     last_save[0] = time.perf_counter()
+
+  # The last epoch's save waits until the run is tested: with the study's Finisher it is
+  # written while the next run trains. Every way out of the run still makes it.
+  final = []   # [whether the last epoch is the best], once training has ended
+
+  def flush_final():
+    if final:
+      save(best=final.pop())
 
   feed = bar = None  # the epoch's input thread and progress bar, closed however it ends
   try:
@@ -269,8 +320,11 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       if stopper.should_stop:
         _say(f"Early stop: no better validation macro-F1 for {c.patience} epochs "
              f"(best {stopper.best:.4f} at epoch {stopper.best_epoch + 1}).")
-      if (stopper.should_stop or epoch >= c.num_epochs
-          or time.perf_counter() - last_save[0] >= checkpointing.SAVE_EVERY_SECONDS):
+      if stopper.should_stop or epoch >= c.num_epochs:
+        final[:] = [improved]   # the run's last save: flush_final(), after the test
+        if improved:   # no step follows to donate them
+          best_params = state["params"]
+      elif time.perf_counter() - last_save[0] >= checkpointing.SAVE_EVERY_SECONDS:
         save(best=improved)
         if improved:   # a copy: the next step donates the state's buffers
           best_params = jax.tree.map(jnp.copy, state["params"])
@@ -290,6 +344,7 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       best = checkpointing.Restored({"params": best_params}, meta, "best", best_step)
       results = {"validation": best_val}
     else:
+      flush_final()   # the final state is a candidate when no best was saved
       ckpt.wait()
       best = ckpt.restore_best(jax.tree.map(
           lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state), say=_say)
@@ -298,16 +353,30 @@ def _train_and_evaluate(c, workdir: pathlib.Path, on_epoch, is_main: bool) -> di
       results = {"validation": experiment.evaluate_split(setup, best.state["params"],
                                                          "validation", predict_fn)}
     results["test"] = experiment.evaluate_split(setup, best.state["params"], "test", predict_fn)
-    ckpt.wait()   # the last saves end while the test runs; metrics.json comes after them
+  except BaseException:
+    try:
+      flush_final()
+    finally:
+      logger.close()
+      ckpt.close()
+    raise
   finally:
     if feed is not None:
       feed.close()
     if bar is not None:
       bar.close()
-    logger.close()
-    ckpt.close()
-  return report.finish_run(workdir, c, results, meta, best.record(), say=_say,
-                           dataset=setup.dataset, train_videos=setup.data["train"].num_videos)
+
+  def finish() -> dict:
+    try:
+      flush_final()
+      ckpt.wait()   # metrics.json comes after the last saves
+    finally:
+      logger.close()
+      ckpt.close()
+    return report.finish_run(workdir, c, results, meta, best.record(), say=_say,
+                             dataset=setup.dataset,
+                             train_videos=setup.data["train"].num_videos)
+  return finish
 
 
 def epoch_record(epoch: int, val: dict, loss_sum, n_steps: int, start_step: int, batch: int,
