@@ -179,6 +179,23 @@ def test_a_corrupt_checkpoint_gives_way_to_the_newest_intact_one(tmp_path):
   ckpt.close()
 
 
+def test_a_best_saved_with_the_latest_is_a_copy_that_replaces_the_older_best(tmp_path):
+  """A step saved as both is written once and copied into best/ once committed; the older
+  best goes, and a later save does not rotate the copy's source away before it is made."""
+  root = tmp_path / "checkpoints"
+  ckpt = checkpointing.Checkpoints(tmp_path, keep=1)
+  ckpt.save(1, _state(1), {"epoch": 1}, best=True)
+  ckpt.save(2, _state(2), {"epoch": 2}, best=True)
+  ckpt.save(3, _state(3), {"epoch": 3})      # keep=1: latest/2 goes once best/2 exists
+  ckpt.wait()
+  assert sorted(p.name for p in (root / "best").iterdir()) == ["2"]
+  assert sorted(p.name for p in (root / "latest").iterdir()) == ["3"]
+  r = ckpt.restore_best(_state(0))
+  assert (r.kind, r.step, r.meta) == ("best", 2, {"epoch": 2})
+  _same(r.state, _state(2))
+  ckpt.close()
+
+
 def test_a_compressed_checkpoint_of_an_earlier_version_reads_back(tmp_path):
   """Runs saved before checkpoints went uncompressed (zstd, via StandardSave) resume and
   evaluate: the reader takes the codec from each array's metadata."""
