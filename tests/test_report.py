@@ -54,3 +54,29 @@ def test_summarise_rows_carry_the_subject_and_the_ci_is_stratified(tmp_path):
   named = report.summarise(probs, labels, ids, subjects, n_resamples=10, datasets=source)
   assert [(p["video_id"], p["dataset"]) for p in named["predictions"]] == [
       (w[0], "samm" if w[1] == subjects[0] else "casme2") for w in want]
+
+
+def _one_frame_videos(pairs):
+  """One frame a video, (label, prediction) each: summarise's inputs."""
+  e = np.eye(len(EMOTIONS))
+  probs = np.array([e[EMOTIONS.index(p)] * 0.9 + 0.1 / len(EMOTIONS) for _, p in pairs])
+  labels = np.array([EMOTIONS.index(t) for t, _ in pairs])
+  ids = np.array([f"sub{i:02d}/EP{i:02d}" for i in range(len(pairs))])
+  return probs, labels, ids, ids
+
+
+def test_a_split_whose_resamples_cannot_differ_has_its_zero_width_interval_explained(tmp_path):
+  """One video per class (a LOSO fold's subject, often): resampled within classes, every
+  resample is the split itself (by hand), so the interval is the point; the report says
+  what that means instead of showing it as certainty. A split with spread says nothing."""
+  point = report.summarise(*_one_frame_videos(
+      [("others", "others"), ("disgust", "others"), ("sadness", "sadness")]), n_resamples=200)
+  assert point["video"]["macro_f1_ci"] == [point["video"]["macro_f1"]] * 2
+  wide = report.summarise(*_one_frame_videos(
+      [("others", "others"), ("others", "disgust"), ("others", "others"),
+       ("disgust", "disgust"), ("disgust", "others"), ("sadness", "sadness")]), n_resamples=200)
+  assert wide["video"]["macro_f1_ci"][0] < wide["video"]["macro_f1_ci"][1]
+  report.write_report(tmp_path, {"validation": wide, "test": point}, best_epoch=1, config={})
+  text = (tmp_path / "report.md").read_text()
+  assert "**test**: its interval has zero width (3 videos, at most 1 of a class)" in text
+  assert "**validation**" not in text

@@ -126,6 +126,10 @@ def report_markdown(results: Mapping[str, dict], *, title: str, best_epoch: int 
                  f"[{_fmt(lo)}, {_fmt(hi)}] | {_fmt(v['uar'])} | {_fmt(v['accuracy'])} |")
   lines += ["", "The CI is a percentile bootstrap over videos, resampled within each true class "
             "(every class of the split is in every resample)."]
+  for split, r in results.items():
+    note = zero_width_note(r)
+    if note:
+      lines += ["", f"**{split}**: {note}"]
   lines += ["", "## Frame-level results", "",
             "| split | frames | macro-F1 | UAR | accuracy |", "|---|---:|---:|---:|---:|"]
   for split, r in results.items():
@@ -177,6 +181,23 @@ def plot_confusion(confusion, path: str | pathlib.Path, title: str = "Confusion 
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def zero_width_note(result: Mapping[str, Any]) -> str:
+  """What a split's macro-F1 interval of zero width means ('' when it has a width).
+
+  Resampled within each class, a split whose classes hold one video each (a LOSO fold's
+  subject, often), or whose every class is all right or all alike wrong, gives every
+  resample the same score: the interval says nothing of the uncertainty, however exact it
+  looks."""
+  lo, hi = result["video"]["macro_f1_ci"]
+  if lo is None or hi is None or lo != hi:
+    return ""
+  largest = max(result["video"]["support"], default=0)
+  return (f"its interval has zero width ({result['num_videos']} videos, at most {largest} "
+          "of a class): every resample, drawn within the classes, scored the same, which "
+          "shows none of the uncertainty of so few videos. Pool such runs (a LOSO study's "
+          "report pools its folds, with an interval clustered by subject).")
 
 
 def write_report(workdir: str | pathlib.Path, results: Mapping[str, dict], *,
@@ -250,7 +271,9 @@ def finish_run(workdir: pathlib.Path, c, results: dict, meta: dict,
         f"checkpoint, step {checkpoint['step']}",
         f"test (video level, {results['test']['num_videos']} videos): macro-F1 "
         f"{t['macro_f1']:.4f} [{lo:.4f}, {hi:.4f}], UAR {t['uar']:.4f}, "
-        f"accuracy {t['accuracy']:.4f}",
+        f"accuracy {t['accuracy']:.4f}"
+        + (" (an interval of zero width: too few videos to resample; report.md)"
+           if zero_width_note(results["test"]) else ""),
         f"report: {workdir / 'report.md'}",
     ]))
   # Every process returns what the main one wrote, without reading the file
