@@ -14,7 +14,9 @@ import torch
 from timm.layers import calculate_drop_path_rates
 
 from mer_jax.models import create_model
-from mer_jax.models.layers import Dense, DropPath, PatchConv, classifier, drop_path_rates, gelu
+from mer_jax.models.layers import (Dense, DropPath, PatchConv, classifier, conv_as_matmul,
+                                   conv_direct, drop_path_rates, gelu, kernel_grad_cpu,
+                                   kernel_grad_plain)
 from mer_jax.models.poolformer import pool_mixer
 
 
@@ -131,8 +133,29 @@ def test_dense_values_and_gradients_match_torch_linear(c_in, c_out):
   np.testing.assert_allclose(db, tb, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("branch", [kernel_grad_cpu, kernel_grad_plain])
+@pytest.mark.parametrize("c_in,c_out", [(64, 256), (256, 64)])
+def test_both_platforms_weight_gradients_are_x_transposed_g(branch, c_in, c_out):
+  """Dense's weight gradient, the CPU form and the other platforms' (which this CPU never
+  runs inside the layer), against float64 numpy."""
+  rng = np.random.RandomState(3)
+  x, g = rng.randn(70, c_in).astype(np.float32), rng.randn(70, c_out).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(jax.jit(branch)(x, g)),
+                             x.astype(np.float64).T @ g.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+def _patch_conv_layer(layer):
+  return lambda x, w, b: layer.apply({"params": {"kernel": w, "bias": b}}, x)
+
+
+def _conv_branch(branch, s, p):
+  return lambda x, w, b: branch(x, w, stride=s, pad=p) + b
+
+
+@pytest.mark.parametrize("form", ["layer", "cpu", "other platforms"])
 @pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 9), (3, 2, 1, 8), (7, 4, 2, 16)])
-def test_patch_conv_values_and_gradients_match_torch_conv2d(k, s, p, size):
+def test_patch_conv_values_and_gradients_match_torch_conv2d(k, s, p, size, form):
+  """The layer as this platform runs it, and each of its two forms by itself."""
   rng = np.random.RandomState(1)
   x = rng.randn(2, size, size, 5).astype(np.float32)
   layer = PatchConv(6, k, s, p)
@@ -140,8 +163,9 @@ def test_patch_conv_values_and_gradients_match_torch_conv2d(k, s, p, size):
   kernel, bias = np.asarray(params["kernel"]), rng.randn(6).astype(np.float32)
   out = (size + 2 * p - k) // s + 1
   cot = rng.randn(2, out, out, 6).astype(np.float32)
-  y, (dx, dk, db) = _value_and_grads(
-      lambda x, w, b: layer.apply({"params": {"kernel": w, "bias": b}}, x), (x, kernel, bias), cot)
+  f = {"layer": _patch_conv_layer(layer), "cpu": _conv_branch(conv_as_matmul, s, p),
+       "other platforms": _conv_branch(conv_direct, s, p)}[form]
+  y, (dx, dk, db) = _value_and_grads(f, (x, kernel, bias), cot)
 
   def conv(x, w, b):   # NHWC / HWIO in and out, as the Flax layer
     y = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), b, stride=s,

@@ -9,6 +9,7 @@ and values whose training steps XLA's CPU backend runs faster (`Dense`, `PatchCo
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -61,8 +62,8 @@ def dense_matmul(x, kernel):
   Its weight gradient on CPU is x^T g with the narrower of x and g transposed first, so
   that the product is the plain [M, K] @ [K, N] that XLA:CPU hands to its fast matmul
   library; left to itself XLA transposes the wider one and runs the product in a slower
-  kernel (PoolFormer-s12's MLPs: BENCHMARKS "Study scale"). Other platforms contract as
-  autodiff would.
+  kernel (PoolFormer-s12's MLPs: BENCHMARKS "The MLPs' weight gradient ..."). Other
+  platforms contract as autodiff would.
   """
   return jnp.dot(x, kernel)
 
@@ -71,19 +72,23 @@ def _dense_matmul_fwd(x, kernel):
   return jnp.dot(x, kernel), (x, kernel)
 
 
+def kernel_grad_cpu(x2, g2):
+  """x2^T g2 for x2 [N, C], g2 [N, D], as XLA:CPU runs it fastest: the narrower operand
+  transposed, then a plain [M, K] @ [K, N] product."""
+  if x2.shape[1] <= g2.shape[1]:
+    return jnp.dot(x2.T, g2)
+  return jnp.dot(g2.T, x2).T
+
+
+def kernel_grad_plain(x2, g2):
+  """x2^T g2 as autodiff writes it (a contraction over N): every platform but the CPU."""
+  return jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))
+
+
 def _dense_matmul_bwd(res, g):
   x, kernel = res
   x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-
-  def cpu(x2, g2):
-    if x2.shape[1] <= g2.shape[1]:
-      return jnp.dot(x2.T, g2)
-    return jnp.dot(g2.T, x2).T
-
-  def default(x2, g2):
-    return jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))
-
-  d_kernel = jax.lax.platform_dependent(x2, g2, cpu=cpu, default=default)
+  d_kernel = jax.lax.platform_dependent(x2, g2, cpu=kernel_grad_cpu, default=kernel_grad_plain)
   return jnp.dot(g, kernel.T), d_kernel
 
 
@@ -110,7 +115,8 @@ class PatchConv(nn.Module):
   [k, k, C, D], bias [D]) and values. On CPU it is one matmul over the k*k strided
   slices of the padded input; XLA:CPU runs the convolution's input gradient (a
   base-dilated convolution) and kernel flip slowly at these sizes (PoolFormer's
-  downsampling: BENCHMARKS "Study scale"). Other platforms run the convolution."""
+  downsampling: BENCHMARKS "The MLPs' weight gradient ..."). Other platforms run the
+  convolution."""
   features: int
   kernel_size: int
   stride: int
@@ -125,20 +131,27 @@ class PatchConv(nn.Module):
                         jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jax.lax.platform_dependent(
+        x, kernel, cpu=functools.partial(conv_as_matmul, stride=s, pad=p),
+        default=functools.partial(conv_direct, stride=s, pad=p)) + bias
 
-    def as_matmul(x, kernel):
-      b, h, w, c = x.shape
-      xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-      ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-      cols = [jax.lax.slice(xp, (0, i, j, 0), (b, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
-                            (1, s, s, 1)) for i in range(k) for j in range(k)]
-      return jnp.dot(jnp.concatenate(cols, axis=-1), kernel.reshape(k * k * c, -1))
 
-    def as_conv(x, kernel):
-      return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def conv_as_matmul(x, kernel, *, stride: int, pad: int):
+  """NHWC x, HWIO kernel [k, k, C, D]: the conv as one matmul over the k*k strided slices
+  of the padded input (PatchConv on CPU)."""
+  k, s, p = kernel.shape[0], stride, pad
+  b, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+  cols = [jax.lax.slice(xp, (0, i, j, 0), (b, i + s * (ho - 1) + 1, j + s * (wo - 1) + 1, c),
+                        (1, s, s, 1)) for i in range(k) for j in range(k)]
+  return jnp.dot(jnp.concatenate(cols, axis=-1), kernel.reshape(k * k * c, -1))
 
-    return jax.lax.platform_dependent(x, kernel, cpu=as_matmul, default=as_conv) + bias
+
+def conv_direct(x, kernel, *, stride: int, pad: int):
+  """The same conv as XLA's convolution (PatchConv on every platform but the CPU)."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 REMAT_POLICIES = ("", "block", "dots")

@@ -72,7 +72,7 @@ def pool_mixer(x, pool_size: int = 3):
 
   The window sum is k*k shifted slices of the zero-padded map added up: one fused
   elementwise pass each way, where XLA:CPU's reduce_window and its gradient were
-  slower (BENCHMARKS "Study scale")."""
+  slower (BENCHMARKS "The MLPs' weight gradient ...")."""
   k, p = pool_size, pool_size // 2
   h, w = x.shape[1], x.shape[2]
   padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
