@@ -224,7 +224,7 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
   live process is training are left to it; WorkdirBusy at the end names them.
   runs_per_program K > 1: cells that differ only in seed or LOSO fold train K at
   a time in one program (mer_jax.run.multirun), each in its own run directory."""
-  from mer_jax.run import experiment, loop, steps
+  from mer_jax.run import experiment, loop, multirun, steps
   mine = [c for i, c in enumerate(cells) if i % num_tasks == task_index]
   for cell in mine:  # a contradiction stops the study before its first cell, not hours in
     steps.check_method_fields(cell_config(cell, overrides, protocol))
@@ -240,42 +240,35 @@ def run_cells(cells: list[Cell], root: pathlib.Path, overrides, protocol, task_i
       continue
     todo.append((n, cell, config))
   ran, busy = [], []
+  # A cell trained alone is finished (its last checkpoint writes, report) by the finisher
+  # while the next one trains; closing it waits for the last.
   with contextlib.closing(loop.Finisher()) as finisher:
-    _train_groups(todo, mine, root, overrides, protocol, force, runs_per_program, finisher,
-                  log, ran, busy)
+    for group in multirun.group_runs([config for _, _, config in todo], runs_per_program):
+      program = [todo[i] for i in group]
+      names = [str(cell.workdir(root).relative_to(root)) for _, cell, _ in program]
+      for n, cell, _ in program:
+        log(f"[{n + 1}/{len(mine)}] {cell.workdir(root).relative_to(root)}: training"
+            f"{f' ({len(program)} in one program)' if len(program) > 1 else ''}; by hand: "
+            f"{cell_command(cell, overrides, protocol, root)}")
+      try:
+        if len(program) == 1:
+          loop.train_and_evaluate(program[0][2], str(program[0][1].workdir(root)), force=force,
+                                  finisher=finisher)
+        else:
+          multirun.train_and_evaluate_many([config for _, _, config in program],
+                                           [cell.workdir(root) for _, cell, _ in program],
+                                           force=force)
+      except WorkdirBusy as e:
+        for n, cell, _ in program:
+          log(f"[{n + 1}/{len(mine)}] {cell.workdir(root).relative_to(root)}: left to its "
+              f"holder ({e})")
+        busy += names
+        continue
+      ran += [cell for _, cell, _ in program]
   if busy:
     raise WorkdirBusy(f"{len(busy)} cell(s) are being trained by another process: "
                       f"{', '.join(busy)}. Rerun this command once they finish.")
   return ran
-
-
-def _train_groups(todo, mine, root, overrides, protocol, force, runs_per_program, finisher,
-                  log, ran, busy) -> None:
-  """run_cells' loop: each group of cells trained alone or K in one program; a cell trained
-  alone is finished (checkpoint writes, report) by `finisher` while the next one trains."""
-  from mer_jax.run import loop, multirun
-  for group in multirun.group_runs([config for _, _, config in todo], runs_per_program):
-    program = [todo[i] for i in group]
-    names = [str(cell.workdir(root).relative_to(root)) for _, cell, _ in program]
-    for n, cell, _ in program:
-      log(f"[{n + 1}/{len(mine)}] {cell.workdir(root).relative_to(root)}: training"
-          f"{f' ({len(program)} in one program)' if len(program) > 1 else ''}; by hand: "
-          f"{cell_command(cell, overrides, protocol, root)}")
-    try:
-      if len(program) == 1:
-        loop.train_and_evaluate(program[0][2], str(program[0][1].workdir(root)), force=force,
-                                finisher=finisher)
-      else:
-        multirun.train_and_evaluate_many([config for _, _, config in program],
-                                         [cell.workdir(root) for _, cell, _ in program],
-                                         force=force)
-    except WorkdirBusy as e:
-      for n, cell, _ in program:
-        log(f"[{n + 1}/{len(mine)}] {cell.workdir(root).relative_to(root)}: left to its "
-            f"holder ({e})")
-      busy += names
-      continue
-    ran += [cell for _, cell, _ in program]
 
 
 def explain_chosen(root: pathlib.Path, log=print) -> None:
